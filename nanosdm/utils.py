@@ -1,0 +1,75 @@
+"""Small helpers every stage shares: device choice, atomic checkpoints, the LR schedule, report.json."""
+import contextlib
+import json
+import math
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def get_device(name="auto"):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast where the hardware has it (CUDA with bf16, or CPU); a no-op elsewhere."""
+    dev = device.split(":")[0]
+    if enabled and (dev == "cpu" or (dev == "cuda" and torch.cuda.is_bf16_supported())):
+        return torch.autocast(device_type=dev, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cosine_lr(step, max_steps, lr, warmup=0, min_lr_frac=0.1):
+    """Linear warmup, then cosine decay to lr * min_lr_frac."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(path, obj):
+    """Write to a temporary file, then rename: a killed run never leaves a half-written checkpoint.
+    obj must hold only tensors and JSON-like values, so that weights_only=True can load it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path} (run the stage that writes it first)")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def update_report(out_dir, metrics):
+    """Merge metrics (name -> number) into out_dir/report.json, a flat JSON object."""
+    path = os.path.join(out_dir, "report.json")
+    report = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            report = json.load(f)
+    for k, v in metrics.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise TypeError(f"report.json holds numbers only; {k}={v!r}")
+        report[k] = v
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return report
