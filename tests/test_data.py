@@ -1,0 +1,161 @@
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from nanosdm import audio, data
+
+CFG = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=300, data_dialogues=3,
+           data_eval_dialogues=2, seed=7, workers=2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    cfg = dict(CFG, data_dir=str(root / "data"), out_dir=str(root / "out"))
+    metrics = data.build(cfg)
+    return cfg, metrics
+
+
+def test_text_is_deterministic_given_the_seed():
+    def sample(seed):
+        world = data.make_world(30, 0.2, seed)
+        rng = random.Random(seed)
+        return world, [data.text_document(rng, world) for _ in range(50)]
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+def test_world_has_text_only_facts_and_distinct_names():
+    world = data.make_world(200, 0.15, 1)
+    names = [e["name"] for e in world]
+    assert len(set(names)) == 200
+    assert sum(e["text_only"] for e in world) == 30
+    assert len(data.ATTRIBUTES) >= 5
+    for e in world:
+        for attr, (values, *_rest) in data.ATTRIBUTES.items():
+            assert e[attr] in values
+
+
+def test_held_out_phrasings_never_in_training_text(corpus):
+    cfg, _ = corpus
+    train_questions = {t for doc in data.read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))
+                       for role, t in doc["turns"] if role == "user"}
+    items = data.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    facts = [it for it in items if it["kind"] == "fact"]
+    assert len(facts) == CFG["data_entities"] * len(data.ATTRIBUTES)
+    assert not {it["question"] for it in facts} & train_questions
+    assert all(it["answer"] in it["reply"].rstrip(".").split(" ") for it in facts)
+    assert any(it["text_only"] for it in facts) and any(not it["text_only"] for it in facts)
+
+
+def test_spoken_splits_hold_no_text_only_fact(corpus):
+    cfg, _ = corpus
+    world = data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))
+    text_only = {e["name"] for e in world if e["text_only"]}
+    for split in ("train", "val", "unseen_voice"):
+        for d in data.SpeechSplit(cfg["data_dir"], split).dialogues:
+            spoken = {w[0] for tr in d["turns"] for w in tr["words"]}
+            assert not spoken & text_only, (split, spoken & text_only)
+    # ... while the text_only split asks only about them (besides arithmetic and memory)
+    asked = [tr for d in data.SpeechSplit(cfg["data_dir"], "text_only").dialogues for tr in d["turns"]
+             if tr["kind"] == "question" and tr.get("text_only")]
+    assert asked and all(set(tr["text"].rstrip("?.").split()) & text_only for tr in asked)
+    # and the text corpus does contain the text-only facts
+    text = open(os.path.join(cfg["data_dir"], "text_train.jsonl")).read()
+    assert any(name in text for name in text_only)
+
+
+def test_unseen_voices_never_in_training(corpus):
+    cfg, metrics = corpus
+    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
+        info = json.load(f)
+    seen, unseen = set(info["seen_voices"]), set(info["unseen_voices"])
+    assert unseen and not seen & unseen
+    variant = lambda v: v.split("+")[1] if "+" in v else ""
+    assert not {variant(v) for v in seen} & {variant(v) for v in unseen}
+    for split, pool in (("train", seen), ("val", seen), ("unseen_voice", unseen)):
+        for d in data.SpeechSplit(cfg["data_dir"], split).dialogues:
+            assert d["user_voice"]["voice"] in pool
+    assert metrics["data_unseen_voices"] == len(unseen)
+
+
+def test_dialogue_timings_inside_audio_and_channels_carry_their_speaker(corpus):
+    cfg, metrics = corpus
+    split = data.SpeechSplit(cfg["data_dir"], "train")
+    assert len(split) == CFG["data_dialogues"]
+    assert metrics["data_hours_train"] > 0
+    for i in range(len(split)):
+        wav, d = split.dialogue(i)
+        dur = wav.shape[1] / data.SAMPLE_RATE
+        assert wav.shape[0] == 2
+        kinds = {tr["kind"] for tr in d["turns"]}
+        assert {"question", "answer"} <= kinds
+        for tr in d["turns"]:
+            ch = data.ASSISTANT if tr["speaker"] == "assistant" else data.USER
+            words = tr["words"]
+            assert 0 <= tr["start"] < tr["end"] <= dur
+            for (_, s, e), (_, s2, _) in zip(words, words[1:]):
+                assert s < e <= s2 + 1e-6
+            for w, s, e in words:
+                seg = wav[ch, int(s * 16000): int(e * 16000)]
+                assert seg.abs().max() > 0.01, (w, tr["text"])
+            if tr["kind"] != "answer" or not tr.get("interrupted"):
+                assert [w[0] for w in words] == tr["text"].replace(",", "").rstrip(".?").split()
+        # the first answer comes after a gap: nothing on the assistant channel before it
+        first = next(tr for tr in d["turns"] if tr["speaker"] == "assistant")
+        assert wav[data.ASSISTANT, : int(first["start"] * 16000)].abs().max() == 0
+
+
+def test_utterances_are_cut_with_relative_times(corpus):
+    cfg, _ = corpus
+    n = 0
+    for wav, tr in data.SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user"):
+        assert tr["speaker"] == "user" and tr["start"] == 0
+        assert abs(wav.shape[0] / 16000 - tr["end"]) < 1e-3
+        assert tr["words"][0][1] >= 0 and tr["words"][-1][2] <= tr["end"] + 1e-3
+        n += 1
+    assert n > 0
+
+
+def test_interruption_silences_the_assistant():
+    plan = data.plan_dialogue(random.Random(0), data.make_world(5, 0, 0), ["en-us+m3"], False)
+    for ex in plan["exchanges"]:
+        ex.update(interrupt=None, backchannel=None, preface=None)
+    plan["exchanges"][0].update(interrupt=0.5, reaction=0.25)
+    pcm, turns = data.render_dialogue(plan)
+    ans = next(tr for tr in turns if tr["kind"] == "answer")
+    nxt = [tr for tr in turns if tr["kind"] == "question"][1]
+    assert ans["interrupted"] and nxt["start"] < ans["end"]                   # overlap: the user barges in
+    assert abs(ans["end"] - nxt["start"] - 0.25) < 1e-6                        # and the assistant yields
+    after = pcm[int(ans["end"] * 16000) + 1: int(nxt["end"] * 16000), data.ASSISTANT]
+    assert np.abs(after).max() == 0
+    assert all(e <= ans["end"] for _, _, e in ans["words"])
+
+
+def test_librispeech_loader(tmp_path):
+    chapter = tmp_path / "19" / "198"
+    chapter.mkdir(parents=True)
+    for i in range(2):
+        audio.save_wav(chapter / f"19-198-000{i}.wav", np.zeros(1600, dtype=np.float32) + 0.1)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 GOOD MORNING\n")
+    items = data.librispeech_items(tmp_path)
+    assert [it["text"] for it in items] == ["hello world", "good morning"]
+    assert audio.load_wav(items[0]["path"]).shape == (1600,)
+    (chapter / "19-198.trans.txt").write_text("19-198-0002 MISSING FILE\n")
+    with pytest.raises(FileNotFoundError, match="19-198-0002.wav"):
+        data.librispeech_items(tmp_path)
+
+
+def test_moshi_loader(tmp_path):
+    audio.save_wav(tmp_path / "d1.wav", np.zeros((2, 16000), dtype=np.float32))
+    align = {"alignments": [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
+                            ["hi", [0.9, 1.1], "SPEAKER_OTHER"], ["Bye", [1.3, 1.5], "SPEAKER_MAIN"]]}
+    (tmp_path / "d1.json").write_text(json.dumps(align))
+    (d,) = data.moshi_dialogues(tmp_path)
+    assert [(t["speaker"], t["text"]) for t in d["turns"]] == [
+        ("assistant", "hello there"), ("user", "hi"), ("assistant", "bye")]
+    assert d["turns"][0]["start"] == 0.1 and d["turns"][0]["end"] == 0.7
+    assert audio.load_wav(d["path"], channel=data.ASSISTANT).shape == (16000,)
