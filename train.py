@@ -148,7 +148,7 @@ def main(argv):
             json.dump(metrics, f)
         print(f"[{name}] done in {metrics[f'{name}_seconds']:.1f}s: "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    print(f"report: {os.path.join(cfg['out_dir'], 'report.json')} ({len(report) if 'report' in dir() else 0} figures)")
+        print(f"[{name}] figures merged into {os.path.join(cfg['out_dir'], 'report.json')} ({len(report)} in all)")
 
 
 if __name__ == "__main__":
