@@ -38,7 +38,9 @@ from nanosdm import audio
 SAMPLE_RATE = audio.SAMPLE_RATE
 ASSISTANT, USER = 0, 1                     # channel index in the stereo files
 SPEECH_SPLITS = ("train", "val", "unseen_voice", "text_only")
+CORPUS_VERSION = 2                         # bump when generation changes: a cached corpus is then rebuilt
 ASSISTANT_VOICE = dict(voice="en-us+f3", rate=165, pitch=55)
+ASSISTANT_PEAK = 0.6                       # utterances are peak-normalised: some eSpeak voices clip
 # eSpeak variants too far from speech (whispers, robots, effects) for a corpus of an hour or so
 ODD_VARIANTS = {"whisper", "whisperf", "croak", "Demonic", "UniRobot", "anikaRobot", "Tweaky", "robosoft",
                 "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8"}
@@ -226,7 +228,7 @@ def plan_dialogue(rng, world, voices, held_out):
                          backchannel=rng.choice(BACKCHANNELS) if rng.random() < 0.25 else None,
                          interrupt=rng.uniform(0.35, 0.7) if rng.random() < 0.12 else None,
                          reaction=rng.uniform(0.2, 0.35)))         # how fast the assistant yields
-    return dict(user=user, lead=rng.uniform(0.2, 0.6), exchanges=plan)
+    return dict(user=user, user_peak=rng.uniform(0.25, 0.9), lead=rng.uniform(0.2, 0.6), exchanges=plan)
 
 
 def render_dialogue(plan):
@@ -238,6 +240,7 @@ def render_dialogue(plan):
     def place(channel, text, start, **info):
         voice = ASSISTANT_VOICE if channel == ASSISTANT else plan["user"]
         wav, words, phones = espeak.synthesize(text, **voice)
+        wav *= (ASSISTANT_PEAK if channel == ASSISTANT else plan["user_peak"]) / max(1e-4, np.abs(wav).max())
         chans[channel].append((int(round(start * SAMPLE_RATE)), wav))
         turns.append(dict(speaker="assistant" if channel == ASSISTANT else "user", text=text, start=start,
                           end=start + len(wav) / SAMPLE_RATE, **info,
@@ -297,7 +300,8 @@ def write_speech_split(data_dir, name, plans, pool):
         for i, (plan, (pcm, turns)) in enumerate(tqdm(zip(plans, rendered), total=len(plans),
                                                       desc=f"speech {name}", unit="dlg")):
             fb.write(pcm.tobytes())
-            fm.write(json.dumps(dict(id=f"{name}-{i:05d}", offset=offset, length=len(pcm), user_voice=plan["user"],
+            fm.write(json.dumps(dict(id=f"{name}-{i:05d}", offset=offset, length=len(pcm),
+                                     user_voice=dict(plan["user"], peak=plan["user_peak"]),
                                      turns=turns)) + "\n")
             offset += len(pcm)
     os.replace(bin_path + ".tmp", bin_path)
@@ -347,7 +351,7 @@ def build(cfg):
     from nanosdm import espeak
     data_dir, seed = cfg["data_dir"], cfg["seed"]
     keys = ("data_entities", "data_text_only_frac", "data_text_docs", "data_dialogues", "data_eval_dialogues", "seed")
-    want = {k: cfg[k] for k in keys}
+    want = dict({k: cfg[k] for k in keys}, version=CORPUS_VERSION)
     done_path = os.path.join(data_dir, "corpus.json")
     if os.path.exists(done_path):
         with open(done_path) as f:
