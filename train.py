@@ -39,27 +39,99 @@ tokenizer_extra_text = ""      # comma-separated plain-text files to train the t
 # --- text (nanosdm/textlm.py)
 text_n_layer = 4
 text_n_head = 4
-text_d_model = 256
-text_block_size = 128          # tokens per training window (and the longest prompt + answer)
+text_d_model = 128
+text_block_size = 64           # tokens per training window (and the longest prompt + answer)
 text_dropout = 0.0
-text_batch_size = 32
+text_batch_size = 64
 text_grad_accum = 1            # micro-batches per optimizer step
-text_max_steps = 600
-text_lr = 3e-3
+text_max_steps = 300
+text_lr = 6e-3
+text_embed_lr_mult = 10.0      # embedding and output head train at text_lr * this
 text_warmup = 50
 text_weight_decay = 0.1
 text_grad_clip = 1.0
-text_eval_interval = 100       # steps between validation losses
-text_eval_batches = 10
+text_eval_interval = 50        # steps between validation losses
+text_eval_batches = 8
 text_ckpt_interval = 100       # steps between checkpoints (a killed run resumes from the last)
 # --- units (nanosdm/units.py)
+units_k = 100                  # final units: k-means clusters on the encoder's middle layer
+units_k_targets = 100          # iteration-1 targets: k-means clusters on MFCC frames
+units_n_layer = 4
+units_n_head = 4
+units_d_model = 192
+units_layer = 2                # the block whose output is clustered (1-based, a middle one)
+units_proj_dim = 64            # space of the cosine-similarity logits
+units_temperature = 0.1
+units_mask_prob = 0.08         # share of frames that start a masked span
+units_mask_len = 10            # frames per masked span (200 ms)
+units_crop_seconds = 2.0       # training crop length
+units_batch_size = 16
+units_max_steps = 600
+units_lr = 2e-3
+units_warmup = 50
+units_weight_decay = 0.01
+units_grad_clip = 1.0
+units_kmeans_iters = 20
+units_kmeans_frames = 150000   # frames k-means is fitted on (a random subset beyond that)
+units_max_train_hours = 0.0    # speech used for training; 0 = all of the train split
+units_ckpt_interval = 100
 # --- codec (nanosdm/codec.py)
+codec_dim = 192                # channels of the 12.5 Hz blocks (encoder and decoder)
+codec_sub_dim = 96             # channels of the decoder's 50 Hz blocks
+codec_enc_layers = 3
+codec_dec_layers = 3
+codec_sub_layers = 2
+codec_kernel = 3               # causal depthwise conv taps (steps of 80 ms, or 20 ms at 50 Hz)
+codec_latent_dim = 64
+codec_n_q = 4                  # codebooks; bitrate = 12.5 Hz x n_q x log2(codebook_size)
+codec_codebook_size = 256
+codec_ema_decay = 0.99
+codec_dead_frac = 0.1          # a code used < this x an average code's share is replaced
+codec_commit_weight = 1.0
+codec_distill_weight = 1.0     # codebook 0 -> units features (skipped if out/<preset>/units.pt is absent)
+codec_wave_weight = 0.0        # L1 on the waveform, beside the multi-scale mel loss
+codec_adv_weight = 0.0         # > 0: multi-scale STFT discriminator with feature matching
+codec_fm_weight = 2.0
+codec_adv_start = 0            # steps before the discriminator joins
+codec_adv_frames = 12          # the discriminator sees one crop of this many frames per clip
+codec_quantizer_dropout = 0.5  # share of batches that use a random number of codebooks
+codec_skip_quant = 0.0         # share of each batch decoded unquantized (Mimi uses 0.5)
+codec_vq_start = 100           # steps as a plain autoencoder before the k-means init of the codebooks
+codec_init_batches = 8         # batches of latents the k-means init sees
+codec_batch_size = 16
+codec_segment_frames = 24      # 80 ms frames per training crop (1.92 s)
+codec_max_steps = 1500
+codec_lr = 2e-3
+codec_warmup = 50
+codec_grad_clip = 1.0
+codec_autocast = False         # bf16 autocast: for GPUs (on an AVX2-only CPU bf16 is far slower)
+codec_eval_clips = 48          # unseen-voice user turns the evaluation encodes
+codec_ckpt_interval = 200
 # --- asr (nanosdm/ctc.py)
+asr_n_layer = 4
+asr_n_head = 4
+asr_d_model = 192
+asr_dropout = 0.1
+asr_batch_size = 32            # turns per step (about 50 s of audio)
+asr_max_steps = 600            # the stage's cost scales with this
+asr_lr = 2e-3
+asr_warmup = 100
+asr_weight_decay = 0.01
+asr_grad_clip = 1.0
+asr_beam = 8                   # prefix beam width for the asr_wer_beam figure
+asr_ckpt_interval = 100
 
 presets = {
     "tiny": {},
     "small": dict(
         data_entities=1000, data_text_docs=200000, data_dialogues=7000, data_eval_dialogues=200,
+        tokenizer_vocab_size=4096,
+        text_n_layer=8, text_n_head=8, text_d_model=512, text_block_size=256, text_batch_size=64,
+        text_max_steps=3000, text_lr=3e-3, text_warmup=200, text_eval_interval=250, text_ckpt_interval=500,
+        codec_dim=384, codec_sub_dim=192, codec_enc_layers=4, codec_dec_layers=4, codec_latent_dim=128,
+        codec_n_q=8, codec_codebook_size=1024, codec_batch_size=64, codec_segment_frames=32,
+        codec_max_steps=6000, codec_vq_start=500, codec_init_batches=4, codec_adv_weight=1.0,
+        codec_adv_start=2000, codec_autocast=True, codec_eval_clips=200, codec_ckpt_interval=1000,
     ),
 }
 # -----------------------------------------------------------------------------
@@ -114,9 +186,27 @@ def stage_text(cfg):
     return textlm.train(cfg)
 
 
+def stage_units(cfg):
+    from nanosdm import units
+    return units.train(cfg)
+
+
+def stage_codec(cfg):
+    from nanosdm import codec
+    return codec.train(cfg)
+
+
+def stage_asr(cfg):
+    from nanosdm import ctc
+    return ctc.train(cfg)
+
+
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
+    ("units", stage_units),
+    ("codec", stage_codec),
+    ("asr", stage_asr),
     ("text", stage_text),
 ]
 

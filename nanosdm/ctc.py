@@ -1,0 +1,582 @@
+"""
+CTC: speech recognition, the honest judge of speech in nanosdm.
+
+Connectionist Temporal Classification (Graves et al. 2006) trains a frame classifier without any
+alignment: every frame predicts a symbol or "blank", and the loss sums the probability of every
+frame labelling that collapses (merge repeats, then drop blanks) to the reference. Decoding is
+the same collapse applied to the best frame labels (greedy) or to a few running prefixes (beam).
+
+This file holds the parts every CTC model in nanosdm shares (alphabet, error rates, the loss
+written out, greedy and prefix beam decoding; LLaMA-Omni's speech decoder reuses them over units)
+and the recognizer of stage `asr`:
+
+    wav 16 kHz -> log-mel 80 x 100 Hz -> per-clip normalisation (-> SpecAugment in training)
+      -> 2 convolutions, the second strided (3x: 33 Hz, 30 ms per frame) -> the shared Transformer
+         (bidirectional, padding mask) -> linear -> blank + 38 characters -> F.ctc_loss
+
+Why characters, not the tokenizer's BPE pieces: the recognizer must spell invented names
+("kotan") that a text tokenizer splits arbitrarily, and 39 symbols need no tokenizer checkpoint,
+so the recognizer stays a judge independent of every other stage.
+Why 30 ms frames: CTC needs a frame per symbol, plus a blank between doubled letters. The fast
+SpokenWorld voices say up to 24 characters a second: 40 ms frames (the usual 4x) would leave some
+clips almost no blanks; 30 ms frames keep every clip under 75% symbols.
+
+The stage trains on every SpokenWorld turn of both speakers (plus scrambled-word turns, see
+scrambled_clips), reports character and word error rates on the unseen-voice split (user turns),
+and, when out/<preset>/codec.pt exists, the same rates on codec-decoded audio of the same clips:
+the codec's intelligibility figure.
+"""
+import math
+import os
+import re
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanosdm import audio, utils
+from nanosdm.transformer import Transformer
+
+# -----------------------------------------------------------------------------
+# the alphabet: id 0 is the CTC blank, id i >= 1 is CHARS[i - 1]
+
+BLANK = 0
+CHARS = " 'abcdefghijklmnopqrstuvwxyz0123456789"
+VOCAB_SIZE = len(CHARS) + 1
+_CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
+
+
+def normalize_text(text):
+    """What is scored, for references and hypotheses alike: lower case, letters, digits,
+    apostrophes, single spaces. "Hello, World!" -> "hello world"."""
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def encode_text(text):
+    return [_CHAR_ID[c] for c in normalize_text(text)]
+
+
+def decode_ids(ids):
+    return "".join(CHARS[i - 1] for i in ids if i != BLANK)
+
+
+# -----------------------------------------------------------------------------
+# error rates: edit distance summed over a corpus, divided by the reference length
+
+def edit_distance(ref, hyp):
+    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
+    prev = list(range(len(hyp) + 1))  # distances from ref[:0] to every hyp prefix
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1]
+
+
+def _error_rate(refs, hyps, split):
+    if isinstance(refs, str):
+        refs, hyps = [refs], [hyps]
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    refs, hyps = [split(normalize_text(r)) for r in refs], [split(normalize_text(h)) for h in hyps]
+    n = sum(len(r) for r in refs)
+    if n == 0:
+        raise ValueError("the references are empty: no error rate to compute")
+    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / n
+
+
+def cer(refs, hyps):
+    """Character error rate (spaces count as characters) over a corpus: one string or lists."""
+    return _error_rate(refs, hyps, list)
+
+
+def wer(refs, hyps):
+    """Word error rate over a corpus: one string or lists. Can exceed 1 (insertions)."""
+    return _error_rate(refs, hyps, str.split)
+
+
+# -----------------------------------------------------------------------------
+# CTC itself
+
+def ctc_nll(log_probs, target, blank=BLANK):
+    """-log p(target | frames) by the CTC forward algorithm, written out to show what F.ctc_loss
+    computes (the tests check the two agree). log_probs [T, C] (log-softmax), target: list of ids.
+    States are the target with blanks around every symbol: _ a _ b _ (2L + 1 of them). A path
+    stays on its state, moves to the next, or skips a blank between two different symbols."""
+    ext = [blank]
+    for s in target:
+        ext += [s, blank]
+    S, neg_inf = len(ext), torch.tensor(float("-inf"), dtype=log_probs.dtype)
+    ext_t = torch.tensor(ext)
+    can_skip = torch.zeros(S, dtype=torch.bool)
+    can_skip[2:] = (ext_t[2:] != blank) & (ext_t[2:] != ext_t[:-2])
+    alpha = torch.full((S,), float("-inf"), dtype=log_probs.dtype)
+    alpha[0] = log_probs[0, ext[0]]
+    if S > 1:
+        alpha[1] = log_probs[0, ext[1]]
+    for t in range(1, log_probs.shape[0]):
+        stay = alpha
+        step = torch.cat([neg_inf[None], alpha[:-1]])
+        skip = torch.where(can_skip, torch.cat([neg_inf.repeat(2), alpha[:-2]]), neg_inf)
+        alpha = torch.logsumexp(torch.stack([stay, step, skip]), 0) + log_probs[t, ext_t]
+    # a path ends on the last symbol or on the blank after it
+    return -torch.logsumexp(alpha[-2:] if S > 1 else alpha[-1:], 0)
+
+
+def greedy_decode(log_probs, lengths=None, blank=BLANK):
+    """Best label per frame, merge repeats, drop blanks. log_probs [B, T, C] -> list of id lists."""
+    best = log_probs.argmax(-1).tolist()
+    lengths = lengths.tolist() if lengths is not None else [len(b) for b in best]
+    out = []
+    for row, n in zip(best, lengths):
+        ids, prev = [], blank
+        for k in row[:n]:
+            if k != prev and k != blank:
+                ids.append(k)
+            prev = k
+        out.append(ids)
+    return out
+
+
+def prefix_beam_search(log_probs, beam=8, blank=BLANK, prune=-8.0):
+    """CTC prefix beam search over one utterance, log_probs [T, C] -> best id list.
+    Each prefix keeps two scores: paths ending in blank (pb) and in its last symbol (pnb), since a
+    repeated symbol extends the prefix only after a blank. Symbols with log-prob below `prune` at
+    a frame are not tried (they cannot win, and skipping them keeps this fast in Python)."""
+    lp = log_probs.float().cpu()
+    logadd = np.logaddexp
+    beams = {(): (0.0, -math.inf)}  # prefix -> (log pb, log pnb)
+    for t in range(lp.shape[0]):
+        row = lp[t].tolist()
+        cands = [c for c in range(len(row)) if row[c] > prune and c != blank]
+        nxt = {}
+        for prefix, (pb, pnb) in beams.items():
+            total = logadd(pb, pnb)
+            b, nb = nxt.get(prefix, (-math.inf, -math.inf))
+            nb_same = pnb + row[prefix[-1]] if prefix else -math.inf  # repeat merges into prefix
+            nxt[prefix] = (logadd(b, total + row[blank]), logadd(nb, nb_same))
+            for c in cands:
+                new = prefix + (c,)
+                b, nb = nxt.get(new, (-math.inf, -math.inf))
+                # the same symbol again needs a blank in between, else it merged above
+                ext = pb + row[c] if prefix and c == prefix[-1] else total + row[c]
+                nxt[new] = (b, logadd(nb, ext))
+        beams = dict(sorted(nxt.items(), key=lambda kv: -logadd(*kv[1]))[:beam])
+    return list(max(beams.items(), key=lambda kv: logadd(*kv[1]))[0])
+
+
+# -----------------------------------------------------------------------------
+# features and SpecAugment
+
+HOP = 160                 # 10 ms log-mel frames at 16 kHz
+N_FFT = 400               # 25 ms analysis windows
+N_MELS = 80
+SUBSAMPLE = 3             # encoder frames every 30 ms (33 Hz): see the top of the file
+MIN_SAMPLES = N_FFT       # one analysis window: anything shorter holds no speech
+
+
+def use_bf16(device):
+    # bf16 only on a GPU: on a CPU without AVX512-BF16/AMX bf16 matmuls are emulated, and measured
+    # 30x slower than fp32 on the 2-core machine nanosdm was built on
+    return not str(device).startswith("cpu")
+
+
+def pad_batch(wavs):
+    """A list of 1-d waveforms -> zero-padded [B, T] and lengths [B]."""
+    lengths = torch.tensor([len(w) for w in wavs])
+    x = torch.zeros(len(wavs), int(lengths.max()))
+    for i, w in enumerate(wavs):
+        x[i, :len(w)] = torch.as_tensor(w, dtype=torch.float32)
+    return x, lengths
+
+
+def features(wav, lengths):
+    """wav [B, T] -> normalised log-mel [B, N_MELS, frames], frame lengths [B]. Each utterance is
+    centred per mel band and scaled to unit variance over its own frames, so loudness and the
+    microphone (or a codec) shift nothing; padded frames are exactly 0."""
+    # zeros after the end (not the STFT's reflection): a clip alone and padded in a batch then
+    # give the same frames, so transcripts do not depend on the batch
+    feat = audio.log_mel(F.pad(wav, (0, N_FFT // 2)), n_mels=N_MELS, n_fft=N_FFT, hop=HOP)
+    flen = torch.div(lengths, HOP, rounding_mode="floor") + 1
+    feat = feat[..., :int(flen.max())]
+    valid = (torch.arange(feat.shape[-1], device=feat.device)[None] < flen.to(feat.device)[:, None])[:, None]
+    n = valid.sum(-1, keepdim=True)
+    mean = (feat * valid).sum(-1, keepdim=True) / n
+    centred = (feat - mean) * valid
+    std = (centred.pow(2).sum((1, 2), keepdim=True) / (n.sum(1, keepdim=True) * N_MELS)).sqrt()
+    return centred / (std + 1e-5), flen
+
+
+def spec_augment(feat, flen, gen, warp=0.1, freq_masks=2, freq_width=15, time_masks_per_s=1.0, time_width=8):
+    """SpecAugment (Park et al. 2019), with a frequency warp instead of its time warp: stretch
+    each clip's mel axis by up to +-warp (a longer or shorter vocal tract: a new voice's formants
+    move along that axis), then zero (= the mean, after normalising) a few mel bands and a few
+    short spans of frames, so the model cannot lean on any one band or instant. Spans are short
+    because utterances here are short (1-4 s)."""
+    B, M, T = feat.shape
+    scale = 1 + (torch.rand(B, 1, generator=gen) * 2 - 1) * warp
+    src = (torch.arange(M) * scale).clamp(max=M - 1).to(feat.device)  # [B, M]: read band src for band m
+    lo = src.floor().long()
+    frac = (src - lo)[..., None]
+    pick = lambda idx: feat.gather(1, idx[..., None].expand(B, M, T))
+    feat = pick(lo) * (1 - frac) + pick((lo + 1).clamp(max=M - 1)) * frac
+    r = lambda hi: int(torch.randint(0, max(1, hi), (1,), generator=gen))
+    for i in range(B):
+        for _ in range(freq_masks):
+            w = r(freq_width + 1)
+            f0 = r(M - w + 1)
+            feat[i, f0:f0 + w] = 0
+        n = int(flen[i])
+        for _ in range(round(time_masks_per_s * n * HOP / audio.SAMPLE_RATE)):
+            w = r(time_width + 1)
+            t0 = r(n - w + 1)
+            feat[i, :, t0:t0 + w] = 0
+    return feat
+
+
+# -----------------------------------------------------------------------------
+# the recognizer
+
+def conv_lengths(flen):
+    # kernel 2S - 1, stride S, padding S - 1: frame i looks at log-mel frames S*i -(S-1) .. S*i +(S-1)
+    return torch.div(flen - 1, SUBSAMPLE, rounding_mode="floor") + 1
+
+
+class ASR(nn.Module):
+    def __init__(self, n_layer=4, n_head=4, d_model=192, dropout=0.1, max_seq_len=1024):
+        super().__init__()
+        self.config = dict(n_layer=n_layer, n_head=n_head, d_model=d_model, dropout=dropout,
+                           max_seq_len=max_seq_len, chars=CHARS, n_mels=N_MELS, hop=HOP)
+        # each encoder frame sees 7 log-mel frames (70 ms) through the two convolutions
+        self.conv1 = nn.Conv1d(N_MELS, d_model, 3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, 2 * SUBSAMPLE - 1, stride=SUBSAMPLE, padding=SUBSAMPLE - 1)
+        self.transformer = Transformer(n_layer, n_head, d_model, causal=False, max_seq_len=max_seq_len,
+                                       dropout=dropout)
+        self.head = nn.Linear(d_model, VOCAB_SIZE)
+
+    def forward(self, feat, flen):
+        """Normalised log-mel [B, N_MELS, frames] -> log-probs [B, T, VOCAB_SIZE] (fp32), lengths [B]."""
+        valid = torch.arange(feat.shape[-1], device=feat.device)[None, None] < flen.to(feat.device)[:, None, None]
+        # zero conv1's output on padded frames, as conv2's own padding would be for a clip alone
+        x = F.gelu(self.conv1(feat)) * valid
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, T, D]
+        lengths = conv_lengths(flen).to(x.device)
+        mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+        h = self.transformer(x, attn_mask=mask)
+        return F.log_softmax(self.head(h).float(), dim=-1), lengths
+
+    def loss(self, feat, flen, targets):
+        """CTC loss of a padded batch, per target symbol and averaged over clips (F.ctc_loss's
+        "mean"). feat, flen: from features(); targets: a list of id lists."""
+        log_probs, out_len = self(feat, flen)
+        flat = torch.tensor([i for t in targets for i in t], dtype=torch.long)
+        tlen = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        # zero_infinity: a clip too fast for its frames (impossible alignment) adds no gradient
+        return F.ctc_loss(log_probs.transpose(0, 1), flat, out_len.cpu(), tlen, blank=BLANK,
+                          reduction="mean", zero_infinity=True)
+
+    @torch.no_grad()
+    def posteriors(self, wav):
+        """One waveform [T] -> (log-mel [N_MELS, frames], log-probs [T', VOCAB_SIZE]), for plots."""
+        dev = self.head.weight.device
+        wav = torch.as_tensor(wav, dtype=torch.float32).to(dev)
+        lengths = torch.tensor([wav.shape[-1]], device=dev)
+        feat, flen = features(wav[None], lengths)
+        lp, _ = self(feat, flen)
+        return audio.log_mel(wav, n_mels=N_MELS, n_fft=N_FFT, hop=HOP), lp[0]
+
+    @torch.no_grad()
+    def transcribe(self, wav, beam=0, batch_size=32, max_chunk_s=12.0):
+        """Speech at 16 kHz -> text. wav: a tensor [T] (-> str), or a list of tensors or a batch
+        [B, T] (-> list of str). beam=0 decodes greedily, beam>1 with prefix beam search.
+        Longer recordings are cut at their quietest moments into pieces of at most max_chunk_s
+        (training clips are single turns of a few seconds)."""
+        single = torch.is_tensor(wav) and wav.dim() == 1
+        wavs = [wav] if single else list(wav)
+        for i, w in enumerate(wavs):
+            w = torch.as_tensor(w)
+            if w.dim() != 1 or w.numel() < MIN_SAMPLES:
+                raise audio.AudioError(f"transcribe: clip {i} must be a mono waveform of at least "
+                                       f"{MIN_SAMPLES} samples (25 ms), got shape {tuple(w.shape)}")
+            if not torch.isfinite(w).all():
+                raise audio.AudioError(f"transcribe: clip {i} holds NaN or infinite samples")
+        was_training, dev = self.training, self.head.weight.device
+        self.eval()
+        pieces = [(i, c) for i, w in enumerate(wavs) for c in split_on_silence(torch.as_tensor(w).float(), max_chunk_s)]
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))  # similar lengths: less padding
+        texts = [""] * len(pieces)
+        for b in range(0, len(order), batch_size):
+            rows = order[b:b + batch_size]
+            x, lengths = pad_batch([pieces[k][1] for k in rows])
+            feat, flen = features(x.to(dev), lengths.to(dev))
+            with utils.autocast(str(dev), enabled=use_bf16(str(dev))):
+                lp, out_len = self(feat, flen)
+            if beam > 1:
+                ids = [prefix_beam_search(lp[j, :out_len[j]], beam) for j in range(len(rows))]
+            else:
+                ids = greedy_decode(lp, out_len)
+            for k, seq in zip(rows, ids):
+                texts[k] = decode_ids(seq)
+        self.train(was_training)
+        out = [" ".join(t for (i, _), t in zip(pieces, texts) if i == n and t) for n in range(len(wavs))]
+        return out[0] if single else out
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        ckpt = utils.load_checkpoint(path, device)
+        cfg = ckpt["config"]
+        if cfg["chars"] != CHARS or cfg["n_mels"] != N_MELS or cfg["hop"] != HOP:
+            raise ValueError(f"{path}: recognizer built for another alphabet or front end")
+        model = cls(cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["dropout"], cfg["max_seq_len"])
+        model.load_state_dict(ckpt["model"])
+        return model.to(device).eval()
+
+
+def split_on_silence(wav, max_s, min_s=2.0):
+    """Cut a long waveform into pieces of at most max_s seconds, each cut at the quietest 100 ms
+    between min_s and max_s into the rest, so words are rarely split."""
+    sr, pieces, start = audio.SAMPLE_RATE, [], 0
+    max_n, min_n = int(max_s * sr), int(min_s * sr)
+    energy = F.avg_pool1d(wav[None, None] ** 2, HOP * 10, stride=HOP, padding=HOP * 5,
+                          count_include_pad=False)[0, 0] if len(wav) > max_n else None
+    while len(wav) - start > max_n:
+        # the last piece keeps at least min_n samples too
+        lo, hi = (start + min_n) // HOP, (min(start + max_n, len(wav) - min_n)) // HOP
+        cut = (lo + int(energy[lo:hi].argmin())) * HOP
+        pieces.append(wav[start:cut])
+        start = cut
+    pieces.append(wav[start:])
+    return pieces
+
+
+# -----------------------------------------------------------------------------
+# data: SpokenWorld turns, both speakers
+
+POOL_BATCHES = 20         # clips are sorted by length within pools of this many batches
+
+
+def load_clips(data_dir, split, speaker=None):
+    """Every turn of a spoken split as (int16 waveform, normalised transcript)."""
+    from nanosdm.data import SpeechSplit
+    clips = []
+    for wav, turn in SpeechSplit(data_dir, split).utterances(speaker=speaker):
+        text = normalize_text(turn["text"])
+        if text and len(wav) >= MIN_SAMPLES:
+            clips.append(((wav * 32768).round().short(), text))  # the corpus is int16: exact, half the memory
+    return clips
+
+
+def scrambled_clips(data_dir, vocabulary, n, seed, processes=None):
+    """n extra turns of *random* word sequences (the corpus's words and freshly invented names),
+    spoken by the corpus's training voices. SpokenWorld's turns come from a few dozen templates,
+    and a recognizer trained on them alone learns the templates: it then hears a held-out phrasing
+    as the nearest template and spells a new name as a known one. Scrambled word order forces it
+    to listen. eSpeak makes an hour of this in seconds; the unseen voices stay unseen."""
+    import json
+    import random
+    from nanosdm import data, espeak
+    with open(os.path.join(data_dir, "corpus.json")) as f:
+        voices = json.load(f)["seen_voices"]
+    rng = random.Random(seed)
+    invent = lambda: rng.choice(data.SYLLABLES) + rng.choice(data.SYLLABLES) + rng.choice(data.CODAS)
+    jobs = [dict(text=" ".join(rng.choice(vocabulary) if rng.random() < 0.75 else invent()
+                               for _ in range(rng.randint(2, 8))),
+                 voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
+            for _ in range(n)]
+    clips = []
+    for job, (wav, _, _) in tqdm(zip(jobs, espeak.synthesize_many(jobs, processes)), total=n,
+                                 desc="asr scrambled turns", leave=False):
+        clips.append((torch.from_numpy(np.round(wav * 32767)).short(), normalize_text(job["text"])))
+    return clips
+
+
+def epoch_batches(lengths, batch_size, seed, epoch):
+    """One epoch as batches of clips of similar length (little padding): shuffle, sort within
+    pools, cut, shuffle the batches. A function of (seed, epoch) only, so a resumed run sees the
+    batches an uninterrupted one would; the count is the same every epoch."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=gen).tolist()
+    pool, batches = batch_size * POOL_BATCHES, []
+    for p in range(0, len(perm), pool):
+        chunk = sorted(perm[p:p + pool], key=lambda i: lengths[i])
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+# -----------------------------------------------------------------------------
+# training and evaluation (stage `asr`)
+
+def train(cfg, stop_step=None):
+    """Train (or resume) the recognizer, then evaluate it; returns the metrics for report.json.
+    stop_step stops early as if the run were killed there (for the resume test)."""
+    device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
+    clips = load_clips(cfg["data_dir"], "train")
+    n_corpus = len(clips)
+    if cfg["asr_scrambled_turns"]:
+        vocabulary = sorted({w for _, t in clips for w in t.split()})
+        clips += scrambled_clips(cfg["data_dir"], vocabulary, cfg["asr_scrambled_turns"], seed, cfg.get("workers") or None)
+    lengths = [len(w) for w, _ in clips]
+    targets = [encode_text(t) for _, t in clips]
+    B, max_steps = cfg["asr_batch_size"], cfg["asr_max_steps"]
+    n_batches = len(epoch_batches(lengths, B, seed, 0))
+    hours = sum(lengths) / audio.SAMPLE_RATE / 3600
+    print(f"asr: {n_corpus} corpus turns (both speakers) + {len(clips) - n_corpus} scrambled ones = {hours:.2f} h; "
+          f"{max_steps} steps of {B} "
+          f"= {max_steps / n_batches:.1f} epochs")
+
+    model = ASR(cfg["asr_n_layer"], cfg["asr_n_head"], cfg["asr_d_model"], cfg["asr_dropout"]).to(device)
+    params = list(model.parameters())
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg["asr_weight_decay"]),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=cfg["asr_lr"], betas=(0.9, 0.98))
+    n_params = sum(p.numel() for p in params)
+    print(f"asr model: {n_params / 1e6:.2f}M parameters")
+
+    path = os.path.join(out_dir, "asr.pt")
+    step, history = 0, {"train": []}
+    if os.path.exists(path):
+        ckpt = utils.load_checkpoint(path, device)
+        if ckpt["config"] == model.config and ckpt["step"] < max_steps:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            step, history = ckpt["step"], ckpt["history"]
+            print(f"resuming from {path} at step {step}")
+
+    def save():
+        utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
+                                         config=model.config, step=step, history=history))
+
+    gen, epoch, batches = torch.Generator(), -1, None
+    model.train()
+    t0, audio_seconds = time.time(), 0.0
+    pbar = tqdm(total=max_steps, initial=step, desc="asr", dynamic_ncols=True)
+    while step < max_steps and (stop_step is None or step < stop_step):
+        lr = utils.cosine_lr(step, max_steps, cfg["asr_lr"], cfg["asr_warmup"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if step // n_batches != epoch:
+            epoch = step // n_batches
+            batches = epoch_batches(lengths, B, seed, epoch)
+        rows = batches[step % n_batches]
+        x, xlen = pad_batch([clips[i][0].float() / 32768 for i in rows])
+        feat, flen = features(x.to(device), xlen.to(device))
+        gen.manual_seed(seed * 1_000_003 + step)  # the masks depend on the step only: resumable
+        feat = spec_augment(feat, flen, gen)
+        with utils.autocast(device, enabled=use_bf16(device)):
+            loss = model.loss(feat, flen, [targets[i] for i in rows])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg["asr_grad_clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        audio_seconds += float(xlen.sum()) / audio.SAMPLE_RATE
+        history["train"].append([step, round(loss.item(), 4)])
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", audio_x=f"{audio_seconds / (time.time() - t0):.0f}")
+        if step % cfg["asr_ckpt_interval"] == 0 or step == max_steps:
+            save()
+    pbar.close()
+    train_seconds = time.time() - t0
+    if step < max_steps:
+        save()
+        return {}
+
+    model.eval()
+    plot_dir = os.path.join(out_dir, "plots")
+    plot_loss(history, os.path.join(plot_dir, "asr_loss.png"))
+    last = [l for _, l in history["train"][-50:]]
+    metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
+    if audio_seconds:
+        metrics["asr_train_audio_x_realtime"] = round(audio_seconds / train_seconds, 1)
+    metrics.update(evaluate_stage(model, cfg))
+    return metrics
+
+
+@torch.no_grad()
+def codec_roundtrip(codec, wav):
+    """wav [T] -> the clip encoded to tokens and decoded again. Not trimmed to T: a streaming
+    codec's output lags its input a little, and its end is padded with silence anyway."""
+    dev = next(codec.parameters()).device
+    return codec.decode(codec.encode(wav[None].to(dev))).reshape(-1).float().cpu()
+
+
+def evaluate_stage(model, cfg):
+    """Error rates on unseen voices (user turns), on seen voices asking held-out phrasings, with
+    beam search, and through the codec when one has been trained."""
+    unseen = load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
+    refs, wavs = [t for _, t in unseen], [w.float() / 32768 for w, _ in unseen]
+    t0 = time.time()
+    hyps = model.transcribe(wavs)
+    rtf = (time.time() - t0) / (sum(len(w) for w in wavs) / audio.SAMPLE_RATE)
+    metrics = {"asr_cer": round(cer(refs, hyps), 4), "asr_wer": round(wer(refs, hyps), 4),
+               "asr_eval_clips": len(unseen), "asr_rtf": round(rtf, 4)}
+    beam_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
+    metrics["asr_wer_beam"] = round(wer(refs, beam_hyps), 4)
+    val = load_clips(cfg["data_dir"], "val", speaker="user")
+    metrics["asr_wer_seen_voice"] = round(wer([t for _, t in val], model.transcribe([w.float() / 32768 for w, _ in val])), 4)
+    bad = [(r, h) for r, h in zip(refs, hyps) if r != h]
+    print(f"asr: unseen voices CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} over {len(refs)} turns "
+          f"({len(bad)} not exact); e.g.\n" + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in bad[:4]))
+
+    codec_path = os.path.join(cfg["out_dir"], "codec.pt")
+    if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
+        from nanosdm.codec import Codec
+        codec = Codec.load(codec_path, cfg["device"])
+        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
+        codec_hyps = model.transcribe(decoded)
+        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4))
+        print(f"asr through the codec: CER {metrics['asr_cer_codec']:.2%} WER {metrics['asr_wer_codec']:.2%}")
+    else:
+        print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
+    plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def plot_loss(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps, losses = zip(*history["train"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, losses, lw=0.6)
+    ax.set(xlabel="step", ylabel="CTC loss (nats per character)", yscale="log", title="ASR training")
+    ax.grid(alpha=0.3)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_posteriors(model, wav, ref, path):
+    """Log-mel spectrogram on top; under it, per encoder frame, the probability of blank and of
+    each character, with the greedy labels written over their frames."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mel, lp = model.posteriors(wav)
+    probs = lp.exp().cpu().numpy().T  # [VOCAB_SIZE, frames]
+    seconds = len(wav) / audio.SAMPLE_RATE
+    hyp = decode_ids(greedy_decode(lp[None])[0])
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw=dict(height_ratios=[1, 1.6]))
+    a0.imshow(mel.cpu().numpy(), origin="lower", aspect="auto", cmap="magma", extent=[0, seconds, 0, N_MELS])
+    a0.set(ylabel="mel band", title=f"ref: {ref!r}\nhyp: {hyp!r}")
+    frame_s = SUBSAMPLE * HOP / audio.SAMPLE_RATE
+    a1.imshow(probs, origin="lower", aspect="auto", cmap="Greys", vmin=0, vmax=1,
+              extent=[0, probs.shape[1] * frame_s, -0.5, VOCAB_SIZE - 0.5], interpolation="nearest")
+    labels = ["blank", "space"] + list(CHARS[1:])
+    a1.set_yticks(range(VOCAB_SIZE), labels, fontsize=6)
+    for t, k in enumerate(probs.argmax(0)):
+        if k != BLANK:
+            a1.text((t + 0.5) * frame_s, k + 1.2, labels[k] if k != 1 else "_", ha="center", fontsize=7, color="tab:red")
+    a1.set(xlabel="seconds", ylabel="CTC posterior per 30 ms frame")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,558 @@
+"""
+HuBERT-like discrete speech units, at nano scale: what SpeechGPT, LLaMA-Omni, SyncLLM and friends
+model in place of audio (seed section 4.3).
+
+    iteration 1   k-means on MFCC frames (+deltas) gives a first, crude label for every 20 ms frame
+    encoder       log-mel -> two convolutions down to 50 frames/s -> the shared transformer
+                  (bidirectional). Spans of frames are masked (about 8% of frames start a span of
+                  10) and the encoder must predict the iteration-1 label of every masked frame from
+                  its context: cross-entropy over cosine similarities / temperature, masked frames only
+    iteration 2   k-means on a middle layer of the trained encoder gives the final units
+
+Why it works: a masked frame can only be predicted from the phones around it, so the encoder
+learns what the frames *mean* in context, not what they sound like (voice, pitch, loudness); its
+middle layers therefore cluster by phone far better than the MFCCs that taught it.
+
+Why log-mel and not raw-wave convolutions as in HuBERT: a 16 kHz wave front end spends most of the
+encoder's FLOPs in the first convolutions (320x downsampling through 7 layers); the STFT does that
+work for free, which on a CPU is the difference between minutes and hours.
+
+Frames: frame i covers samples [320 i, 320 (i+1)), so a wav of T samples has T // 320 frames.
+Quality is measured against the synthesizer's phone timings (stress marks removed; frames outside
+every phone, i.e. pauses, are left out): PNMI, phone purity and cluster purity (HuBERT paper).
+
+    units = Units.load("out/tiny/units.pt")
+    ids = units.encode(wav)                  # [frames] long, 50 per second
+    values, durations = dedup(ids)           # run-length collapse
+    feats = units.features(wav_batch)        # [B, frames, D]: the clustered layer, for distillation
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanosdm import audio, utils
+from nanosdm.transformer import Transformer
+
+SAMPLE_RATE = audio.SAMPLE_RATE
+HOP = 320                 # samples per unit frame: 20 ms, 50 frames per second (HuBERT's rate)
+FRAME_RATE = SAMPLE_RATE // HOP
+MEL_HOP = 160             # log-mel and MFCC come at 100 Hz; two of their frames make one unit frame
+N_MELS = 80
+STRESS = "\u02c8\u02cc"   # IPA primary and secondary stress marks: not part of the phone's sound
+MAX_FRAMES = 4096         # longest input the encoder's rotary tables cover (82 s)
+# bf16 pays on GPUs and on CPUs with AMX / AVX512-BF16; on an AVX2-only CPU (the AMD EPYC this was
+# written on) a bf16 matmul is ~40x slower than fp32, so CPU training stays in fp32 unless told
+BF16_ON_CPU = False
+
+
+# -----------------------------------------------------------------------------
+# k-means in torch: k-means++ seeding, then Lloyd steps (full batch or mini-batch), CPU or GPU
+
+KMEANS_CHUNK = 16384      # rows per distance matrix: N x k distances at once would not fit for big N
+
+
+def sq_distances(x, c):
+    """Squared Euclidean distances [N, k] as |x|^2 - 2 x.c + |c|^2 (one matmul, no [N, k, D] tensor)."""
+    d = (x * x).sum(1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
+    return d.clamp_min_(0.0)   # rounding can make a zero distance slightly negative
+
+
+def assign(x, c):
+    """Nearest centroid of every row: (labels [N] long, squared distance [N]), in chunks."""
+    labels, dists = [], []
+    for i in range(0, x.shape[0], KMEANS_CHUNK):
+        d, l = sq_distances(x[i:i + KMEANS_CHUNK], c).min(1)
+        labels.append(l)
+        dists.append(d)
+    return torch.cat(labels), torch.cat(dists)
+
+
+def kmeans_pp_init(x, k, gen):
+    """k-means++: each new centroid is a data point drawn with probability ~ squared distance to the
+    nearest centroid chosen so far, which spreads the seeds over the data."""
+    n = x.shape[0]
+    centroids = torch.empty(k, x.shape[1], device=x.device, dtype=x.dtype)
+    centroids[0] = x[torch.randint(n, (1,), generator=gen, device=x.device)]
+    closest = sq_distances(x, centroids[:1]).squeeze(1)
+    for j in range(1, k):
+        if closest.sum() <= 0:   # fewer distinct points than k: any point will do
+            idx = torch.randint(n, (1,), generator=gen, device=x.device)
+        else:
+            idx = torch.multinomial(closest, 1, generator=gen)
+        centroids[j] = x[idx]
+        closest = torch.minimum(closest, sq_distances(x, centroids[j:j + 1]).squeeze(1))
+    return centroids
+
+
+def reseed_empty(centroids, counts, x, dists):
+    """Move every centroid that got no points onto the points farthest from their own centroid:
+    those are the ones worst served, and giving them a centroid lowers the inertia the most."""
+    empty = (counts == 0).nonzero().squeeze(1)
+    if len(empty) > 0:
+        far = dists.topk(min(len(empty), len(dists))).indices
+        centroids[empty[:len(far)]] = x[far]
+        dists[far] = 0.0   # so that a second call does not pick them again
+    return centroids
+
+
+def kmeans(x, k, iters=20, seed=0, batch_size=None):
+    """x [N, D] float (CPU or GPU) -> (centroids [k, D], labels [N]).
+    batch_size=None: full-batch Lloyd, `iters` steps (the inertia never goes up).
+    batch_size=B: mini-batch k-means (Sculley 2010), `iters` passes over shuffled batches of B rows;
+    each centroid moves toward its batch mean with step 1/(points it has seen), so it converges
+    to the running mean of everything assigned to it. Cheaper per pass for large N."""
+    x = x.detach().float()
+    n, dim = x.shape
+    assert n >= k, f"k-means needs at least k={k} points, got {n}"
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    centroids = kmeans_pp_init(x, k, gen)
+    seen = torch.zeros(k, device=x.device)       # mini-batch: points each centroid has absorbed
+    for _ in range(iters):
+        if batch_size is None:
+            labels, dists = assign(x, centroids)
+            counts = torch.bincount(labels, minlength=k).float()
+            sums = torch.zeros(k, dim, device=x.device).index_add_(0, labels, x)
+            nonempty = counts > 0
+            centroids[nonempty] = sums[nonempty] / counts[nonempty, None]
+            centroids = reseed_empty(centroids, counts, x, dists)
+        else:
+            order = torch.randperm(n, generator=gen, device=x.device)
+            epoch_counts = torch.zeros(k, device=x.device)
+            for i in range(0, n, batch_size):
+                xb = x[order[i:i + batch_size]]
+                labels, dists = assign(xb, centroids)
+                counts = torch.bincount(labels, minlength=k).float()
+                sums = torch.zeros(k, dim, device=x.device).index_add_(0, labels, xb)
+                seen += counts
+                epoch_counts += counts
+                step = counts / seen.clamp_min(1.0)   # 0 for centroids with no point in this batch
+                centroids += step[:, None] * (sums / counts.clamp_min(1.0)[:, None] - centroids)
+            if (epoch_counts == 0).any():
+                centroids = reseed_empty(centroids, epoch_counts, xb, dists)
+                seen[epoch_counts == 0] = 0.0
+    labels, _ = assign(x, centroids)
+    return centroids, labels
+
+
+def inertia(x, centroids):
+    """Sum of squared distances of every point to its nearest centroid (what k-means minimises)."""
+    return assign(x.float(), centroids)[1].sum().item()
+
+
+# -----------------------------------------------------------------------------
+# frame-level features and labels, 50 per second
+
+def num_frames(n_samples):
+    return n_samples // HOP
+
+
+def mfcc_frames(wav):
+    """MFCC + deltas of one wav [T] -> [T // 320, 39]. The 100 Hz MFCC frame 2i+1 is centred on
+    sample 320 i + 160, the middle of unit frame i; its deltas already summarise the neighbours."""
+    return audio.mfcc(wav)[:, 1::2][:, :num_frames(wav.shape[-1])].T.contiguous()
+
+
+def wav_to_mel(wav):
+    """Encoder input: log-mel [B, 80, T // 160 + 1] scaled to about [-2, 2]. Each utterance's mean
+    is removed per band (cepstral mean normalisation): a voice's timbre and its recording's
+    loudness are mostly a constant offset in log-mel, and they say nothing about the phone."""
+    mel = audio.log_mel(wav, n_mels=N_MELS, hop=MEL_HOP)
+    return (mel - mel.mean(-1, keepdim=True)) / 20.0
+
+
+def strip_stress(phone):
+    return "".join(ch for ch in phone if ch not in STRESS)
+
+
+def frame_phones(phones, n_frames):
+    """Phone label of every frame (by its centre) from [[label, start_s, end_s], ...]; None where
+    no phone is spoken (a pause)."""
+    labels = [None] * n_frames
+    for label, start, end in phones:
+        first = max(0, math.ceil(start * FRAME_RATE - 0.5))     # first frame whose centre >= start
+        last = min(n_frames, math.ceil(end * FRAME_RATE - 0.5))  # frames with centre < end
+        for i in range(first, last):
+            labels[i] = strip_stress(label)
+    return labels
+
+
+def unit_quality(units, phones, n_units, n_phones):
+    """PNMI, phone purity and cluster purity (HuBERT paper, section 4.2) of unit ids [N] against
+    phone ids [N], from their joint distribution p(phone, unit).
+      PNMI           I(phone; unit) / H(phone): the share of the phone's uncertainty a unit removes
+      phone purity   accuracy of labelling each unit with its most frequent phone
+      cluster purity accuracy of labelling each phone with its most frequent unit"""
+    joint = torch.zeros(n_phones, n_units, dtype=torch.float64)
+    joint.index_put_((phones.long(), units.long()), torch.ones(len(units), dtype=torch.float64), accumulate=True)
+    joint /= joint.sum()
+    p_phone, p_unit = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    nz = joint > 0
+    mutual = (joint[nz] * (joint[nz] / (p_phone @ p_unit)[nz]).log()).sum()
+    p = p_phone[p_phone > 0]
+    h_phone = -(p * p.log()).sum()
+    return dict(pnmi=(mutual / h_phone).item(), phone_purity=joint.max(0).values.sum().item(),
+                cluster_purity=joint.max(1).values.sum().item())
+
+
+# -----------------------------------------------------------------------------
+# masked prediction
+
+def span_mask(batch, n_frames, prob, span, gen=None, device="cpu"):
+    """bool [batch, n_frames]: every frame that can start a whole span starts one with probability
+    `prob`, and a span covers `span` frames. Spans overlap freely, so the covered fraction is about
+    1 - (1 - prob)^span (57% for HuBERT's 8% and 10). At least one span per row."""
+    n_starts = max(1, n_frames - span + 1)
+    starts = torch.rand(batch, n_starts, generator=gen, device=device) < prob
+    starts[torch.arange(batch, device=device), torch.randint(n_starts, (batch,), generator=gen, device=device)] = True
+    # a frame is masked when a span started in any of the `span` frames up to it
+    padded = F.pad(starts.float(), (span - 1, n_frames - n_starts))
+    return F.max_pool1d(padded[:, None], span, stride=1)[:, 0].bool()
+
+
+class HubertEncoder(nn.Module):
+    def __init__(self, n_targets, n_layer, n_head, d_model, proj_dim, temperature=0.1, n_mels=N_MELS,
+                 max_seq_len=MAX_FRAMES):
+        super().__init__()
+        self.config = dict(n_targets=n_targets, n_layer=n_layer, n_head=n_head, d_model=d_model,
+                           proj_dim=proj_dim, temperature=temperature, n_mels=n_mels, max_seq_len=max_seq_len)
+        self.temperature = temperature
+        # 100 Hz mel -> 50 Hz: output i sees mel frames 2i..2i+2 (through the first conv, 2i-1..2i+3),
+        # centred on mel frame 2i+1 = sample 320 i + 160, the middle of unit frame i
+        self.conv1 = nn.Conv1d(n_mels, d_model, 3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, 3, stride=2)
+        self.mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)   # what a masked frame looks like
+        self.transformer = Transformer(n_layer, n_head, d_model, causal=False, max_seq_len=max_seq_len)
+        self.proj = nn.Linear(d_model, proj_dim)
+        self.label_emb = nn.Parameter(torch.randn(n_targets, proj_dim))
+
+    def frontend(self, mel):
+        """log-mel [B, n_mels, M] -> frame features [B, (M - 1) // 2, D]"""
+        return F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
+
+    def forward(self, mel, mask=None, layer=None):
+        """mask: bool [B, N] frames to hide. Returns logits [B, N, n_targets] (cosine similarity
+        between the projected output and each target's embedding, over the temperature), or with
+        layer=l the output of block l (1-based) [B, N, D]."""
+        x = self.frontend(mel)
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        if layer is not None:
+            return self.transformer(x, return_layers=True)[1][layer - 1]
+        h = self.transformer(x)
+        z = F.normalize(self.proj(h).float(), dim=-1)
+        return z @ F.normalize(self.label_emb.float(), dim=-1).T / self.temperature
+
+
+def masked_loss(logits, targets, mask):
+    """Cross-entropy on masked frames only: predicting a visible frame's label is just reading it.
+    Targets < 0 (padding) are ignored too."""
+    keep = mask & (targets >= 0)
+    return F.cross_entropy(logits[keep], targets[keep])
+
+
+# -----------------------------------------------------------------------------
+# the trained units
+
+class Units:
+    """Encoder up to the clustered layer + the k-means centroids of that layer's features."""
+
+    def __init__(self, encoder, layer, centroids):
+        self.encoder = encoder.eval()
+        self.layer = layer
+        # the blocks above the clustered layer are not needed any more
+        self.encoder.transformer.blocks = self.encoder.transformer.blocks[:layer]
+        self.centroids = centroids
+        self.k = centroids.shape[0]
+        self.dim = centroids.shape[1]
+        self.frame_rate = FRAME_RATE
+        self.hop = HOP
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        ckpt = utils.load_checkpoint(path, device)
+        if not ckpt.get("finished"):
+            raise ValueError(f"{path} is a partial units checkpoint: finish `python train.py --stage=units`")
+        encoder = HubertEncoder(**ckpt["config"]).to(device)
+        encoder.load_state_dict(ckpt["model"])
+        return cls(encoder, ckpt["layer"], ckpt["centroids"].to(device))
+
+    @property
+    def device(self):
+        return self.centroids.device
+
+    @torch.no_grad()
+    def features(self, wav):
+        """wav [B, T] (or [T]) at 16 kHz -> the clustered layer's features [B, T // 320, D], 50 Hz."""
+        squeeze = wav.dim() == 1
+        mel = wav_to_mel(wav.reshape(-1, wav.shape[-1]).to(self.device))
+        feats = self.encoder(mel, layer=self.layer).float()
+        return feats[0] if squeeze else feats
+
+    @torch.no_grad()
+    def encode(self, wav):
+        """wav [T] or [B, T] -> unit ids [T // 320] or [B, T // 320] (long), one per 20 ms frame."""
+        feats = self.features(wav)
+        return assign(feats.reshape(-1, self.dim), self.centroids)[0].reshape(feats.shape[:-1])
+
+
+def dedup(units):
+    """Run-length collapse: [5, 5, 5, 9, 9, 5] -> (values [5, 9, 5], durations in frames [3, 2, 1]).
+    Deduplicated units are what LLaMA-Omni's CTC decoder and SyncLLM model."""
+    values, durations = torch.unique_consecutive(units, return_counts=True)
+    return values, durations
+
+
+# -----------------------------------------------------------------------------
+# data: utterances of the SpokenWorld corpus, cut to whole frames
+
+def load_utterances(data_dir, split, speaker=None, max_hours=0.0):
+    """(list of wav [T] float, list of phone timings) for the single turns of a split."""
+    from nanosdm.data import SpeechSplit
+    wavs, phones, total = [], [], 0
+    for wav, turn in SpeechSplit(data_dir, split).utterances(speaker):
+        n = num_frames(len(wav)) * HOP
+        if n == 0:
+            continue
+        wavs.append(wav[:n])
+        phones.append(turn["phones"])
+        total += n
+        if max_hours and total >= max_hours * 3600 * SAMPLE_RATE:
+            break
+    return wavs, phones
+
+
+def mfcc_dataset(stream, chunk_seconds=60):
+    """Every frame's MFCC, [frames, 39], of an int16 stream of utterances, in minute-long pieces
+    (a few big STFTs instead of thousands of small ones; the deltas blur a frame at each seam)."""
+    chunk = chunk_seconds * FRAME_RATE * HOP
+    return torch.cat([mfcc_frames(stream[i:i + chunk].float() / 32768.0)
+                      for i in tqdm(range(0, len(stream), chunk), desc="units: mfcc", leave=False)])
+
+
+def get_batch(stream, targets, batch_size, crop_frames, gen):
+    """Random crops from the training stream (every utterance end to end, whole frames each):
+    (wav [B, crop_frames * 320] float, targets [B, crop_frames])."""
+    starts = torch.randint(len(targets) - crop_frames + 1, (batch_size, 1), generator=gen)
+    frames = starts + torch.arange(crop_frames)
+    samples = starts * HOP + torch.arange(crop_frames * HOP)
+    return stream[samples].float() / 32768.0, targets[frames]
+
+
+@torch.no_grad()
+def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen):
+    """Features of block `layer` for up to max_frames frames of the stream, in random chunks."""
+    n_chunks = len(stream) // (chunk_frames * HOP)
+    order = torch.randperm(n_chunks, generator=gen)[:max(1, max_frames // chunk_frames)]
+    feats = []
+    for c in tqdm(order.tolist(), desc="units: features", leave=False):
+        wav = stream[c * chunk_frames * HOP:(c + 1) * chunk_frames * HOP].float()[None] / 32768.0
+        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
+            feats.append(encoder(wav_to_mel(wav.to(device)), layer=layer)[0].float())
+    return torch.cat(feats)
+
+
+# -----------------------------------------------------------------------------
+# the units stage
+
+def train(cfg, stop_step=None):
+    """Iteration 1 (MFCC k-means), masked-prediction training, iteration 2 (k-means on a middle
+    layer), then unit quality on unseen voices against MFCC k-means. stop_step: stop as if killed."""
+    device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
+    path = os.path.join(out_dir, "units.pt")
+    k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
+    assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
+    t0 = time.time()
+
+    # iteration 1: MFCC k-means labels for every training frame
+    wavs, _ = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
+    stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+    del wavs
+    mfcc = mfcc_dataset(stream).to(device)
+    # as in HuBERT, not standardised: the deltas stay small, so the clusters follow the static
+    # cepstra and change less from frame to frame (standardised: PNMI 0.46 instead of 0.48)
+    sub = torch.randperm(len(mfcc), generator=torch.Generator().manual_seed(seed))[:cfg["units_kmeans_frames"]]
+    fit = mfcc[sub.to(device)]
+    print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech, {len(mfcc)} frames")
+
+    model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
+                          cfg["units_proj_dim"], cfg["units_temperature"]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["units_lr"], betas=(0.9, 0.98),
+                            weight_decay=cfg["units_weight_decay"])
+    train_keys = {key: cfg[key] for key in sorted(cfg) if key.startswith("units_")}
+    step, history, ckpt = 0, [], None
+    if os.path.exists(path):
+        ckpt = utils.load_checkpoint(path, device)
+        if ckpt["train_keys"] == train_keys and not ckpt["finished"]:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            step, history = ckpt["step"], ckpt["history"]
+            print(f"units: resuming from step {step}")
+        else:
+            ckpt = None
+    if ckpt is not None:   # the same targets as before the interruption
+        target_centroids, mfcc_centroids = ckpt["target_centroids"], ckpt["mfcc_centroids"]
+    else:
+        target_centroids = kmeans(fit, k_targets, cfg["units_kmeans_iters"], seed)[0]
+        mfcc_centroids = (target_centroids if k == k_targets
+                          else kmeans(fit, k, cfg["units_kmeans_iters"], seed)[0])
+    targets = assign(mfcc, target_centroids)[0].cpu()
+    del mfcc, fit
+
+    def save(finished=False, centroids=None):
+        utils.save_checkpoint(path, dict(
+            config=model.config, model=model.state_dict(), optimizer=opt.state_dict(), step=step,
+            history=history, train_keys=train_keys, finished=finished, layer=layer, centroids=centroids,
+            target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
+
+    # masked prediction
+    max_steps, crop = cfg["units_max_steps"], int(cfg["units_crop_seconds"] * FRAME_RATE)
+    model.train()
+    pbar = tqdm(total=max_steps, initial=step, desc="units: train", dynamic_ncols=True)
+    while step < max_steps:
+        if stop_step is not None and step >= stop_step:
+            return None
+        gen = torch.Generator().manual_seed(seed * 100003 + step)   # a resumed run sees the same batches
+        wav, tgt = get_batch(stream, targets, cfg["units_batch_size"], crop, gen)
+        mask = span_mask(len(wav), crop, cfg["units_mask_prob"], cfg["units_mask_len"], gen)
+        wav, tgt, mask = wav.to(device), tgt.to(device), mask.to(device)
+        lr = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
+            logits = model(wav_to_mel(wav), mask)
+        loss = masked_loss(logits, tgt, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["units_grad_clip"])
+        opt.step()
+        acc = (logits.argmax(-1) == tgt)[mask].float().mean().item()
+        history.append([step, loss.item(), acc])
+        step += 1
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
+        if step % cfg["units_ckpt_interval"] == 0 and step < max_steps:
+            save()
+    pbar.close()
+    train_seconds = time.time() - t0
+
+    # iteration 2: k-means on the middle layer
+    model.eval()
+    feats = layer_features(model, stream, layer, cfg["units_kmeans_frames"], 10 * FRAME_RATE, device,
+                           torch.Generator().manual_seed(seed + 1))
+    centroids = kmeans(feats, k, cfg["units_kmeans_iters"], seed)[0]
+    save(finished=True, centroids=centroids)
+    train_hours = len(targets) / FRAME_RATE / 3600
+    del feats, stream, targets
+
+    # unit quality on unseen voices
+    units = Units.load(path, device)
+    wavs, phones = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
+    mfcc_ids, hubert_ids, phone_labels = [], [], []
+    for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
+        mfcc_ids.append(assign(mfcc_frames(wav).to(device), mfcc_centroids)[0].cpu())
+        hubert_ids.append(units.encode(wav).cpu())
+        phone_labels.append(frame_phones(ph, num_frames(len(wav))))
+    flat = [p for labels in phone_labels for p in labels]
+    inventory = sorted(set(p for p in flat if p is not None))
+    keep = torch.tensor([p is not None for p in flat])
+    phone_ids = torch.tensor([inventory.index(p) for p in flat if p is not None])
+    metrics = dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
+                   units_eval_frames=len(phone_ids), units_eval_phones=len(inventory),
+                   units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),
+                   units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4),
+                   units_train_seconds=round(train_seconds, 1))
+    ids = {"mfcc": torch.cat(mfcc_ids)[keep], "hubert": torch.cat(hubert_ids)[keep]}
+    for name, u in ids.items():
+        for key, value in unit_quality(u, phone_ids, k, len(inventory)).items():
+            metrics[f"units_{key}_{name}"] = round(value, 4)
+
+    plot_dir = os.path.join(out_dir, "plots")
+    plot_cooccurrence(ids, phone_ids, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
+    plot_utterance(wavs[0], mfcc_ids[0], hubert_ids[0], phone_labels[0], os.path.join(plot_dir, "units_utterance.png"))
+    plot_loss(history, os.path.join(plot_dir, "units_loss.png"))
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def plot_cooccurrence(ids, phone_ids, inventory, k, metrics, path):
+    """p(phone | unit) for each labelling; phones by frequency, units sorted by their dominant phone,
+    so a good labelling is a staircase and a poor one a smear."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    order = torch.bincount(phone_ids, minlength=len(inventory)).argsort(descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    fig, axes = plt.subplots(1, len(ids), figsize=(7 * len(ids), 0.18 * len(inventory) + 2))
+    for ax, (name, u) in zip(axes, ids.items()):
+        joint = torch.zeros(len(inventory), k)
+        joint.index_put_((rank[phone_ids], u), torch.ones(len(u)), accumulate=True)
+        cond = joint / joint.sum(0, keepdim=True).clamp_min(1)
+        dominant, share = cond.max(0)
+        units = sorted(range(k), key=lambda j: (dominant[j].item(), -share[j].item()))
+        ax.imshow(cond[:, units], aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(inventory)), [inventory[i] for i in order.tolist()], fontsize=7)
+        ax.set_xlabel("unit (sorted by dominant phone)")
+        ax.set_title(f"{name}: PNMI {metrics[f'units_pnmi_{name}']:.3f}, "
+                     f"phone purity {metrics[f'units_phone_purity_{name}']:.3f}")
+    axes[0].set_ylabel("phone (by frequency)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_utterance(wav, mfcc_ids, hubert_ids, phone_labels, path, seconds=3.0):
+    """Log-mel spectrogram with, under it, the MFCC-cluster and learned-unit sequences (one box per
+    run of equal units) and the phones."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = min(len(phone_labels), int(seconds * FRAME_RATE))
+    mel = audio.log_mel(wav[:n * HOP], n_mels=N_MELS)
+    fig, axes = plt.subplots(4, 1, figsize=(12, 5.5), sharex=True,
+                             gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
+    axes[0].imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=(0, n / FRAME_RATE, 0, N_MELS))
+    axes[0].set_ylabel("mel band")
+    rows = [("MFCC k-means", [str(u) for u in mfcc_ids[:n].tolist()]),
+            ("learned units", [str(u) for u in hubert_ids[:n].tolist()]),
+            ("phones", [p or "" for p in phone_labels[:n]])]
+    for ax, (name, labels) in zip(axes[1:], rows):
+        start = 0
+        for i in range(1, n + 1):
+            if i == n or labels[i] != labels[start]:
+                ax.axvline(start / FRAME_RATE, color="grey", lw=0.5)
+                ax.text((start + i) / 2 / FRAME_RATE, 0.5, labels[start], ha="center", va="center",
+                        fontsize=6 if name != "phones" else 8, rotation=90 if name != "phones" else 0)
+                start = i
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    h = np.array(history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(h[:, 0], h[:, 1], lw=0.8, label="masked cross-entropy")
+    ax.plot(h[:, 0], h[:, 2], lw=0.8, label="masked accuracy")
+    ax.set_xlabel("step")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

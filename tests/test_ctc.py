@@ -1,0 +1,198 @@
+"""CTC recognizer: decoding, the loss, error rates, a short training run, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanosdm import audio, ctc, espeak, utils
+
+SR = audio.SAMPLE_RATE
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # these models are tiny: a second thread only adds synchronisation (10x slower on a busy 2-core box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids(text):
+    return ctc.encode_text(text)
+
+
+def one_hot_log_probs(frames, floor=1e-4):
+    """Frames given as symbols ('-' = blank) -> log-probs [T, VOCAB_SIZE], nearly one-hot."""
+    p = torch.full((len(frames), ctc.VOCAB_SIZE), floor)
+    for t, c in enumerate(frames):
+        p[t, ctc.BLANK if c == "-" else ids(c)[0] if c != " " else 1] = 1.0
+    return (p / p.sum(-1, keepdim=True)).log()
+
+
+# -----------------------------------------------------------------------------
+# text, error rates
+
+def test_normalize_and_alphabet():
+    assert ctc.normalize_text("  Hello, World!  It's 42. ") == "hello world it's 42"
+    assert ctc.normalize_text("uh-huh...") == "uh huh"
+    assert ctc.decode_ids(ids("what's 2 plus 2")) == "what's 2 plus 2"
+    assert ctc.VOCAB_SIZE == 39 and min(ids("a z")) >= 1  # 0 stays the blank
+
+
+def test_error_rates_known_cases():
+    assert ctc.edit_distance("kitten", "sitting") == 3
+    assert ctc.edit_distance("", "abc") == 3 and ctc.edit_distance("abc", "") == 3
+    assert ctc.wer("the cat sat", "the cat sat") == 0.0
+    assert ctc.wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
+    assert ctc.wer("the cat sat", "the cat sat down now") == pytest.approx(2 / 3)  # insertions
+    assert ctc.wer("the cat sat", "") == 1.0
+    assert ctc.cer("abcd", "abd") == 0.25
+    assert ctc.cer("The Cat!", "the cat") == 0.0  # scored after normalising both sides
+    # corpus level: total edits over total reference words, not a mean of per-clip rates
+    assert ctc.wer(["a b c d", "e"], ["a b c d", "x"]) == pytest.approx(1 / 5)
+    with pytest.raises(ValueError):
+        ctc.wer(["a"], ["a", "b"])
+    with pytest.raises(ValueError):
+        ctc.cer([""], ["x"])
+
+
+# -----------------------------------------------------------------------------
+# decoding
+
+def test_greedy_decoding_hand_made_posteriors():
+    # repeats merge, blanks vanish, a blank between two l's keeps both
+    lp = one_hot_log_probs("--hh-e-ll-l--oo- ")
+    assert ctc.decode_ids(ctc.greedy_decode(lp[None])[0]) == "hello "
+    # lengths cut the padded frames of a batch
+    batch = torch.stack([one_hot_log_probs("-a-b-c"), one_hot_log_probs("-a-bbb")])
+    out = ctc.greedy_decode(batch, torch.tensor([6, 3]))
+    assert [ctc.decode_ids(o) for o in out] == ["abc", "a"]
+
+
+def test_prefix_beam_search():
+    # peaky posteriors: beam search agrees with greedy
+    lp = one_hot_log_probs("--hh-e-ll-l--oo-")
+    assert ctc.decode_ids(ctc.prefix_beam_search(lp, beam=4)) == "hello"
+    # the classic case where the best path is not the best labelling: two frames with
+    # p(blank) = 0.6, p(a) = 0.4. Greedy says "" (0.36); "a" sums aa, a-, -a = 0.64.
+    p = torch.full((2, ctc.VOCAB_SIZE), 1e-9)
+    p[:, ctc.BLANK], p[:, ids("a")[0]] = 0.6, 0.4
+    lp = p.log()
+    assert ctc.greedy_decode(lp[None])[0] == []
+    assert ctc.decode_ids(ctc.prefix_beam_search(lp, beam=4)) == "a"
+
+
+# -----------------------------------------------------------------------------
+# the loss
+
+def test_forward_algorithm_matches_f_ctc_loss():
+    torch.manual_seed(0)
+    lp = torch.randn(12, 6, dtype=torch.float64).log_softmax(-1)
+    for target in ([1, 2, 3], [2, 2, 4], [5], [3, 3, 3, 3]):
+        ref = F.ctc_loss(lp[:, None], torch.tensor([target]), torch.tensor([12]), torch.tensor([len(target)]),
+                         reduction="sum")
+        assert ctc.ctc_nll(lp, target).item() == pytest.approx(ref.item(), rel=1e-9)
+
+
+def test_model_loss_matches_f_ctc_loss():
+    torch.manual_seed(0)
+    model = ctc.ASR(n_layer=1, n_head=2, d_model=32, dropout=0.0).eval()
+    wav = torch.randn(3, 8000) * 0.1
+    lengths = torch.tensor([8000, 6000, 4000])
+    targets = [ids("abc"), ids("hello"), ids("x y")]
+    feat, flen = ctc.features(wav, lengths)
+    loss = model.loss(feat, flen, targets)
+    lp, out_len = model(feat, flen)
+    assert out_len.tolist() == [(8000 // 160) // 3 + 1, (6000 // 160) // 3 + 1, (4000 // 160) // 3 + 1]
+    # F.ctc_loss's "mean": each clip's negative log-likelihood over its target length, averaged
+    per_clip = [ctc.ctc_nll(lp[i, :out_len[i]].double(), t).item() / len(t) for i, t in enumerate(targets)]
+    assert loss.item() == pytest.approx(sum(per_clip) / 3, rel=1e-4)
+    flat = torch.tensor([i for t in targets for i in t])
+    ref = F.ctc_loss(lp.transpose(0, 1), flat, out_len, torch.tensor([len(t) for t in targets]))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_padding_does_not_change_the_output():
+    torch.manual_seed(0)
+    model = ctc.ASR(n_layer=2, n_head=2, d_model=32, dropout=0.0).eval()
+    a, b = torch.randn(7000) * 0.1, torch.randn(12000) * 0.1
+    x, lengths = ctc.pad_batch([a, b])
+    lp, out_len = model(*ctc.features(x, lengths))
+    lp_a, n_a = model(*ctc.features(a[None], torch.tensor([7000])))
+    assert out_len[0] == n_a[0]
+    torch.testing.assert_close(lp[0, :n_a[0]], lp_a[0], atol=1e-4, rtol=1e-4)
+
+
+def test_spec_augment_masks_bands_and_spans():
+    feat = torch.ones(2, ctc.N_MELS, 300)
+    out = ctc.spec_augment(feat, torch.tensor([300, 300]), torch.Generator().manual_seed(0))
+    zero_bands = (out == 0).all(-1).sum().item()
+    zero_frames = (out == 0).all(1).sum().item()
+    assert 0 < zero_bands and 0 < zero_frames
+    assert (out == 0).float().mean() < 0.5 and feat.eq(1).all()  # the input is left alone
+
+
+# -----------------------------------------------------------------------------
+# a short training run, transcribe, load, errors
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    texts = ["the red ball", "a blue cat", "the green hat", "a pink dog"]
+    clips = [(espeak.synthesize(t, voice=v)[0], t) for t in texts for v in ("en-us", "en-us+m3")]
+    x, lengths = ctc.pad_batch([torch.from_numpy(w) for w, _ in clips])
+    targets = [ids(t) for _, t in clips]
+    model = ctc.ASR(n_layer=1, n_head=2, d_model=64, dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    feat, flen = ctc.features(x, lengths)
+    losses = []
+    for step in range(60):
+        loss = model.loss(feat, flen, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0] and losses[-1] < 2.0, losses[::10]
+
+    path = tmp_path / "asr.pt"
+    utils.save_checkpoint(str(path), dict(model=model.state_dict(), config=model.config))
+    asr = ctc.ASR.load(str(path))
+    single = asr.transcribe(torch.from_numpy(clips[0][0]))
+    batch = asr.transcribe([torch.from_numpy(w) for w, _ in clips[:3]])
+    assert isinstance(single, str) and isinstance(batch, list) and len(batch) == 3
+    assert batch[0] == single  # batched and alone agree
+    assert set(single) <= set(ctc.CHARS)
+
+
+def test_long_audio_is_cut_at_silences():
+    sr = SR
+    burst = lambda s: torch.randn(int(s * sr)) * 0.3
+    quiet = lambda s: torch.zeros(int(s * sr))
+    wav = torch.cat([burst(3.0), quiet(0.5), burst(4.0), quiet(0.5), burst(2.5)])  # 10.5 s
+    pieces = ctc.split_on_silence(wav, max_s=5.0, min_s=1.0)
+    assert sum(len(p) for p in pieces) == len(wav)
+    assert all(len(p) <= 5 * sr for p in pieces) and len(pieces) == 3
+    # the cuts fall inside the two quiet stretches
+    cuts = np.cumsum([len(p) for p in pieces])[:-1] / sr
+    assert 3.0 <= cuts[0] <= 3.5 and 7.5 <= cuts[1] <= 8.0
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    model = ctc.ASR(n_layer=1, n_head=2, d_model=32)
+    with pytest.raises(audio.AudioError, match="at least"):
+        model.transcribe(torch.zeros(0))
+    with pytest.raises(audio.AudioError, match="clip 1"):
+        model.transcribe([torch.zeros(8000), torch.zeros(2, 8000)])
+    with pytest.raises(audio.AudioError, match="NaN"):
+        model.transcribe(torch.full((8000,), math.nan))
+    # files (what sample.py --asr reads): the error names the path
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(audio.AudioError, match="empty.wav"):
+        audio.load_wav(empty)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not a wav file at all")
+    with pytest.raises(audio.AudioError, match="junk.wav"):
+        audio.load_wav(junk)

@@ -1,0 +1,123 @@
+import torch
+
+from nanosdm import units
+
+
+def blobs(n_clusters=8, dim=16, n=4000, spread=10.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, dim, generator=g) * spread
+    labels = torch.randint(n_clusters, (n,), generator=g)
+    return centres[labels] + torch.randn(n, dim, generator=g), labels, centres
+
+
+def contingency(a, b, na, nb):
+    m = torch.zeros(na, nb)
+    m.index_put_((a, b), torch.ones(len(a)), accumulate=True)
+    return m
+
+
+def test_kmeans_recovers_separated_clusters():
+    x, truth, centres = blobs()
+    for batch_size in (None, 256):
+        c, labels = units.kmeans(x, 8, iters=10, seed=0, batch_size=batch_size)
+        assert c.shape == (8, 16) and labels.shape == (4000,)
+        m = contingency(labels, truth, 8, 8)
+        # a one-to-one match between found and true clusters, every point in its true cluster
+        assert (m > 0).sum() == 8 and m.max(1).values.sum() == 4000
+        # centroids sit on the true centres (noise 1 per dim, ~500 points each -> error ~0.05)
+        err = torch.cdist(c, centres).min(1).values
+        assert err.max() < 0.3, err
+
+
+def test_kmeans_inertia_never_increases():
+    x, _, _ = blobs(n_clusters=20, dim=8, n=3000, spread=3.0, seed=1)
+    curve = [units.inertia(x, units.kmeans(x, 30, iters=i, seed=3)[0]) for i in range(8)]
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(curve, curve[1:])), curve
+    assert curve[-1] < curve[0]
+
+
+def test_kmeans_reseeds_empty_clusters():
+    x = torch.tensor([[0.0], [0.1], [10.0], [10.2], [50.0]])
+    c = torch.tensor([[0.05], [10.1], [1000.0]])      # the last centroid is nobody's nearest
+    labels, dists = units.assign(x, c)
+    counts = torch.bincount(labels, minlength=3)
+    c = units.reseed_empty(c.clone(), counts, x, dists.clone())
+    assert c[2].item() == 50.0                         # moved onto the worst-served point
+
+
+def test_span_mask_covers_the_intended_fraction():
+    prob, span = 0.08, 10
+    mask = units.span_mask(64, 2000, prob, span, torch.Generator().manual_seed(0))
+    expected = 1 - (1 - prob) ** span          # independent span starts, overlaps allowed: 0.566
+    assert abs(mask.float().mean().item() - expected) < 0.02
+    # every masked run is at least one whole span long
+    for row in mask[:8].tolist():
+        runs, n = [], 0
+        for m in row + [False]:
+            if m:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+        assert min(runs) >= span
+    # a row with no random start still gets one span
+    assert units.span_mask(4, 50, 0.0, span).sum(1).tolist() == [span] * 4
+
+
+def test_loss_counts_masked_frames_only():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 30, 7, generator=g, requires_grad=True)
+    targets = torch.randint(7, (2, 30), generator=g)
+    mask = units.span_mask(2, 30, 0.1, 5, g)
+    loss = units.masked_loss(logits, targets, mask)
+    expected = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+    assert torch.allclose(loss, expected)
+    other = torch.where(mask, targets, (targets + 1) % 7)      # change only the visible frames' targets
+    assert torch.allclose(units.masked_loss(logits, other, mask), loss)
+    changed = torch.where(mask, (targets + 1) % 7, targets)    # change the masked frames' targets
+    assert not torch.allclose(units.masked_loss(logits, changed, mask), loss)
+    loss.backward()
+    assert logits.grad[~mask].abs().max() == 0 and logits.grad[mask].abs().max() > 0
+
+
+def test_pnmi_and_purity_bounds():
+    g = torch.Generator().manual_seed(0)
+    phones = torch.randint(20, (50000,), generator=g)
+    perfect = units.unit_quality(phones * 3 + torch.randint(3, (50000,), generator=g), phones, 60, 20)
+    assert abs(perfect["pnmi"] - 1) < 1e-6 and abs(perfect["phone_purity"] - 1) < 1e-6
+    assert abs(perfect["cluster_purity"] - 1 / 3) < 0.02       # each phone spread over 3 units
+    chance = units.unit_quality(torch.randint(60, (50000,), generator=g), phones, 60, 20)
+    assert chance["pnmi"] < 0.02 and chance["phone_purity"] < 0.1
+
+
+def test_frame_phones_strips_stress_and_leaves_pauses_empty():
+    phones = [["h", 0.0, 0.045], ["\u02c8\u025b", 0.045, 0.125], ["l", 0.195, 0.255]]
+    labels = units.frame_phones(phones, 15)                    # frame centres at 10, 30, 50, ... ms
+    assert labels[:6] == ["h", "h", "\u025b", "\u025b", "\u025b", "\u025b"]
+    assert labels[6:10] == [None] * 4 and labels[10:13] == ["l"] * 3 and labels[13:] == [None, None]
+
+
+def test_dedup_collapses_runs_with_durations():
+    values, durations = units.dedup(torch.tensor([5, 5, 5, 9, 9, 5, 1]))
+    assert values.tolist() == [5, 9, 5, 1] and durations.tolist() == [3, 2, 1, 1]
+
+
+def test_encode_gives_one_unit_per_frame_at_50_hz(tmp_path):
+    from nanosdm import espeak, utils
+    wav, _, _ = espeak.synthesize("the cat sat on the mat", "en-us+m3")
+    encoder = units.HubertEncoder(n_targets=10, n_layer=3, n_head=2, d_model=32, proj_dim=8)
+    centroids = torch.randn(12, 32)
+    path = str(tmp_path / "units.pt")
+    utils.save_checkpoint(path, dict(config=encoder.config, model=encoder.state_dict(), layer=2,
+                                     centroids=centroids, finished=True))
+    u = units.Units.load(path)
+    assert u.frame_rate == 50 and u.k == 12 and len(u.encoder.transformer.blocks) == 2
+    wav = torch.as_tensor(wav)[:16000 + 100]                    # 1 s and a bit
+    ids = u.encode(wav)
+    assert ids.shape == (50,) and ids.dtype == torch.long and ids.max() < 12
+    batch = torch.stack([wav, 0.5 * wav])
+    assert u.encode(batch).shape == (2, 50) and u.features(batch).shape == (2, 50, 32)
+    # the same clustered layer as the full encoder's
+    with torch.no_grad():
+        full = encoder.eval()(units.wav_to_mel(batch), layer=2)
+    assert torch.allclose(u.features(batch), full, atol=1e-5)
