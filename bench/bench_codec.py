@@ -23,7 +23,7 @@ from nanosdm.codec import FRAME, SAMPLE_RATE, Codec  # noqa: E402
 parser = argparse.ArgumentParser()
 parser.add_argument("--preset", default="tiny")
 parser.add_argument("--ckpt", default="")
-parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--threads", type=int, default=1)  # batch-1 frames are too small to share out
 parser.add_argument("--seconds", type=float, default=20.0)
 parser.add_argument("--repeats", type=int, default=5)
 args = parser.parse_args()

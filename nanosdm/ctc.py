@@ -211,7 +211,7 @@ def features(wav, lengths):
     return centred / (std + 1e-5), flen
 
 
-def spec_augment(feat, flen, gen, warp=0.1, freq_masks=2, freq_width=15, time_masks_per_s=1.0, time_width=8):
+def spec_augment(feat, flen, gen, warp=0.15, freq_masks=2, freq_width=15, time_masks_per_s=1.0, time_width=8):
     """SpecAugment (Park et al. 2019), with a frequency warp instead of its time warp: stretch
     each clip's mel axis by up to +-warp (a longer or shorter vocal tract: a new voice's formants
     move along that axis), then zero (= the mean, after normalising) a few mel bands and a few
@@ -486,8 +486,6 @@ def train(cfg, stop_step=None):
         return {}
 
     model.eval()
-    plot_dir = os.path.join(out_dir, "plots")
-    plot_loss(history, os.path.join(plot_dir, "asr_loss.png"))
     last = [l for _, l in history["train"][-50:]]
     metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
     if audio_seconds:
@@ -538,21 +536,6 @@ def evaluate_stage(model, cfg):
 
 # -----------------------------------------------------------------------------
 # pictures
-
-def plot_loss(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps, losses = zip(*history["train"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, losses, lw=0.6)
-    ax.set(xlabel="step", ylabel="CTC loss (nats per character)", yscale="log", title="ASR training")
-    ax.grid(alpha=0.3)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
 
 def plot_posteriors(model, wav, ref, path):
     """Log-mel spectrogram on top; under it, per encoder frame, the probability of blank and of

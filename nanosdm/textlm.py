@@ -177,10 +177,9 @@ def qa_metrics(items, replies, prefix="text_qa_acc"):
 # training
 
 def plot_losses(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (a notebook's) alone
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     steps, losses = zip(*history["train"])
     smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") if len(losses) >= 10 else losses
     ax.plot(steps[len(steps) - len(smooth):], smooth, label="train (10-step mean)")
@@ -192,7 +191,6 @@ def plot_losses(history, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train(cfg, stop_step=None):

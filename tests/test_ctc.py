@@ -196,3 +196,45 @@ def test_bad_input_gives_clear_errors(tmp_path):
     junk.write_bytes(b"this is not a wav file at all")
     with pytest.raises(audio.AudioError, match="junk.wav"):
         audio.load_wav(junk)
+
+
+def write_mini_corpus(data_dir):
+    """Two-channel SpokenWorld-format splits of a few eSpeak sentences (see nanosdm/data.py)."""
+    import json
+    data_dir.mkdir(parents=True)
+    texts = ["what colour is the kotan?", "the kotan is red.", "tell me my name.", "your name is ana."]
+    for split, voice in (("train", "en-us"), ("val", "en-us"), ("unseen_voice", "en-us+m3")):
+        turns, pieces, t = [], [], 0
+        for i, text in enumerate(texts):
+            wav, words, _ = espeak.synthesize(text, voice=voice)
+            ch = i % 2  # channel 0 assistant, 1 user
+            turns.append(dict(speaker=("assistant", "user")[ch], kind=("answer", "question")[ch], text=text,
+                              start=t / SR, end=(t + len(wav)) / SR, words=[[w, s + t / SR, e + t / SR] for w, s, e in words],
+                              phones=[]))
+            pieces.append((ch, t, wav))
+            t += len(wav) + SR // 5
+        stereo = np.zeros((t, 2), np.int16)
+        for ch, s, wav in pieces:
+            stereo[s:s + len(wav), ch] = np.round(wav * 32767)
+        stereo.tofile(data_dir / f"speech_{split}.bin")
+        meta = dict(id=f"{split}-0", offset=0, length=t, user_voice=dict(voice=voice), turns=turns)
+        (data_dir / f"speech_{split}.jsonl").write_text(json.dumps(meta) + "\n")
+    (data_dir / "corpus.json").write_text(json.dumps(dict(seen_voices=["en-us", "en-us+f2"])))
+
+
+def test_stage_resumes_and_reports(tmp_path, capsys):
+    write_mini_corpus(tmp_path / "data")
+    cfg = dict(device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
+               asr_n_layer=1, asr_n_head=2, asr_d_model=32, asr_dropout=0.0, asr_batch_size=4, asr_max_steps=6,
+               asr_lr=3e-3, asr_warmup=2, asr_weight_decay=0.0, asr_grad_clip=1.0, asr_beam=4,
+               asr_ckpt_interval=100, asr_scrambled_turns=3)
+    assert ctc.train(cfg, stop_step=3) == {}  # "killed" after 3 steps: a partial checkpoint
+    ckpt = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))
+    assert ckpt["step"] == 3 and len(ckpt["history"]["train"]) == 3
+    metrics = ctc.train(cfg)
+    assert "resuming from" in capsys.readouterr().out
+    assert utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["step"] == 6
+    for key in ("asr_cer", "asr_wer", "asr_wer_beam", "asr_wer_seen_voice", "asr_train_loss"):
+        assert isinstance(metrics[key], float) and metrics[key] >= 0
+    assert metrics["asr_eval_clips"] == 2 and "asr_wer_codec" not in metrics  # no codec here
+    assert (tmp_path / "out" / "plots" / "asr_posteriors.png").stat().st_size > 10_000

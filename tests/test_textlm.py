@@ -41,7 +41,7 @@ def write_world(data_dir, n_docs=400, seed=0):
 @pytest.fixture
 def cfg(tmp_path):
     cfg = train.parse_config([
-        "--text_n_layer=2", "--text_n_head=2", "--text_d_model=32", "--text_block_size=32",
+        "--text_n_layer=2", "--text_n_head=2", "--text_d_model=64", "--text_block_size=32",
         "--text_batch_size=8", "--text_max_steps=40", "--text_lr=1e-2", "--text_warmup=5",
         "--text_eval_interval=10", "--text_eval_batches=2", "--text_ckpt_interval=10",
         "--tokenizer_vocab_size=100"])
@@ -54,7 +54,7 @@ def cfg(tmp_path):
 
 def test_first_loss_is_near_ln_vocab(cfg):
     tok = tokenizer.Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
-    model = textlm.TextLM(tok.vocab_size, 2, 2, 32, 32)
+    model = textlm.TextLM(tok.vocab_size, 2, 2, 64, 32)
     x = torch.randint(0, tok.vocab_size, (4, 32))
     _, loss = model(x, x)
     # a fresh model spreads its probability evenly over the vocabulary
