@@ -5,6 +5,7 @@ import random
 import re
 
 import numpy as np
+import scipy.signal
 import pytest
 
 from nanosdm import espeak
@@ -31,7 +32,9 @@ def text_words(text):
 
 def f0(wav, start, end):
     """Fundamental frequency of a vowel by autocorrelation, searched between 60 and 320 Hz."""
-    x = wav[int(start * SR):int(end * SR)].astype(np.float64)
+    # low-pass first: a formant near 240 Hz otherwise wins the autocorrelation over a 75 Hz f0
+    low = scipy.signal.sosfiltfilt(scipy.signal.butter(4, 320, fs=SR, output="sos"), wav.astype(np.float64))
+    x = low[int(start * SR):int(end * SR)]
     x -= x.mean()
     ac = np.correlate(x, x, "full")[len(x) - 1:]
     lo, hi = SR // 320, SR // 60
