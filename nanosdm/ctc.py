@@ -110,11 +110,12 @@ def ctc_nll(log_probs, target, blank=BLANK):
     ext = [blank]
     for s in target:
         ext += [s, blank]
-    S, neg_inf = len(ext), torch.tensor(float("-inf"), dtype=log_probs.dtype)
-    ext_t = torch.tensor(ext)
-    can_skip = torch.zeros(S, dtype=torch.bool)
+    dev, dt = log_probs.device, log_probs.dtype
+    S, neg_inf = len(ext), torch.tensor(float("-inf"), dtype=dt, device=dev)
+    ext_t = torch.tensor(ext, device=dev)
+    can_skip = torch.zeros(S, dtype=torch.bool, device=dev)
     can_skip[2:] = (ext_t[2:] != blank) & (ext_t[2:] != ext_t[:-2])
-    alpha = torch.full((S,), float("-inf"), dtype=log_probs.dtype)
+    alpha = torch.full((S,), float("-inf"), dtype=dt, device=dev)
     alpha[0] = log_probs[0, ext[0]]
     if S > 1:
         alpha[1] = log_probs[0, ext[1]]
@@ -209,6 +210,22 @@ def features(wav, lengths):
     centred = (feat - mean) * valid
     std = (centred.pow(2).sum((1, 2), keepdim=True) / (n.sum(1, keepdim=True) * N_MELS)).sqrt()
     return centred / (std + 1e-5), flen
+
+
+def add_echo(wav, lengths, gen, prob=0.25, max_delay_s=0.15, max_gain=0.7, taps=3):
+    """A fading echo (the clip plus copies delayed by d, 2d, ... at gains g, g^2, ...) on a random
+    share of the clips: rooms echo, and so do some eSpeak voices (the 'echo' line of a variant)."""
+    wav = wav.clone()
+    u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=gen))
+    for i in range(len(wav)):
+        if float(torch.rand(1, generator=gen)) >= prob:
+            continue
+        d, g, n = int(u(0.02, max_delay_s) * audio.SAMPLE_RATE), u(0.2, max_gain), int(lengths[i])
+        dry = wav[i, :n].clone()
+        for k in range(1, taps + 1):
+            if k * d < n:
+                wav[i, k * d:n] += g ** k * dry[:n - k * d]
+    return wav
 
 
 def spec_augment(feat, flen, gen, warp=0.15, freq_masks=2, freq_width=15, time_masks_per_s=1.0, time_width=8):
@@ -357,16 +374,27 @@ def split_on_silence(wav, max_s, min_s=2.0):
 # data: SpokenWorld turns, both speakers
 
 POOL_BATCHES = 20         # clips are sorted by length within pools of this many batches
+SILENCE = 30              # |int16 sample| at or below this is silence (-61 dBFS)
+TRIM_KEEP_S = 0.15        # silence kept after a training clip's last sound
 
 
-def load_clips(data_dir, split, speaker=None):
-    """Every turn of a spoken split as (int16 waveform, normalised transcript)."""
+def trim_end(pcm):
+    loud = (pcm.abs() > SILENCE).nonzero()
+    return pcm[:int(loud[-1]) + int(TRIM_KEEP_S * audio.SAMPLE_RATE)] if len(loud) else pcm
+
+
+def load_clips(data_dir, split, speaker=None, trim=False):
+    """Every turn of a spoken split as (int16 waveform, normalised transcript). trim: cut the
+    silence after the last sound down to TRIM_KEEP_S (eSpeak's end pause is 17% of the audio of
+    a turn: training need not pay for it)."""
     from nanosdm.data import SpeechSplit
     clips = []
     for wav, turn in SpeechSplit(data_dir, split).utterances(speaker=speaker):
         text = normalize_text(turn["text"])
-        if text and len(wav) >= MIN_SAMPLES:
-            clips.append(((wav * 32768).round().short(), text))  # the corpus is int16: exact, half the memory
+        pcm = (wav * 32768).round().short()  # the corpus is int16: exact, and half the memory
+        pcm = trim_end(pcm) if trim else pcm
+        if text and len(pcm) >= MIN_SAMPLES:
+            clips.append((pcm, text))
     return clips
 
 
@@ -390,7 +418,7 @@ def scrambled_clips(data_dir, vocabulary, n, seed, processes=None):
     clips = []
     for job, (wav, _, _) in tqdm(zip(jobs, espeak.synthesize_many(jobs, processes)), total=n,
                                  desc="asr scrambled turns", leave=False):
-        clips.append((torch.from_numpy(np.round(wav * 32767)).short(), normalize_text(job["text"])))
+        clips.append((trim_end(torch.from_numpy(np.round(wav * 32767)).short()), normalize_text(job["text"])))
     return clips
 
 
@@ -414,7 +442,7 @@ def train(cfg, stop_step=None):
     """Train (or resume) the recognizer, then evaluate it; returns the metrics for report.json.
     stop_step stops early as if the run were killed there (for the resume test)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
-    clips = load_clips(cfg["data_dir"], "train")
+    clips = load_clips(cfg["data_dir"], "train", trim=True)
     n_corpus = len(clips)
     if cfg["asr_scrambled_turns"]:
         vocabulary = sorted({w for _, t in clips for w in t.split()})
@@ -463,8 +491,8 @@ def train(cfg, stop_step=None):
             batches = epoch_batches(lengths, B, seed, epoch)
         rows = batches[step % n_batches]
         x, xlen = pad_batch([clips[i][0].float() / 32768 for i in rows])
-        feat, flen = features(x.to(device), xlen.to(device))
-        gen.manual_seed(seed * 1_000_003 + step)  # the masks depend on the step only: resumable
+        gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: resumable
+        feat, flen = features(add_echo(x, xlen, gen).to(device), xlen.to(device))
         feat = spec_augment(feat, flen, gen)
         with utils.autocast(device, enabled=use_bf16(device)):
             loss = model.loss(feat, flen, [targets[i] for i in rows])

@@ -21,6 +21,7 @@ closes its turn with EOS. Later stages that add tokens of their own (speech unit
 after vocab_size.
 """
 import io
+import json
 import os
 
 import sentencepiece as spm
@@ -101,7 +102,6 @@ def build(cfg):
     """Stage `tokenizer`: train on the text corpus (plus any plain-text files named in
     cfg["tokenizer_extra_text"], comma-separated, one sentence or paragraph a line) and save the
     model as out/<preset>/tokenizer.model."""
-    import json
     texts = []
     with open(os.path.join(cfg["data_dir"], "text_train.jsonl")) as f:
         for line in f:

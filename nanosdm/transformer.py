@@ -65,10 +65,9 @@ class Attention(nn.Module):
 
     def forward(self, x, rot, layer_cache=None, cache_len=0, key_mask=None):
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        qk = apply_rotary(qkv[:, :, :2], rot)  # rotate q and k in one go; v is not rotated
-        q, k = qk.unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # [B, H, T, hd]
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # v is not rotated
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if layer_cache is not None:
             # append this step's keys and values, then attend to the whole cached prefix
             cache_k, cache_v = layer_cache
@@ -176,8 +175,8 @@ class Transformer(nn.Module):
         pos = cache_len if pos is None else pos
         if pos + T > self.max_seq_len:
             raise ValueError(f"positions {pos}..{pos + T - 1} exceed max_seq_len={self.max_seq_len}")
-        # the rotation of each position as a complex number, [T, 1, 1, hd/2]: broadcast over q/k and heads
-        rot = torch.complex(self.cos[pos:pos + T].float(), self.sin[pos:pos + T].float())[:, None, None, :]
+        # the rotation of each position as a complex number, [T, 1, hd/2]: broadcast over heads
+        rot = torch.complex(self.cos[pos:pos + T].float(), self.sin[pos:pos + T].float())[:, None, :]
         layers = []
         for i, block in enumerate(self.blocks):
             layer_cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
