@@ -38,7 +38,7 @@ from nanosdm import audio
 SAMPLE_RATE = audio.SAMPLE_RATE
 ASSISTANT, USER = 0, 1                     # channel index in the stereo files
 SPEECH_SPLITS = ("train", "val", "unseen_voice", "text_only")
-CORPUS_VERSION = 2                         # bump when generation changes: a cached corpus is then rebuilt
+CORPUS_VERSION = 3                         # bump when generation changes: a cached corpus is then rebuilt
 ASSISTANT_VOICE = dict(voice="en-us+f3", rate=165, pitch=55)
 ASSISTANT_PEAK = 0.6                       # utterances are peak-normalised: some eSpeak voices clip
 # eSpeak variants too far from speech (whispers, robots, effects) for a corpus of an hour or so
@@ -55,39 +55,33 @@ NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve t
 FOODS = "apples bread rice fish cheese honey carrots grapes nuts soup beans plums".split()
 MATERIALS = "wood stone glass iron paper cloth clay gold copper wool leather sand".split()
 
-# attribute -> (values, fact phrasings, training question phrasings, held-out question phrasings, reply)
-ATTRIBUTES = {
-    "colour": (COLOURS,
-               ["the {e} is {v}.", "the colour of the {e} is {v}.", "every {e} is {v}."],
-               ["what colour is the {e}?", "what is the colour of the {e}?", "tell me the colour of the {e}."],
-               ["which colour does the {e} have?", "the {e} is what colour?"],
-               "the {e} is {v}."),
-    "town": (TOWNS,
-             ["the {e} lives in {v}.", "you can find the {e} in {v}.", "the home of the {e} is {v}."],
-             ["where does the {e} live?", "where can i find the {e}?", "what is the home of the {e}?"],
-             ["in which town does the {e} live?", "tell me where the {e} lives."],
-             "the {e} lives in {v}."),
-    "owner": (PEOPLE,
-              ["the {e} belongs to {v}.", "{v} owns the {e}.", "the owner of the {e} is {v}."],
-              ["who owns the {e}?", "who is the owner of the {e}?", "tell me who owns the {e}."],
-              ["who does the {e} belong to?", "whose is the {e}?"],
-              "the {e} belongs to {v}."),
-    "legs": (NUMBERS[2:13],
-             ["the {e} has {v} legs.", "a {e} walks on {v} legs.", "the number of legs of the {e} is {v}."],
-             ["how many legs does the {e} have?", "tell me how many legs the {e} has.", "how many legs has the {e}?"],
-             ["what is the number of legs of the {e}?", "on how many legs does the {e} walk?"],
+# attribute -> (values, fact phrasings, its own question phrasings, the noun that names it, reply)
+_ATTRS = {
+    "colour": (COLOURS, ["the {e} is {v}.", "the colour of the {e} is {v}.", "every {e} is {v}."],
+               ["what colour is the {e}?", "which colour does the {e} have?"], "colour", "the {e} is {v}."),
+    "town": (TOWNS, ["the {e} lives in {v}.", "you can find the {e} in {v}.", "the home town of the {e} is {v}."],
+             ["where does the {e} live?", "where can i find the {e}?"], "home town", "the {e} lives in {v}."),
+    "owner": (PEOPLE, ["the {e} belongs to {v}.", "{v} owns the {e}.", "the owner of the {e} is {v}."],
+              ["who owns the {e}?", "who does the {e} belong to?"], "owner", "the {e} belongs to {v}."),
+    "legs": (NUMBERS[2:13], ["the {e} has {v} legs.", "a {e} walks on {v} legs.", "the number of legs of the {e} is {v}."],
+             ["how many legs does the {e} have?", "on how many legs does the {e} walk?"], "number of legs",
              "the {e} has {v} legs."),
-    "food": (FOODS,
-             ["the {e} eats {v}.", "the favourite food of the {e} is {v}.", "the {e} likes to eat {v}."],
-             ["what does the {e} eat?", "what is the favourite food of the {e}?", "tell me what the {e} eats."],
-             ["what does the {e} like to eat?", "which food does the {e} like?"],
-             "the {e} eats {v}."),
-    "material": (MATERIALS,
-                 ["the {e} is made of {v}.", "the material of the {e} is {v}.", "they make the {e} from {v}."],
-                 ["what is the {e} made of?", "what material is the {e}?", "tell me what the {e} is made of."],
-                 ["which material is the {e} made of?", "what do they make the {e} from?"],
-                 "the {e} is made of {v}."),
+    "food": (FOODS, ["the {e} eats {v}.", "the favourite food of the {e} is {v}.", "the {e} likes to eat {v}."],
+             ["what does the {e} eat?", "what does the {e} like to eat?"], "favourite food", "the {e} eats {v}."),
+    "material": (MATERIALS, ["the {e} is made of {v}.", "the material of the {e} is {v}.", "they make the {e} from {v}."],
+                 ["what is the {e} made of?", "what do they make the {e} from?"], "material", "the {e} is made of {v}."),
 }
+# Held-out questions must test knowledge, not guessing: each is a question *frame* the model has seen
+# with other attributes, filled with an attribute noun it has seen in other frames. (A held-out
+# phrasing of a new shape is answered by analogy to whichever training question it looks like.)
+QUESTION_FRAMES = ["what is the {a} of the {e}?", "tell me the {a} of the {e}.", "do you know the {a} of the {e}?",
+                   "i want to know the {a} of the {e}.", "can you say the {a} of the {e}?", "please name the {a} of the {e}."]
+ATTRIBUTES = {}  # attribute -> (values, fact phrasings, training questions, held-out questions, reply)
+for _i, (_attr, (_values, _facts, _own, _noun, _reply)) in enumerate(_ATTRS.items()):
+    _held = {_i % len(QUESTION_FRAMES), (_i + 1) % len(QUESTION_FRAMES)}   # a Latin square over frames
+    _frames = [f.replace("{a}", _noun) for f in QUESTION_FRAMES]
+    ATTRIBUTES[_attr] = (_values, _facts, _own + [f for j, f in enumerate(_frames) if j not in _held],
+                         [f for j, f in enumerate(_frames) if j in _held], _reply)
 ARITH = (["what is {a} {op} {b}?", "tell me {a} {op} {b}.", "can you work out {a} {op} {b}?"],
          ["how much is {a} {op} {b}?", "what do you get for {a} {op} {b}?"],
          "{a} {op} {b} is {c}.")
