@@ -64,6 +64,8 @@ units_proj_dim = 64            # space of the cosine-similarity logits
 units_temperature = 0.1
 units_mask_prob = 0.08         # share of frames that start a masked span
 units_mask_len = 10            # frames per masked span (200 ms)
+units_unmasked_weight = 0.0    # weight of the loss on visible frames (HuBERT's 1 - alpha); 0 = masked only
+units_warp = 0.0               # random mel-axis stretch of the input, +-warp (speaker perturbation)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 600
@@ -111,11 +113,12 @@ codec_ckpt_interval = 200
 asr_n_layer = 4
 asr_n_head = 4
 asr_d_model = 192
-asr_dropout = 0.1
-asr_batch_size = 32            # turns per step (about 50 s of audio)
-asr_max_steps = 600            # the stage's cost scales with this
+asr_dropout = 0.0              # SpecAugment, echo and scrambled turns regularise enough
+asr_batch_size = 16            # turns per step (about 25 s of audio)
+asr_max_steps = 2000           # the stage's cost scales with this
 asr_lr = 2e-3
 asr_warmup = 100
+asr_scrambled_turns = 2000     # extra eSpeak turns of random words in training voices (0: corpus only)
 asr_weight_decay = 0.01
 asr_grad_clip = 1.0
 asr_beam = 8                   # prefix beam width for the asr_wer_beam figure
@@ -132,6 +135,8 @@ presets = {
         codec_n_q=8, codec_codebook_size=1024, codec_batch_size=64, codec_segment_frames=32,
         codec_max_steps=6000, codec_vq_start=500, codec_init_batches=4, codec_adv_weight=1.0,
         codec_adv_start=2000, codec_autocast=True, codec_eval_clips=200, codec_ckpt_interval=1000,
+        asr_n_layer=8, asr_n_head=6, asr_d_model=384, asr_batch_size=64, asr_max_steps=6000, asr_lr=1e-3,
+        asr_warmup=500, asr_scrambled_turns=10000, asr_ckpt_interval=1000,
     ),
 }
 # -----------------------------------------------------------------------------

@@ -180,12 +180,6 @@ SUBSAMPLE = 3             # encoder frames every 30 ms (33 Hz): see the top of t
 MIN_SAMPLES = N_FFT       # one analysis window: anything shorter holds no speech
 
 
-def use_bf16(device):
-    # bf16 only on a GPU: on a CPU without AVX512-BF16/AMX bf16 matmuls are emulated, and measured
-    # 30x slower than fp32 on the 2-core machine nanosdm was built on
-    return not str(device).startswith("cpu")
-
-
 def pad_batch(wavs):
     """A list of 1-d waveforms -> zero-padded [B, T] and lengths [B]."""
     lengths = torch.tensor([len(w) for w in wavs])
@@ -330,7 +324,7 @@ class ASR(nn.Module):
             rows = order[b:b + batch_size]
             x, lengths = pad_batch([pieces[k][1] for k in rows])
             feat, flen = features(x.to(dev), lengths.to(dev))
-            with utils.autocast(str(dev), enabled=use_bf16(str(dev))):
+            with utils.autocast(str(dev)):
                 lp, out_len = self(feat, flen)
             if beam > 1:
                 ids = [prefix_beam_search(lp[j, :out_len[j]], beam) for j in range(len(rows))]
@@ -494,7 +488,7 @@ def train(cfg, stop_step=None):
         gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: resumable
         feat, flen = features(add_echo(x, xlen, gen).to(device), xlen.to(device))
         feat = spec_augment(feat, flen, gen)
-        with utils.autocast(device, enabled=use_bf16(device)):
+        with utils.autocast(device):
             loss = model.loss(feat, flen, [targets[i] for i in rows])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["asr_grad_clip"])

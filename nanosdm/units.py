@@ -166,6 +166,20 @@ def wav_to_mel(wav):
     return (mel - mel.mean(-1, keepdim=True)) / 20.0
 
 
+def warp_mel(mel, amount, gen=None):
+    """Speaker perturbation: stretch each example's mel axis by a random factor in 1 +- amount,
+    roughly what a longer or shorter vocal tract does to the formants. The targets stay those of
+    the unwarped audio, so the encoder learns to ignore the stretch (ContentVec's idea, simplified)."""
+    B, M, _ = mel.shape
+    alpha = 1 + (torch.rand(B, 1, generator=gen) * 2 - 1).to(mel.device) * amount
+    src = (torch.arange(M, device=mel.device)[None] * alpha).clamp(max=M - 1)   # [B, M] band to read
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=M - 1)
+    w = (src - lo)[..., None]
+    read = lambda idx: mel.gather(1, idx[..., None].expand_as(mel))
+    return read(lo) * (1 - w) + read(hi) * w
+
+
 def strip_stress(phone):
     return "".join(ch for ch in phone if ch not in STRESS)
 
@@ -265,8 +279,6 @@ class Units:
     def __init__(self, encoder, layer, centroids):
         self.encoder = encoder.eval()
         self.layer = layer
-        # the blocks above the clustered layer are not needed any more
-        self.encoder.transformer.blocks = self.encoder.transformer.blocks[:layer]
         self.centroids = centroids
         self.k = centroids.shape[0]
         self.dim = centroids.shape[1]
@@ -280,6 +292,8 @@ class Units:
             raise ValueError(f"{path} is a partial units checkpoint: finish `python train.py --stage=units`")
         encoder = HubertEncoder(**ckpt["config"]).to(device)
         encoder.load_state_dict(ckpt["model"])
+        # the blocks above the clustered layer only served the masked prediction: drop them
+        encoder.transformer.blocks = encoder.transformer.blocks[:ckpt["layer"]]
         return cls(encoder, ckpt["layer"], ckpt["centroids"].to(device))
 
     @property
@@ -297,7 +311,7 @@ class Units:
     @torch.no_grad()
     def encode(self, wav):
         """wav [T] or [B, T] -> unit ids [T // 320] or [B, T // 320] (long), one per 20 ms frame."""
-        feats = self.features(wav)
+        feats = F.normalize(self.features(wav), dim=-1)
         return assign(feats.reshape(-1, self.dim), self.centroids)[0].reshape(feats.shape[:-1])
 
 
@@ -360,25 +374,79 @@ def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen
 # -----------------------------------------------------------------------------
 # the units stage
 
+def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=None, stop_step=None):
+    """Masked prediction from `step` to units_max_steps; save(step) every units_ckpt_interval steps.
+    Returns (step reached, history of [step, loss, masked accuracy])."""
+    device, max_steps = cfg["device"], cfg["units_max_steps"]
+    crop = int(cfg["units_crop_seconds"] * FRAME_RATE)
+    history = [] if history is None else history
+    model.train()
+    pbar = tqdm(total=max_steps, initial=step, desc="units: train", dynamic_ncols=True)
+    while step < max_steps and (stop_step is None or step < stop_step):
+        gen = torch.Generator().manual_seed(cfg["seed"] * 100003 + step)   # a resumed run sees the same batches
+        wav, tgt = get_batch(stream, targets, cfg["units_batch_size"], crop, gen)
+        mask = span_mask(len(wav), crop, cfg["units_mask_prob"], cfg["units_mask_len"], gen)
+        mel = wav_to_mel(wav.to(device))
+        if cfg["units_warp"] > 0:
+            mel = warp_mel(mel, cfg["units_warp"], gen)
+        tgt, mask = tgt.to(device), mask.to(device)
+        for group in opt.param_groups:
+            group["lr"] = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
+        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
+            logits = model(mel, mask)
+        loss = masked_loss(logits, tgt, mask)
+        if cfg["units_unmasked_weight"] > 0:
+            loss = loss + cfg["units_unmasked_weight"] * masked_loss(logits, tgt, ~mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["units_grad_clip"])
+        opt.step()
+        acc = (logits.argmax(-1) == tgt)[mask].float().mean().item()
+        history.append([step, loss.item(), acc])
+        step += 1
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss.item():.3f}", masked_acc=f"{acc:.3f}")
+        if save is not None and step % cfg["units_ckpt_interval"] == 0 and step < max_steps:
+            save(step)
+    pbar.close()
+    return step, history
+
+
+@torch.no_grad()
+def evaluate(units, mfcc_centroids, wavs, phones):
+    """Unit quality of MFCC k-means and of the learned units against the phone of every frame
+    (frames in pauses left out). Returns (metrics, {system: ids per utterance}, phone labels per
+    utterance, phone inventory)."""
+    ids = {"mfcc": [], "hubert": []}
+    labels = []
+    for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
+        ids["mfcc"].append(assign(mfcc_frames(wav).to(units.device), mfcc_centroids)[0].cpu())
+        ids["hubert"].append(units.encode(wav).cpu())
+        labels.append(frame_phones(ph, num_frames(len(wav))))
+    flat = [p for utterance in labels for p in utterance]
+    inventory = sorted(set(p for p in flat if p is not None))
+    spoken = torch.tensor([p is not None for p in flat])
+    phone_ids = torch.tensor([inventory.index(p) for p in flat if p is not None])
+    metrics = dict(eval_frames=len(phone_ids), eval_phones=len(inventory))
+    for name, per_utterance in ids.items():
+        quality = unit_quality(torch.cat(per_utterance)[spoken], phone_ids, len(mfcc_centroids), len(inventory))
+        metrics.update({f"{key}_{name}": value for key, value in quality.items()})
+    return metrics, ids, labels, inventory
+
+
 def train(cfg, stop_step=None):
-    """Iteration 1 (MFCC k-means), masked-prediction training, iteration 2 (k-means on a middle
-    layer), then unit quality on unseen voices against MFCC k-means. stop_step: stop as if killed."""
+    """The units stage: iteration 1 (MFCC k-means), masked prediction, iteration 2 (k-means on a
+    middle layer), then unit quality on unseen voices next to MFCC k-means. stop_step: stop there
+    as if killed (to test resuming)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
     path = os.path.join(out_dir, "units.pt")
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
     assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
     t0 = time.time()
-
-    # iteration 1: MFCC k-means labels for every training frame
     wavs, _ = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
     stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
     del wavs
-    mfcc = mfcc_dataset(stream).to(device)
-    # as in HuBERT, not standardised: the deltas stay small, so the clusters follow the static
-    # cepstra and change less from frame to frame (standardised: PNMI 0.46 instead of 0.48)
-    sub = torch.randperm(len(mfcc), generator=torch.Generator().manual_seed(seed))[:cfg["units_kmeans_frames"]]
-    fit = mfcc[sub.to(device)]
-    print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech, {len(mfcc)} frames")
+    print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech")
 
     model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
                           cfg["units_proj_dim"], cfg["units_temperature"]).to(device)
@@ -388,93 +456,61 @@ def train(cfg, stop_step=None):
     step, history, ckpt = 0, [], None
     if os.path.exists(path):
         ckpt = utils.load_checkpoint(path, device)
-        if ckpt["train_keys"] == train_keys and not ckpt["finished"]:
+        if ckpt.get("train_keys") == train_keys and not ckpt["finished"]:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step, history = ckpt["step"], ckpt["history"]
             print(f"units: resuming from step {step}")
         else:
             ckpt = None
-    if ckpt is not None:   # the same targets as before the interruption
+
+    # iteration 1: k-means on MFCC frames. As in HuBERT they are not standardised: the deltas stay
+    # small, so clusters follow the static cepstra and change less from frame to frame (measured:
+    # standardised features give PNMI 0.46 instead of 0.48 and noisier targets)
+    mfcc = mfcc_dataset(stream).to(device)
+    if ckpt is not None:   # the very same targets as before the interruption
         target_centroids, mfcc_centroids = ckpt["target_centroids"], ckpt["mfcc_centroids"]
     else:
+        fit = mfcc[torch.randperm(len(mfcc), generator=torch.Generator().manual_seed(seed))[:cfg["units_kmeans_frames"]].to(device)]
         target_centroids = kmeans(fit, k_targets, cfg["units_kmeans_iters"], seed)[0]
-        mfcc_centroids = (target_centroids if k == k_targets
-                          else kmeans(fit, k, cfg["units_kmeans_iters"], seed)[0])
+        mfcc_centroids = target_centroids if k == k_targets else kmeans(fit, k, cfg["units_kmeans_iters"], seed)[0]
     targets = assign(mfcc, target_centroids)[0].cpu()
-    del mfcc, fit
+    del mfcc
 
-    def save(finished=False, centroids=None):
+    def save(step, centroids=None):
         utils.save_checkpoint(path, dict(
             config=model.config, model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-            history=history, train_keys=train_keys, finished=finished, layer=layer, centroids=centroids,
-            target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
+            history=history, train_keys=train_keys, finished=centroids is not None, layer=layer,
+            centroids=centroids, target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
 
-    # masked prediction
-    max_steps, crop = cfg["units_max_steps"], int(cfg["units_crop_seconds"] * FRAME_RATE)
-    model.train()
-    pbar = tqdm(total=max_steps, initial=step, desc="units: train", dynamic_ncols=True)
-    while step < max_steps:
-        if stop_step is not None and step >= stop_step:
-            return None
-        gen = torch.Generator().manual_seed(seed * 100003 + step)   # a resumed run sees the same batches
-        wav, tgt = get_batch(stream, targets, cfg["units_batch_size"], crop, gen)
-        mask = span_mask(len(wav), crop, cfg["units_mask_prob"], cfg["units_mask_len"], gen)
-        wav, tgt, mask = wav.to(device), tgt.to(device), mask.to(device)
-        lr = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
-            logits = model(wav_to_mel(wav), mask)
-        loss = masked_loss(logits, tgt, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["units_grad_clip"])
-        opt.step()
-        acc = (logits.argmax(-1) == tgt)[mask].float().mean().item()
-        history.append([step, loss.item(), acc])
-        step += 1
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
-        if step % cfg["units_ckpt_interval"] == 0 and step < max_steps:
-            save()
-    pbar.close()
+    step, history = train_encoder(model, opt, stream, targets, cfg, step, history, save, stop_step)
+    if step < cfg["units_max_steps"]:
+        save(step)
+        return None
     train_seconds = time.time() - t0
 
-    # iteration 2: k-means on the middle layer
+    # iteration 2: k-means on the middle layer, on directions (see Units.encode)
     model.eval()
     feats = layer_features(model, stream, layer, cfg["units_kmeans_frames"], 10 * FRAME_RATE, device,
                            torch.Generator().manual_seed(seed + 1))
-    centroids = kmeans(feats, k, cfg["units_kmeans_iters"], seed)[0]
-    save(finished=True, centroids=centroids)
+    save(step, centroids=kmeans(F.normalize(feats, dim=-1), k, cfg["units_kmeans_iters"], seed)[0])
     train_hours = len(targets) / FRAME_RATE / 3600
     del feats, stream, targets
 
-    # unit quality on unseen voices
+    # unit quality on the user turns of unseen voices
     units = Units.load(path, device)
     wavs, phones = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
-    mfcc_ids, hubert_ids, phone_labels = [], [], []
-    for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
-        mfcc_ids.append(assign(mfcc_frames(wav).to(device), mfcc_centroids)[0].cpu())
-        hubert_ids.append(units.encode(wav).cpu())
-        phone_labels.append(frame_phones(ph, num_frames(len(wav))))
-    flat = [p for labels in phone_labels for p in labels]
-    inventory = sorted(set(p for p in flat if p is not None))
-    keep = torch.tensor([p is not None for p in flat])
-    phone_ids = torch.tensor([inventory.index(p) for p in flat if p is not None])
+    quality, ids, labels, inventory = evaluate(units, mfcc_centroids, wavs, phones)
     metrics = dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
-                   units_eval_frames=len(phone_ids), units_eval_phones=len(inventory),
+                   units_train_seconds=round(train_seconds, 1),
                    units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),
-                   units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4),
-                   units_train_seconds=round(train_seconds, 1))
-    ids = {"mfcc": torch.cat(mfcc_ids)[keep], "hubert": torch.cat(hubert_ids)[keep]}
-    for name, u in ids.items():
-        for key, value in unit_quality(u, phone_ids, k, len(inventory)).items():
-            metrics[f"units_{key}_{name}"] = round(value, 4)
-
+                   units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4))
+    metrics.update({f"units_{key}": round(value, 4) for key, value in quality.items()})
     plot_dir = os.path.join(out_dir, "plots")
-    plot_cooccurrence(ids, phone_ids, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
-    plot_utterance(wavs[0], mfcc_ids[0], hubert_ids[0], phone_labels[0], os.path.join(plot_dir, "units_utterance.png"))
+    flat_ids = {name: torch.cat(v)[torch.tensor([p is not None for u in labels for p in u])] for name, v in ids.items()}
+    phone_ids = torch.tensor([inventory.index(p) for u in labels for p in u if p is not None])
+    plot_cooccurrence(flat_ids, phone_ids, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
+    plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
     plot_loss(history, os.path.join(plot_dir, "units_loss.png"))
     return metrics
 
@@ -498,7 +534,7 @@ def plot_cooccurrence(ids, phone_ids, inventory, k, metrics, path):
         cond = joint / joint.sum(0, keepdim=True).clamp_min(1)
         dominant, share = cond.max(0)
         units = sorted(range(k), key=lambda j: (dominant[j].item(), -share[j].item()))
-        ax.imshow(cond[:, units], aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(cond[:, units].numpy(), aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(inventory)), [inventory[i] for i in order.tolist()], fontsize=7)
         ax.set_xlabel("unit (sorted by dominant phone)")
         ax.set_title(f"{name}: PNMI {metrics[f'units_pnmi_{name}']:.3f}, "
@@ -520,7 +556,7 @@ def plot_utterance(wav, mfcc_ids, hubert_ids, phone_labels, path, seconds=3.0):
     mel = audio.log_mel(wav[:n * HOP], n_mels=N_MELS)
     fig, axes = plt.subplots(4, 1, figsize=(12, 5.5), sharex=True,
                              gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
-    axes[0].imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=(0, n / FRAME_RATE, 0, N_MELS))
+    axes[0].imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, n / FRAME_RATE, 0, N_MELS))
     axes[0].set_ylabel("mel band")
     rows = [("MFCC k-means", [str(u) for u in mfcc_ids[:n].tolist()]),
             ("learned units", [str(u) for u in hubert_ids[:n].tolist()]),

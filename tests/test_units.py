@@ -121,3 +121,31 @@ def test_encode_gives_one_unit_per_frame_at_50_hz(tmp_path):
     with torch.no_grad():
         full = encoder.eval()(units.wav_to_mel(batch), layer=2)
     assert torch.allclose(u.features(batch), full, atol=1e-5)
+
+
+def test_stage_trains_resumes_and_reports(tmp_path):
+    from nanosdm import data
+    cfg = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=50, data_dialogues=2,
+               data_eval_dialogues=2, seed=3, workers=2, device="cpu",
+               data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+               units_k=12, units_k_targets=10, units_n_layer=2, units_n_head=2, units_d_model=32,
+               units_layer=1, units_proj_dim=16, units_temperature=0.1, units_mask_prob=0.08,
+               units_mask_len=10, units_unmasked_weight=0.0, units_warp=0.1, units_crop_seconds=1.0,
+               units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
+               units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
+               units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2)
+    data.build(cfg)
+    assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
+    partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
+    assert partial["step"] == 3 and not partial["finished"]
+    metrics = units.train(cfg)                                     # resumes at step 3
+    final = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
+    assert final["finished"] and final["step"] == 6 and [h[0] for h in final["history"]] == list(range(6))
+    for system in ("mfcc", "hubert"):
+        for key in ("pnmi", "phone_purity", "cluster_purity"):
+            assert 0 < metrics[f"units_{key}_{system}"] <= 1
+    assert metrics["units_k"] == 12
+    assert (tmp_path / "out" / "plots" / "units_cooccurrence.png").exists()
+    assert (tmp_path / "out" / "plots" / "units_utterance.png").exists()
+    u = units.Units.load(str(tmp_path / "out" / "units.pt"))
+    assert u.encode(torch.zeros(3200)).shape == (10,)
