@@ -209,10 +209,10 @@ def stage_asr(cfg):
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
+    ("text", stage_text),          # the text LLM first, as in the survey's recipe (§4.2.1)
     ("units", stage_units),
-    ("codec", stage_codec),
-    ("asr", stage_asr),
-    ("text", stage_text),
+    ("codec", stage_codec),        # distils codebook 0 toward the units
+    ("asr", stage_asr),            # judges the codec's decoded audio too
 ]
 
 
