@@ -58,18 +58,18 @@ units_k = 100                  # final units: k-means clusters on the encoder's 
 units_k_targets = 100          # iteration-1 targets: k-means clusters on MFCC frames
 units_n_layer = 4
 units_n_head = 4
-units_d_model = 192
+units_d_model = 128
 units_layer = 2                # the block whose output is clustered (1-based, a middle one)
 units_proj_dim = 64            # space of the cosine-similarity logits
 units_temperature = 0.1
 units_mask_prob = 0.08         # share of frames that start a masked span
 units_mask_len = 10            # frames per masked span (200 ms)
-units_unmasked_weight = 0.0    # weight of the loss on visible frames (HuBERT's 1 - alpha); 0 = masked only
-units_warp = 0.0               # random mel-axis stretch of the input, +-warp (speaker perturbation)
+units_unmasked_weight = 1.0    # loss on visible frames, relative to masked ones; 0 = masked only (HuBERT)
+units_warp = 0.15              # random mel-axis stretch of the input, +-warp (speaker perturbation)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 600
-units_lr = 2e-3
+units_lr = 5e-4
 units_warmup = 50
 units_weight_decay = 0.01
 units_grad_clip = 1.0
