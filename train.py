@@ -129,6 +129,9 @@ presets = {
     "small": dict(
         data_entities=1000, data_text_docs=200000, data_dialogues=7000, data_eval_dialogues=200,
         tokenizer_vocab_size=4096,
+        units_k=500, units_n_layer=8, units_n_head=6, units_d_model=384, units_layer=4, units_proj_dim=256,
+        units_crop_seconds=4.0, units_batch_size=32, units_max_steps=20000, units_warmup=1000,
+        units_kmeans_frames=1000000, units_max_train_hours=20.0, units_ckpt_interval=2000,
         text_n_layer=8, text_n_head=8, text_d_model=512, text_block_size=256, text_batch_size=64,
         text_max_steps=3000, text_lr=3e-3, text_warmup=200, text_eval_interval=250, text_ckpt_interval=500,
         codec_dim=384, codec_sub_dim=192, codec_enc_layers=4, codec_dec_layers=4, codec_latent_dim=128,

@@ -370,6 +370,7 @@ def split_on_silence(wav, max_s, min_s=2.0):
 POOL_BATCHES = 20         # clips are sorted by length within pools of this many batches
 SILENCE = 30              # |int16 sample| at or below this is silence (-61 dBFS)
 TRIM_KEEP_S = 0.15        # silence kept after a training clip's last sound
+INVENTED_SHARE = 0.25     # words of a scrambled turn that are new invented names, not corpus words
 
 
 def trim_end(pcm):
@@ -405,7 +406,7 @@ def scrambled_clips(data_dir, vocabulary, n, seed, processes=None):
         voices = json.load(f)["seen_voices"]
     rng = random.Random(seed)
     invent = lambda: rng.choice(data.SYLLABLES) + rng.choice(data.SYLLABLES) + rng.choice(data.CODAS)
-    jobs = [dict(text=" ".join(rng.choice(vocabulary) if rng.random() < 0.75 else invent()
+    jobs = [dict(text=" ".join(rng.choice(vocabulary) if rng.random() >= INVENTED_SHARE else invent()
                                for _ in range(rng.randint(2, 8))),
                  voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
             for _ in range(n)]

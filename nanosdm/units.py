@@ -148,11 +148,6 @@ def kmeans(x, k, iters=20, seed=0, batch_size=None):
     return centroids, labels
 
 
-def inertia(x, centroids):
-    """Sum of squared distances of every point to its nearest centroid (what k-means minimises)."""
-    return assign(x.float(), centroids)[1].sum().item()
-
-
 # -----------------------------------------------------------------------------
 # frame-level features and labels, 50 per second
 
@@ -167,7 +162,7 @@ def mfcc_frames(wav):
 
 
 def wav_to_mel(wav):
-    """Encoder input: log-mel [B, 80, T // 160 + 1] scaled to about [-2, 2]. Each utterance's mean
+    """Encoder input: log-mel [B, N_MELS, T // 160 + 1] scaled to about [-2, 2]. Each input's mean
     is removed per band (cepstral mean normalisation): a voice's timbre and its recording's
     loudness are mostly a constant offset in log-mel, and they say nothing about the phone."""
     mel = audio.log_mel(wav, n_mels=N_MELS, hop=MEL_HOP)
@@ -188,19 +183,14 @@ def warp_mel(mel, amount, gen=None):
     return read(lo) * (1 - w) + read(hi) * w
 
 
-def strip_stress(phone):
-    return "".join(ch for ch in phone if ch not in STRESS)
-
-
 def frame_phones(phones, n_frames):
-    """Phone label of every frame (by its centre) from [[label, start_s, end_s], ...]; None where
-    no phone is spoken (a pause)."""
+    """Phone label of every frame (by its centre), stress marks removed, from [[label, start_s,
+    end_s], ...]; None where no phone is spoken (a pause)."""
     labels = [None] * n_frames
     for label, start, end in phones:
         first = max(0, math.ceil(start * FRAME_RATE - 0.5))     # first frame whose centre >= start
         last = min(n_frames, math.ceil(end * FRAME_RATE - 0.5))  # frames with centre < end
-        for i in range(first, last):
-            labels[i] = strip_stress(label)
+        labels[first:last] = ["".join(ch for ch in label if ch not in STRESS)] * max(0, last - first)
     return labels
 
 
@@ -439,6 +429,9 @@ def evaluate(units, mfcc_centroids, wavs, phones):
     for name, per_utterance in ids.items():
         quality = unit_quality(torch.cat(per_utterance)[spoken], phone_ids, len(mfcc_centroids), len(inventory))
         metrics.update({f"{key}_{name}": value for key, value in quality.items()})
+        # frames per run of equal units: how much dedup shortens the sequence a language model sees
+        runs = sum(len(dedup(u)[0]) for u in per_utterance)
+        metrics[f"mean_run_{name}"] = sum(len(u) for u in per_utterance) / runs
     return metrics, ids, labels, inventory
 
 
@@ -515,88 +508,76 @@ def train(cfg, stop_step=None):
                    units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4))
     metrics.update({f"units_{key}": round(value, 4) for key, value in quality.items()})
     plot_dir = os.path.join(out_dir, "plots")
-    flat_ids = {name: torch.cat(v)[torch.tensor([p is not None for u in labels for p in u])] for name, v in ids.items()}
-    phone_ids = torch.tensor([inventory.index(p) for u in labels for p in u if p is not None])
-    plot_cooccurrence(flat_ids, phone_ids, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
+    plot_cooccurrence(ids, labels, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
     plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
-    plot_loss(history, os.path.join(plot_dir, "units_loss.png"))
     return metrics
 
 
 # -----------------------------------------------------------------------------
 # pictures
 
-def plot_cooccurrence(ids, phone_ids, inventory, k, metrics, path):
-    """p(phone | unit) for each labelling; phones by frequency, units sorted by their dominant phone,
-    so a good labelling is a staircase and a poor one a smear."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def plot_cooccurrence(ids, labels, inventory, k, metrics, path, max_phones=40):
+    """p(phone | unit) for each system (ids: {name: unit ids per utterance}), the most frequent
+    phones only; units sorted by their dominant phone, so a good labelling is a staircase and a
+    poor one a smear."""
+    plt = _pyplot()
+    spoken = torch.tensor([p is not None for u in labels for p in u])
+    phone_ids = torch.tensor([inventory.index(p) for u in labels for p in u if p is not None])
     order = torch.bincount(phone_ids, minlength=len(inventory)).argsort(descending=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
-    fig, axes = plt.subplots(1, len(ids), figsize=(7 * len(ids), 0.18 * len(inventory) + 2))
-    for ax, (name, u) in zip(axes, ids.items()):
+    n_rows = min(max_phones, len(inventory))
+    fig, axes = plt.subplots(1, len(ids), figsize=(7 * len(ids), 0.2 * n_rows + 2))
+    for ax, (name, per_utterance) in zip(axes, ids.items()):
         joint = torch.zeros(len(inventory), k)
-        joint.index_put_((rank[phone_ids], u), torch.ones(len(u)), accumulate=True)
+        joint.index_put_((rank[phone_ids], torch.cat(per_utterance)[spoken]), torch.ones(len(phone_ids)), accumulate=True)
         cond = joint / joint.sum(0, keepdim=True).clamp_min(1)
         dominant, share = cond.max(0)
-        units = sorted(range(k), key=lambda j: (dominant[j].item(), -share[j].item()))
-        ax.imshow(cond[:, units].numpy(), aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_yticks(range(len(inventory)), [inventory[i] for i in order.tolist()], fontsize=7)
+        columns = sorted(range(k), key=lambda j: (dominant[j].item(), -share[j].item()))
+        ax.imshow(cond[:n_rows, columns].numpy(), aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(n_rows), [inventory[i] for i in order[:n_rows].tolist()], fontsize=7)
         ax.set_xlabel("unit (sorted by dominant phone)")
         ax.set_title(f"{name}: PNMI {metrics[f'units_pnmi_{name}']:.3f}, "
                      f"phone purity {metrics[f'units_phone_purity_{name}']:.3f}")
-    axes[0].set_ylabel("phone (by frequency)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].set_ylabel(f"phone (the {n_rows} most frequent)")
+    _save(fig, path)
 
 
 def plot_utterance(wav, mfcc_ids, hubert_ids, phone_labels, path, seconds=3.0):
     """Log-mel spectrogram with, under it, the MFCC-cluster and learned-unit sequences (one box per
     run of equal units) and the phones."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     n = min(len(phone_labels), int(seconds * FRAME_RATE))
     mel = audio.log_mel(wav[:n * HOP], n_mels=N_MELS)
-    fig, axes = plt.subplots(4, 1, figsize=(12, 5.5), sharex=True,
-                             gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
+    fig, axes = plt.subplots(4, 1, figsize=(12, 5.5), sharex=True, gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
     axes[0].imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, n / FRAME_RATE, 0, N_MELS))
     axes[0].set_ylabel("mel band")
     rows = [("MFCC k-means", [str(u) for u in mfcc_ids[:n].tolist()]),
             ("learned units", [str(u) for u in hubert_ids[:n].tolist()]),
             ("phones", [p or "" for p in phone_labels[:n]])]
-    for ax, (name, labels) in zip(axes[1:], rows):
+    for ax, (name, seq) in zip(axes[1:], rows):
         start = 0
         for i in range(1, n + 1):
-            if i == n or labels[i] != labels[start]:
+            if i == n or seq[i] != seq[start]:
                 ax.axvline(start / FRAME_RATE, color="grey", lw=0.5)
-                ax.text((start + i) / 2 / FRAME_RATE, 0.5, labels[start], ha="center", va="center",
-                        fontsize=6 if name != "phones" else 8, rotation=90 if name != "phones" else 0)
+                ax.text((start + i) / 2 / FRAME_RATE, 0.5, seq[start], ha="center", va="center",
+                        fontsize=8 if name == "phones" else 6, rotation=0 if name == "phones" else 90)
                 start = i
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
     axes[-1].set_xlabel("time (s)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_loss(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    h = np.array(history)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(h[:, 0], h[:, 1], lw=0.8, label="masked cross-entropy")
-    ax.plot(h[:, 0], h[:, 2], lw=0.8, label="masked accuracy")
-    ax.set_xlabel("step")
-    ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
