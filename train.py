@@ -121,7 +121,10 @@ asr_warmup = 100
 asr_scrambled_turns = 2000     # extra eSpeak turns of random words in training voices (0: corpus only)
 asr_weight_decay = 0.01
 asr_grad_clip = 1.0
-asr_beam = 8                   # prefix beam width for the asr_wer_beam figure
+asr_beam = 8                   # prefix beam width
+asr_lm_order = 6               # characters of context of the beam search's character n-gram LM
+asr_lm_weight = 0.2            # its weight in the beam score (chosen on the val split, held-out phrasings)
+asr_char_bonus = 2.0           # score added per character, against the LM's bias to short outputs
 asr_ckpt_interval = 100
 
 presets = {

@@ -26,6 +26,7 @@ scrambled_clips), reports character and word error rates on the unseen-voice spl
 and, when out/<preset>/codec.pt exists, the same rates on codec-decoded audio of the same clips:
 the codec's intelligibility figure.
 """
+import collections
 import math
 import os
 import re
@@ -143,14 +144,24 @@ def greedy_decode(log_probs, lengths=None, blank=BLANK):
     return out
 
 
-def prefix_beam_search(log_probs, beam=8, blank=BLANK, prune=-8.0):
+def prefix_beam_search(log_probs, beam=8, blank=BLANK, prune=-8.0, lm=None, lm_weight=0.5, char_bonus=1.0):
     """CTC prefix beam search over one utterance, log_probs [T, C] -> best id list.
     Each prefix keeps two scores: paths ending in blank (pb) and in its last symbol (pnb), since a
     repeated symbol extends the prefix only after a blank. Symbols with log-prob below `prune` at
-    a frame are not tried (they cannot win, and skipping them keeps this fast in Python)."""
+    a frame are not tried (they cannot win, and skipping them keeps this fast in Python).
+    With a CharLM (shallow fusion) a prefix is ranked by its acoustic score plus, for each of its
+    characters, lm_weight * log P_lm(char | the characters before) + char_bonus; the bonus offsets
+    the LM's cost per character, which would otherwise favour dropping letters."""
     lp = log_probs.float().cpu()
     logadd = np.logaddexp
-    beams = {(): (0.0, -math.inf)}  # prefix -> (log pb, log pnb)
+    beams = {(): (0.0, -math.inf)}  # prefix -> (log pb, log pnb), acoustic only
+    fused = {(): 0.0}                # prefix -> its language-model score (0 without an LM)
+
+    def lm_step(prefix, c):
+        if lm is None:
+            return 0.0
+        return lm_weight * lm.log_probs(decode_ids(prefix[-lm.order:]))[c] + char_bonus
+
     for t in range(lp.shape[0]):
         row = lp[t].tolist()
         cands = [c for c in range(len(row)) if row[c] > prune and c != blank]
@@ -162,12 +173,65 @@ def prefix_beam_search(log_probs, beam=8, blank=BLANK, prune=-8.0):
             nxt[prefix] = (logadd(b, total + row[blank]), logadd(nb, nb_same))
             for c in cands:
                 new = prefix + (c,)
+                if new not in fused:
+                    fused[new] = fused[prefix] + lm_step(prefix, c)
                 b, nb = nxt.get(new, (-math.inf, -math.inf))
                 # the same symbol again needs a blank in between, else it merged above
                 ext = pb + row[c] if prefix and c == prefix[-1] else total + row[c]
                 nxt[new] = (b, logadd(nb, ext))
-        beams = dict(sorted(nxt.items(), key=lambda kv: -logadd(*kv[1]))[:beam])
-    return list(max(beams.items(), key=lambda kv: logadd(*kv[1]))[0])
+        beams = dict(sorted(nxt.items(), key=lambda kv: -logadd(*kv[1]) - fused[kv[0]])[:beam])
+    end = (lambda p: lm_weight * lm.log_probs(decode_ids(p[-lm.order:]))[CharLM.END]) if lm else (lambda p: 0.0)
+    return list(max(beams.items(), key=lambda kv: logadd(*kv[1]) + fused[kv[0]] + end(kv[0]))[0])
+
+
+class CharLM:
+    """A character n-gram language model with interpolated Witten-Bell smoothing: the prior over
+    spellings that a CTC recognizer lacks. It learns, from text alone, that the creature is a
+    "keter" and not a "katar" when the audio cannot tell. Every probability mixes the counts after
+    the longest context with the next shorter context's estimate, and trusts a context more the
+    more often it was seen relative to how many different characters followed it.
+    P(c | h) = (n(h, c) + u(h) P(c | h')) / (n(h) + u(h)), n: counts, u(h): distinct followers,
+    h' = h without its first character; below the empty context, uniform.
+    The symbols are the recognizer's ids; the blank's id stands for the end of the sentence."""
+    END = BLANK
+    PAD = "^"   # before a sentence's first character
+
+    def __init__(self, texts, order=6):
+        self.order = order  # characters of context (an (order+1)-gram model)
+        self.counts = {}    # context string -> {id: count}
+        for text, weight in collections.Counter(normalize_text(t) for t in texts).items():
+            padded = self.PAD * order + text
+            for i, c in enumerate(encode_text(text) + [self.END]):
+                history = padded[i:i + order]
+                for n in range(order + 1):
+                    follow = self.counts.setdefault(history[order - n:], {})
+                    follow[c] = follow.get(c, 0) + weight
+        self._cache = {}
+
+    def log_probs(self, history):
+        """log P(next id | history string) as a numpy array [VOCAB_SIZE] (id 0: the end)."""
+        history = (self.PAD * self.order + history)[-self.order:]
+        if history not in self._cache:
+            p = np.full(VOCAB_SIZE, 1.0 / VOCAB_SIZE)
+            for n in range(self.order + 1):
+                follow = self.counts.get(history[self.order - n:])
+                if follow is None:  # a longer context was never seen either
+                    break
+                total, types = sum(follow.values()), len(follow)
+                seen = np.zeros(VOCAB_SIZE)
+                seen[list(follow)] = list(follow.values())
+                p = (seen + types * p) / (total + types)
+            self._cache[history] = np.log(p)
+        return self._cache[history]
+
+    def state_dict(self):
+        return dict(order=self.order, counts=self.counts)
+
+    @classmethod
+    def from_state_dict(cls, state):
+        lm = cls([], state["order"])
+        lm.counts = state["counts"]
+        return lm
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +332,12 @@ class ASR(nn.Module):
         self.transformer = Transformer(n_layer, n_head, d_model, causal=False, max_seq_len=max_seq_len,
                                        dropout=dropout)
         self.head = nn.Linear(d_model, VOCAB_SIZE)
+        self.lm, self.lm_weight, self.char_bonus = None, 0.0, 0.0  # see attach_lm
+
+    def attach_lm(self, lm, lm_weight, char_bonus):
+        """A CharLM that beam search (transcribe(beam > 1)) fuses with the acoustic scores."""
+        self.lm, self.lm_weight, self.char_bonus = lm, lm_weight, char_bonus
+        return self
 
     def forward(self, feat, flen):
         """Normalised log-mel [B, N_MELS, frames] -> log-probs [B, T, VOCAB_SIZE] (fp32), lengths [B]."""
@@ -301,9 +371,10 @@ class ASR(nn.Module):
         return audio.log_mel(wav, n_mels=N_MELS, n_fft=N_FFT, hop=HOP), lp[0]
 
     @torch.no_grad()
-    def transcribe(self, wav, beam=0, batch_size=32, max_chunk_s=12.0):
+    def transcribe(self, wav, beam=0, use_lm=True, batch_size=32, max_chunk_s=12.0):
         """Speech at 16 kHz -> text. wav: a tensor [T] (-> str), or a list of tensors or a batch
-        [B, T] (-> list of str). beam=0 decodes greedily, beam>1 with prefix beam search.
+        [B, T] (-> list of str). beam=0 decodes greedily, beam>1 with prefix beam search, fused
+        with the attached CharLM unless use_lm=False.
         Longer recordings are cut at their quietest moments into pieces of at most max_chunk_s
         (training clips are single turns of a few seconds)."""
         single = torch.is_tensor(wav) and wav.dim() == 1
@@ -327,7 +398,9 @@ class ASR(nn.Module):
             with utils.autocast(str(dev)):
                 lp, out_len = self(feat, flen)
             if beam > 1:
-                ids = [prefix_beam_search(lp[j, :out_len[j]], beam) for j in range(len(rows))]
+                lm = self.lm if use_lm else None
+                ids = [prefix_beam_search(lp[j, :out_len[j]], beam, lm=lm, lm_weight=self.lm_weight,
+                                          char_bonus=self.char_bonus) for j in range(len(rows))]
             else:
                 ids = greedy_decode(lp, out_len)
             for k, seq in zip(rows, ids):
@@ -344,6 +417,8 @@ class ASR(nn.Module):
             raise ValueError(f"{path}: recognizer built for another alphabet or front end")
         model = cls(cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["dropout"], cfg["max_seq_len"])
         model.load_state_dict(ckpt["model"])
+        if ckpt.get("lm"):
+            model.attach_lm(CharLM.from_state_dict(ckpt["lm"]), ckpt["lm_weight"], ckpt["char_bonus"])
         return model.to(device).eval()
 
 
@@ -469,9 +544,11 @@ def train(cfg, stop_step=None):
             step, history = ckpt["step"], ckpt["history"]
             print(f"resuming from {path} at step {step}")
 
-    def save():
+    def save(lm=None):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                         config=model.config, step=step, history=history))
+                                         config=model.config, step=step, history=history,
+                                         lm=lm and lm.state_dict(), lm_weight=cfg["asr_lm_weight"],
+                                         char_bonus=cfg["asr_char_bonus"]))
 
     gen, epoch, batches = torch.Generator(), -1, None
     model.train()
@@ -508,6 +585,11 @@ def train(cfg, stop_step=None):
         save()
         return {}
 
+    # the spelling prior for beam search: a character n-gram LM of the corpus's text (the text
+    # stage's data, not the transcripts of the speech), saved with the recognizer
+    lm = CharLM(text_corpus(cfg["data_dir"]), cfg["asr_lm_order"])
+    model.attach_lm(lm, cfg["asr_lm_weight"], cfg["asr_char_bonus"])
+    save(lm)
     model.eval()
     last = [l for _, l in history["train"][-50:]]
     metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
@@ -525,9 +607,17 @@ def codec_roundtrip(codec, wav):
     return codec.decode(codec.encode(wav[None].to(dev))).reshape(-1).float().cpu()
 
 
+def text_corpus(data_dir):
+    """Every turn of the SpokenWorld text corpus (data/<preset>/text_train.jsonl)."""
+    import json
+    with open(os.path.join(data_dir, "text_train.jsonl")) as f:
+        return [text for line in f for _, text in json.loads(line)["turns"]]
+
+
 def evaluate_stage(model, cfg):
-    """Error rates on unseen voices (user turns), on seen voices asking held-out phrasings, with
-    beam search, and through the codec when one has been trained."""
+    """Error rates on unseen voices (user turns): greedy (the acoustic model alone), beam search,
+    and beam search with the CharLM (the headline figure); on seen voices asking held-out
+    phrasings (sentences the LM never read); and through the codec when one has been trained."""
     unseen = load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
     refs, wavs = [t for _, t in unseen], [w.float() / 32768 for w, _ in unseen]
     t0 = time.time()
@@ -535,13 +625,17 @@ def evaluate_stage(model, cfg):
     rtf = (time.time() - t0) / (sum(len(w) for w in wavs) / audio.SAMPLE_RATE)
     metrics = {"asr_cer": round(cer(refs, hyps), 4), "asr_wer": round(wer(refs, hyps), 4),
                "asr_eval_clips": len(unseen), "asr_rtf": round(rtf, 4)}
-    beam_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
-    metrics["asr_wer_beam"] = round(wer(refs, beam_hyps), 4)
+    metrics["asr_wer_beam"] = round(wer(refs, model.transcribe(wavs, beam=cfg["asr_beam"], use_lm=False)), 4)
+    lm_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
+    metrics.update(asr_cer_lm=round(cer(refs, lm_hyps), 4), asr_wer_lm=round(wer(refs, lm_hyps), 4))
     val = load_clips(cfg["data_dir"], "val", speaker="user")
-    metrics["asr_wer_seen_voice"] = round(wer([t for _, t in val], model.transcribe([w.float() / 32768 for w, _ in val])), 4)
-    bad = [(r, h) for r, h in zip(refs, hyps) if r != h]
-    print(f"asr: unseen voices CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} over {len(refs)} turns "
-          f"({len(bad)} not exact); e.g.\n" + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in bad[:4]))
+    val_refs, val_wavs = [t for _, t in val], [w.float() / 32768 for w, _ in val]
+    metrics["asr_wer_heldout_phrasing"] = round(wer(val_refs, model.transcribe(val_wavs)), 4)
+    metrics["asr_wer_heldout_phrasing_lm"] = round(wer(val_refs, model.transcribe(val_wavs, beam=cfg["asr_beam"])), 4)
+    bad = [(r, h) for r, h in zip(refs, lm_hyps) if r != h]
+    print(f"asr: unseen voices CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} greedy, "
+          f"WER {metrics['asr_wer_lm']:.2%} with the LM, over {len(refs)} turns ({len(bad)} not exact with the LM); "
+          f"e.g.\n" + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in bad[:4]))
 
     codec_path = os.path.join(cfg["out_dir"], "codec.pt")
     if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
@@ -549,8 +643,10 @@ def evaluate_stage(model, cfg):
         codec = Codec.load(codec_path, cfg["device"])
         decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
         codec_hyps = model.transcribe(decoded)
-        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4))
-        print(f"asr through the codec: CER {metrics['asr_cer_codec']:.2%} WER {metrics['asr_wer_codec']:.2%}")
+        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
+                       asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
+        print(f"asr through the codec: CER {metrics['asr_cer_codec']:.2%} WER {metrics['asr_wer_codec']:.2%} "
+              f"greedy, {metrics['asr_wer_codec_lm']:.2%} with the LM")
     else:
         print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
     plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))

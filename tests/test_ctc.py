@@ -85,6 +85,36 @@ def test_prefix_beam_search():
     assert ctc.decode_ids(ctc.prefix_beam_search(lp, beam=4)) == "a"
 
 
+def test_char_lm_is_a_distribution_and_learns_spellings():
+    lm = ctc.CharLM(["the keter is red", "the keter is blue", "the lezis is red"], order=4)
+    for history in ("", "the ke", "zzzz", "the lezis is red"):
+        assert abs(np.exp(lm.log_probs(history)).sum() - 1) < 1e-9
+    lp = lm.log_probs("the ket")
+    assert lp.argmax() == ids("e")[0] and lp[ids("e")[0]] > np.log(0.9)
+    assert lm.log_probs("the keter is red").argmax() == ctc.CharLM.END
+    # an unseen context backs off to shorter ones: never a zero probability
+    assert np.isfinite(lm.log_probs("qqqq")).all()
+    state = ctc.CharLM.from_state_dict(lm.state_dict())
+    assert np.allclose(state.log_probs("the le"), lm.log_probs("the le"))
+
+
+def test_beam_search_with_lm_fixes_an_ambiguous_vowel():
+    # "kat?r": the acoustics prefer "a" over "e" (0.55 vs 0.45); the LM has only read "keter"
+    frames = ["k", "-", "e|a", "-", "t", "-", "e", "-", "r", "-"]
+    p = torch.full((len(frames), ctc.VOCAB_SIZE), 1e-6)
+    for t, f in enumerate(frames):
+        if f == "-":
+            p[t, ctc.BLANK] = 1.0
+        elif f == "e|a":
+            p[t, ids("a")[0]], p[t, ids("e")[0]] = 0.55, 0.45
+        else:
+            p[t, ids(f)[0]] = 1.0
+    lp = (p / p.sum(-1, keepdim=True)).log()
+    assert ctc.decode_ids(ctc.prefix_beam_search(lp, beam=4)) == "kater"
+    lm = ctc.CharLM(["the keter is red"] * 5, order=4)
+    assert ctc.decode_ids(ctc.prefix_beam_search(lp, beam=4, lm=lm, lm_weight=0.3, char_bonus=1.0)) == "keter"
+
+
 # -----------------------------------------------------------------------------
 # the loss
 
@@ -220,6 +250,7 @@ def write_mini_corpus(data_dir):
         meta = dict(id=f"{split}-0", offset=0, length=t, user_voice=dict(voice=voice), turns=turns)
         (data_dir / f"speech_{split}.jsonl").write_text(json.dumps(meta) + "\n")
     (data_dir / "corpus.json").write_text(json.dumps(dict(seen_voices=["en-us", "en-us+f2"])))
+    (data_dir / "text_train.jsonl").write_text(json.dumps(dict(turns=[["user", texts[0]], ["assistant", texts[1]]])) + "\n")
 
 
 def test_stage_resumes_and_reports(tmp_path, capsys):
@@ -227,14 +258,17 @@ def test_stage_resumes_and_reports(tmp_path, capsys):
     cfg = dict(device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
                asr_n_layer=1, asr_n_head=2, asr_d_model=32, asr_dropout=0.0, asr_batch_size=4, asr_max_steps=6,
                asr_lr=3e-3, asr_warmup=2, asr_weight_decay=0.0, asr_grad_clip=1.0, asr_beam=4,
-               asr_ckpt_interval=100, asr_scrambled_turns=3)
+               asr_ckpt_interval=100, asr_scrambled_turns=3, asr_lm_order=4, asr_lm_weight=0.2, asr_char_bonus=2.0)
     assert ctc.train(cfg, stop_step=3) == {}  # "killed" after 3 steps: a partial checkpoint
     ckpt = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))
     assert ckpt["step"] == 3 and len(ckpt["history"]["train"]) == 3
     metrics = ctc.train(cfg)
     assert "resuming from" in capsys.readouterr().out
     assert utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["step"] == 6
-    for key in ("asr_cer", "asr_wer", "asr_wer_beam", "asr_wer_seen_voice", "asr_train_loss"):
+    for key in ("asr_cer", "asr_wer", "asr_wer_beam", "asr_wer_lm", "asr_wer_heldout_phrasing", "asr_train_loss"):
         assert isinstance(metrics[key], float) and metrics[key] >= 0
     assert metrics["asr_eval_clips"] == 2 and "asr_wer_codec" not in metrics  # no codec here
     assert (tmp_path / "out" / "plots" / "asr_posteriors.png").stat().st_size > 10_000
+    # the character LM travels with the recognizer
+    model = ctc.ASR.load(str(tmp_path / "out" / "asr.pt"))
+    assert model.lm is not None and model.lm.order == cfg["asr_lm_order"] and model.lm_weight == cfg["asr_lm_weight"]
