@@ -37,7 +37,6 @@ last 20 ms of a frame need the first window of the next frame to finish their ov
 """
 import math
 import os
-import time
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, evaluate, utils
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 FRAME = 1280                      # samples per codec frame: 80 ms, 12.5 Hz
@@ -395,92 +394,6 @@ def generator_adv_loss(disc, real, fake):
 
 
 # -----------------------------------------------------------------------------
-# metrics, for the evaluation code to reuse
-
-def mel_distance_db(ref, test, n_mels=80, f_max=None):
-    """Mean absolute difference of log-mel spectrograms in dB (floor -80 dB) of two equally long
-    signals [T]; n_mels=80: full band; n_mels=40, f_max=4000: to compare with 8 kHz codecs."""
-    a, b = (audio.log_mel(x, n_mels=n_mels, f_max=f_max) for x in (ref, test))
-    return (a - b).abs().mean().item()
-
-
-def si_snr_db(ref, test):
-    """Scale-invariant signal-to-noise ratio in dB."""
-    ref, test = ref - ref.mean(), test - test.mean()
-    target = (test @ ref) / (ref @ ref + 1e-12) * ref
-    return (10 * torch.log10((target @ target + 1e-12) / ((test - target) @ (test - target) + 1e-12))).item()
-
-
-def align(out, delay, length):
-    """out shifted left by `delay` samples and cut (or padded with silence) to `length`."""
-    out = out[delay:delay + length]
-    return F.pad(out, (0, length - len(out)))
-
-
-def best_delay(refs, outs, max_delay=960, step=16, clips=8):
-    """A codec's lag (fixed, so found once for every clip): the one of 0 .. max_delay samples in 1 ms
-    steps with the least 0-4 kHz log-mel distance on a few clips, then the best SI-SNR within 1 ms."""
-    pairs = [(r, audio.log_mel(r, n_mels=40, f_max=4000), o) for r, o in list(zip(refs, outs))[:clips]]
-    mel = lambda d: np.mean([(m - audio.log_mel(align(o, d, len(r)), n_mels=40, f_max=4000)).abs().mean().item()
-                             for r, m, o in pairs])
-    coarse = min(range(0, max_delay + 1, step), key=mel)
-    snr = lambda d: np.mean([si_snr_db(r, align(o, d, len(r))) for r, _, o in pairs])
-    return max(range(max(0, coarse - step), coarse + step + 1), key=snr)
-
-
-def codec2_roundtrip(wav, mode):
-    """16 kHz float -> 8 kHz int16 -> codec2 (mode 1200, or 700 for 700C) -> 16 kHz float."""
-    import pycodec2
-    c2 = pycodec2.Codec2(mode)
-    n = c2.samples_per_frame()
-    x8 = audio.resample(wav.numpy(), SAMPLE_RATE, 8000)
-    pcm = (np.clip(np.pad(x8, (0, -len(x8) % n)), -1, 1) * 32767).astype(np.int16)
-    out = np.concatenate([c2.decode(c2.encode(pcm[i:i + n])) for i in range(0, len(pcm), n)])
-    return torch.from_numpy(audio.resample(out.astype(np.float32) / 32768, 8000, SAMPLE_RATE))
-
-
-def codebook_usage(codes, size):
-    """codes [N, K] -> (perplexity / size of each codebook, counts [K, size])."""
-    counts = torch.stack([torch.bincount(codes[:, k], minlength=size) for k in range(codes.shape[1])]).float()
-    p = counts / counts.sum(1, keepdim=True)
-    return ((-(p * torch.log(p.clamp_min(1e-12))).sum(1)).exp() / size).tolist(), counts
-
-
-def phone_information(codes, phones, size):
-    """PNMI (units.py) of codebooks 0 and 1 against the phones spoken: how much of what was said each
-    tells. codes: list of [1, K, frames]; each code is repeated over the four 20 ms phone frames."""
-    from nanosdm import units
-    labels = [units.frame_phones(p, c.shape[2] * SUB) for c, p in zip(codes, phones)]
-    inventory = {ph: i for i, ph in enumerate(sorted({ph for ls in labels for ph in ls if ph}))}
-    keep = [[i for i, ph in enumerate(ls) if ph] for ls in labels]   # frames inside a phone
-    if not inventory:
-        return {}
-    ph = torch.tensor([inventory[ls[i]] for ls, k in zip(labels, keep) for i in k])
-    out = {}
-    for level in range(min(2, codes[0].shape[1])):
-        ids = torch.cat([c[0, level].cpu().repeat_interleave(SUB)[k] for c, k in zip(codes, keep)])
-        out[f"codec_pnmi_q{level}"] = units.unit_quality(ids, ph, size, len(inventory))["pnmi"]
-    return out
-
-
-@torch.no_grad()
-def stream_speed(model, wav, threads=1):
-    """Times faster than real time of streaming encode + decode, batch 1, one 80 ms frame at a time.
-    One thread: tensors this small gain nothing from more, and on a busy CPU they lose a lot."""
-    frames = wav[:len(wav) // FRAME * FRAME].view(1, -1, FRAME)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    for warmup in (True, False):                                   # the first pass warms up the allocator
-        enc, dec = model.encoder_state(1), model.decoder_state(1)
-        t0 = time.perf_counter()
-        for t in range(min(5, frames.shape[1]) if warmup else frames.shape[1]):
-            codes, enc = model.encode_step(frames[:, t], enc)
-            _, dec = model.decode_step(codes, dec)
-    torch.set_num_threads(before)
-    return frames.shape[1] * FRAME / SAMPLE_RATE / (time.perf_counter() - t0)
-
-
-# -----------------------------------------------------------------------------
 # data: random crops around the spoken turns of both channels (so some silence comes along too)
 
 def turn_index(split):
@@ -617,66 +530,10 @@ def train(cfg, stop_step=None, teacher=None):
         save()
         return {}
     model.eval()
-    metrics = evaluate(model, cfg, teacher)
+    metrics = evaluate.evaluate_codec(model, cfg, teacher)
     metrics.update(codec_params_m=round(n_params / 1e6, 3),
                    codec_train_mel_db=round(float(np.mean([m for _, m in history["mel"][-50:]])), 3))
     plot_training(history, os.path.join(out_dir, "plots", "codec_loss.png"))
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(model, cfg, teacher=None):
-    """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
-    distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
-    plots and a few wavs."""
-    import copy
-    from nanosdm.data import SpeechSplit
-    turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
-             if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
-    clips = [w for w, _ in turns]
-    codes = [model.encode(w[None]) for w in clips]
-    outs, bps = {"codec": [model.decode(c)[0].cpu() for c in codes]}, {"codec": model.bitrate}
-    try:
-        for mode, name in ((1200, "codec2_1200"), (700, "codec2_700c")):   # the classical anchor (optional)
-            outs[name], bps[name] = [codec2_roundtrip(w, mode) for w in clips], mode
-    except ImportError:
-        print("codec: pycodec2 is not installed, codec2 comparison skipped (pip install pycodec2)")
-    size = model.config["codebook_size"]
-    metrics = dict(codec_bitrate_bps=model.bitrate, codec_n_q=model.n_q, codec_codebook_size=size)
-    aligned = {}
-    for name, decoded in outs.items():
-        delay = best_delay(clips, decoded)
-        aligned[name] = [align(o, delay, len(w)) for w, o in zip(clips, decoded)]
-        pairs = list(zip(clips, aligned[name]))
-        metrics.update({f"{name}_delay_ms": delay / SAMPLE_RATE * 1000,
-                        f"{name}_mel_db": np.mean([mel_distance_db(w, o) for w, o in pairs]),
-                        f"{name}_mel_db_0_4k": np.mean([mel_distance_db(w, o, 40, 4000) for w, o in pairs]),
-                        f"{name}_si_snr_db": np.mean([si_snr_db(w, o) for w, o in pairs])})
-    usage, counts = codebook_usage(torch.cat([c[0].T for c in codes]).cpu(), size)
-    metrics.update(codec_usage_min=min(usage), codec_usage_mean=float(np.mean(usage)))
-    metrics.update(phone_information(codes, [tr["phones"] for _, tr in turns], size))
-    if teacher is not None:
-        metrics["codec_distill_cos"] = float(np.mean([1 - distill_loss(
-            model, model.quantizer.decode(c[:, :1]), F.pad(w, (0, c.shape[2] * FRAME - len(w)))[None].to(c.device),
-            teacher).item() for w, c in zip(clips, codes)]))
-    cpu_model = copy.deepcopy(model).cpu() if cfg["device"] != "cpu" else model
-    metrics["codec_stream_rtf_x"] = stream_speed(cpu_model, torch.cat(clips)[:10 * SAMPLE_RATE], threads=1)
-    metrics = {k: round(float(v), 4) for k, v in metrics.items()}
-
-    print(f"codec on {len(clips)} unseen-voice turns ({sum(map(len, clips)) / SAMPLE_RATE:.0f} s), delay-aligned:")
-    for name in outs:
-        print(f"  {name:12s} {bps[name]:6g} bps  log-mel {metrics[f'{name}_mel_db']:.2f} dB, 0-4 kHz "
-              f"{metrics[f'{name}_mel_db_0_4k']:.2f} dB, SI-SNR {metrics[f'{name}_si_snr_db']:.1f} dB, "
-              f"delay {metrics[f'{name}_delay_ms']:.0f} ms")
-    print(f"  codebook usage (perplexity / size): {' '.join(f'{u:.2f}' for u in usage)}; phone information (PNMI): "
-          + ", ".join(f"codebook {k} {metrics.get(f'codec_pnmi_q{k}', float('nan')):.3f}" for k in range(min(2, model.n_q)))
-          + f"; streaming {metrics['codec_stream_rtf_x']:.0f}x real time (CPU, 1 thread, batch 1)")
-    for i in range(min(2, len(clips))):
-        for name, wav in [("original", clips[i])] + [(n, aligned[n][i]) for n in outs]:
-            audio.save_wav(os.path.join(cfg["out_dir"], "codec_samples", f"{i}_{name}.wav"), wav)
-    plot_spectrograms([clips[0]] + [aligned[n][0] for n in outs], ["original"] + list(outs),
-                      os.path.join(cfg["out_dir"], "plots", "codec_spectrograms.png"))
-    plot_usage(counts, os.path.join(cfg["out_dir"], "plots", "codec_usage.png"))
     return metrics
 
 

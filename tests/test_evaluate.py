@@ -1,0 +1,44 @@
+"""The results table's metrics: log-mel distance, SI-SNR, delay alignment, codebook usage, phone
+information, and the codec2 anchor."""
+import math
+
+import pytest
+import torch
+
+from nanosdm import espeak, evaluate
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """One eSpeak sentence as a batch of one, 16 kHz."""
+    return torch.from_numpy(espeak.synthesize("the green cat lives in paris.", voice="en-us")[0])[None]
+
+
+def test_metrics():
+    torch.manual_seed(7)
+    x = torch.randn(16000) * 0.1
+    assert evaluate.mel_distance_db(x, x) == 0.0
+    assert evaluate.mel_distance_db(x, 0.5 * x) == pytest.approx(20 * math.log10(2), abs=0.05)
+    assert evaluate.si_snr_db(x, 0.5 * x) > 60                        # scale-invariant
+    assert evaluate.si_snr_db(x, x + 0.1 * torch.randn(16000) * 0.1) == pytest.approx(20, abs=0.5)
+    delayed = torch.cat([torch.zeros(320), x])
+    assert evaluate.best_delay([x], [delayed]) == 320
+    usage, counts = evaluate.codebook_usage(torch.tensor([[0, 1], [1, 1], [2, 1], [3, 1]]), 4)
+    assert usage == pytest.approx([1.0, 0.25]) and counts.sum() == 8
+
+
+def test_phone_information():
+    # four 80 ms codes, one phone each: codebook 0 names the phone, codebook 1 tells nothing
+    phones = [[ph, 0.08 * i, 0.08 * (i + 1)] for i, ph in enumerate("abab")]
+    codes = torch.tensor([[[0, 1, 0, 1], [3, 3, 3, 3]]])
+    info = evaluate.phone_information([codes], [phones], 4, frame=1280)
+    assert info["codec_pnmi_q0"] == pytest.approx(1.0) and info["codec_pnmi_q1"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_codec2_anchor(speech):
+    pytest.importorskip("pycodec2")
+    for mode in (1200, 700):
+        out = evaluate.codec2_roundtrip(speech[0], mode)
+        assert abs(len(out) - len(speech[0])) < 640
+        d = evaluate.best_delay([speech[0]], [out])
+        assert 3 < evaluate.mel_distance_db(speech[0], evaluate.align(out, d, speech.shape[1]), 40, 4000) < 12
