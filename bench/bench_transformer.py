@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from nanosdm import utils  # noqa: E402
-from nanosdm.textlm import TextLM, use_bf16  # noqa: E402
+from nanosdm.textlm import TextLM  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--preset", default="tiny")
@@ -98,7 +98,7 @@ def timed_steps(model, opt, n):
     sync()
     t0 = time.perf_counter()
     for _ in range(n):
-        with utils.autocast(device, use_bf16(device)):
+        with utils.autocast(device):
             _, loss = model(x, x)
         loss.backward()
         opt.step()
@@ -110,7 +110,7 @@ def timed_steps(model, opt, n):
 torch.manual_seed(0)
 models = {"shared (TextLM)": TextLM(V, L, H, D, T).to(device), "nanoGPT reference": RefGPT().to(device)}
 opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-print(f"device {device}, {torch.get_num_threads()} threads, bf16 autocast {use_bf16(device)}; "
+print(f"device {device}, {torch.get_num_threads()} threads, bf16 autocast {utils.fast_bf16(device)}; "
       f"shape: {L} layers, d {D}, {H} heads, vocab {V}, batch {B} x block {T}")
 for name, m in models.items():
     print(f"  {name}: {sum(p.numel() for p in m.parameters()) / 1e6:.3f}M parameters")
@@ -134,7 +134,7 @@ model = TextLM(V, L, H, D, n_new + 8).to(device).eval()
 prompt = torch.randint(8, V, (1, 8), device=device)
 rates = {}
 for use_cache in (True, False):
-    with torch.no_grad(), utils.autocast(device, use_bf16(device)):
+    with torch.no_grad(), utils.autocast(device):
         model.generate(prompt, 4, temperature=0, stop=-1, use_cache=use_cache)  # warm up
         sync()
         t0 = time.perf_counter()

@@ -31,12 +31,6 @@ from nanosdm.tokenizer import EOS, Tokenizer
 from nanosdm.transformer import Transformer
 
 
-def use_bf16(device):
-    """bf16 autocast only where it is fast: on a CPU without AVX-512 BF16 / AMX (AVX2 only) a bf16
-    matmul falls back to a path about 100x slower than fp32."""
-    return not device.startswith("cpu") or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 class TextLM(nn.Module):
     def __init__(self, vocab_size, n_layer, n_head, d_model, block_size, dropout=0.0):
         super().__init__()
@@ -128,7 +122,7 @@ def estimate_loss(model, stream, batch_size, block_size, n_batches, device, seed
     losses = []
     for _ in range(n_batches):
         x, y = get_batch(stream, batch_size, block_size, gen, device)
-        with utils.autocast(device, use_bf16(device)):
+        with utils.autocast(device):
             losses.append(model(x, y)[1].item())
     model.train()
     return sum(losses) / len(losses)
@@ -249,7 +243,7 @@ def train(cfg, stop_step=None):
         total = 0.0
         for _ in range(accum):
             x, y = get_batch(train_stream, B, T, gen, device)
-            with utils.autocast(device, use_bf16(device)):
+            with utils.autocast(device):
                 _, loss = model(x, y)
             (loss / accum).backward()
             total += loss.item() / accum

@@ -54,9 +54,6 @@ MEL_HOP = 160             # log-mel and MFCC come at 100 Hz; two of their frames
 N_MELS = 40               # enough for the formants; 80 bands also resolve pitch harmonics
 STRESS = "\u02c8\u02cc"   # IPA primary and secondary stress marks: not part of the phone's sound
 MAX_FRAMES = 4096         # longest input the encoder's rotary tables cover (82 s)
-# bf16 pays on GPUs and on CPUs with AMX / AVX512-BF16; on an AVX2-only CPU (the AMD EPYC this was
-# written on) a bf16 matmul is ~40x slower than fp32, so CPU training stays in fp32 unless told
-BF16_ON_CPU = False
 
 
 # -----------------------------------------------------------------------------
@@ -364,7 +361,7 @@ def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen
     feats = []
     for c in tqdm(order.tolist(), desc="units: features", leave=False):
         wav = stream[c * chunk_frames * HOP:(c + 1) * chunk_frames * HOP].float()[None] / 32768.0
-        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
+        with utils.autocast(device):
             feats.append(encoder(wav_to_mel(wav.to(device)), layer=layer)[0].float())
     return torch.cat(feats)
 
@@ -390,7 +387,7 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
         tgt, mask = tgt.to(device), mask.to(device)
         for group in opt.param_groups:
             group["lr"] = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
-        with utils.autocast(device, enabled=BF16_ON_CPU or not device.startswith("cpu")):
+        with utils.autocast(device):
             logits = model(mel, mask)
         loss = masked_loss(logits, tgt, mask)
         if cfg["units_unmasked_weight"] > 0:

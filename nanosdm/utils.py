@@ -25,13 +25,19 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def autocast(device, enabled=True):
-    """bf16 autocast where the hardware has it (CUDA with bf16, or a CPU with native bf16); a no-op
-    elsewhere: on a CPU without bf16 instructions emulated bf16 matmuls run ~100x slower than fp32."""
+def fast_bf16(device):
+    """Whether bf16 pays on this device: CUDA with bf16, or a CPU with native bf16 (AVX-512 BF16 /
+    AMX). On a CPU with AVX2 only, emulated bf16 matmuls run ~100x slower than fp32."""
     dev = device.split(":")[0]
-    cpu_bf16 = dev == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if enabled and (cpu_bf16 or (dev == "cuda" and torch.cuda.is_bf16_supported())):
-        return torch.autocast(device_type=dev, dtype=torch.bfloat16)
+    if dev == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dev == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast where fast_bf16(device); a no-op elsewhere (and when not enabled)."""
+    if enabled and fast_bf16(device):
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
