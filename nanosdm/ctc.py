@@ -6,9 +6,9 @@ alignment: every frame predicts a symbol or "blank", and the loss sums the proba
 frame labelling that collapses (merge repeats, then drop blanks) to the reference. Decoding is
 the same collapse applied to the best frame labels (greedy) or to a few running prefixes (beam).
 
-This file holds the parts every CTC model in nanosdm shares (alphabet, error rates, the loss
-written out, greedy and prefix beam decoding; LLaMA-Omni's speech decoder reuses them over units)
-and the recognizer of stage `asr`:
+This file holds the parts every CTC model in nanosdm shares (alphabet, the loss written out,
+greedy and prefix beam decoding; LLaMA-Omni's speech decoder reuses them over units) and the
+recognizer of stage `asr`:
 
     wav 16 kHz -> log-mel 80 x 100 Hz -> per-clip normalisation (-> SpecAugment in training)
       -> 2 convolutions, the second strided (3x: 33 Hz, 30 ms per frame) -> the shared Transformer
@@ -24,7 +24,7 @@ clips almost no blanks; 30 ms frames keep every clip under 75% symbols.
 The stage trains on every SpokenWorld turn of both speakers (plus scrambled-word turns, see
 scrambled_clips), reports character and word error rates on the unseen-voice split (user turns),
 and, when out/<preset>/codec.pt exists, the same rates on codec-decoded audio of the same clips:
-the codec's intelligibility figure.
+the codec's intelligibility figure. The error rates and that evaluation live in evaluate.py.
 """
 import collections
 import math
@@ -62,42 +62,6 @@ def encode_text(text):
 
 def decode_ids(ids):
     return "".join(CHARS[i - 1] for i in ids if i != BLANK)
-
-
-# -----------------------------------------------------------------------------
-# error rates: edit distance summed over a corpus, divided by the reference length
-
-def edit_distance(ref, hyp):
-    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
-    prev = list(range(len(hyp) + 1))  # distances from ref[:0] to every hyp prefix
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1]
-
-
-def _error_rate(refs, hyps, split):
-    if isinstance(refs, str):
-        refs, hyps = [refs], [hyps]
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    refs, hyps = [split(normalize_text(r)) for r in refs], [split(normalize_text(h)) for h in hyps]
-    n = sum(len(r) for r in refs)
-    if n == 0:
-        raise ValueError("the references are empty: no error rate to compute")
-    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / n
-
-
-def cer(refs, hyps):
-    """Character error rate (spaces count as characters) over a corpus: one string or lists."""
-    return _error_rate(refs, hyps, list)
-
-
-def wer(refs, hyps):
-    """Word error rate over a corpus: one string or lists. Can exceed 1 (insertions)."""
-    return _error_rate(refs, hyps, str.split)
 
 
 # -----------------------------------------------------------------------------
@@ -506,7 +470,7 @@ def epoch_batches(lengths, batch_size, seed, epoch):
 
 
 # -----------------------------------------------------------------------------
-# training and evaluation (stage `asr`)
+# training (stage `asr`; evaluate.evaluate_asr measures it)
 
 def train(cfg, stop_step=None):
     """Train (or resume) the recognizer, then evaluate it; returns the metrics for report.json.
@@ -595,16 +559,9 @@ def train(cfg, stop_step=None):
     metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
     if audio_seconds:
         metrics["asr_train_audio_x_realtime"] = round(audio_seconds / train_seconds, 1)
-    metrics.update(evaluate_stage(model, cfg))
+    from nanosdm import evaluate   # here, not at the top: evaluate.py imports this file
+    metrics.update(evaluate.evaluate_asr(model, cfg))
     return metrics
-
-
-@torch.no_grad()
-def codec_roundtrip(codec, wav):
-    """wav [T] -> the clip encoded to tokens and decoded again. Not trimmed to T: a streaming
-    codec's output lags its input a little, and its end is padded with silence anyway."""
-    dev = next(codec.parameters()).device
-    return codec.decode(codec.encode(wav[None].to(dev))).reshape(-1).float().cpu()
 
 
 def text_corpus(data_dir):
@@ -612,45 +569,6 @@ def text_corpus(data_dir):
     import json
     with open(os.path.join(data_dir, "text_train.jsonl")) as f:
         return [text for line in f for _, text in json.loads(line)["turns"]]
-
-
-def evaluate_stage(model, cfg):
-    """Error rates on unseen voices (user turns): greedy (the acoustic model alone), beam search,
-    and beam search with the CharLM (the headline figure); on seen voices asking held-out
-    phrasings (sentences the LM never read); and through the codec when one has been trained."""
-    unseen = load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
-    refs, wavs = [t for _, t in unseen], [w.float() / 32768 for w, _ in unseen]
-    t0 = time.time()
-    hyps = model.transcribe(wavs)
-    rtf = (time.time() - t0) / (sum(len(w) for w in wavs) / audio.SAMPLE_RATE)
-    metrics = {"asr_cer": round(cer(refs, hyps), 4), "asr_wer": round(wer(refs, hyps), 4),
-               "asr_eval_clips": len(unseen), "asr_rtf": round(rtf, 4)}
-    metrics["asr_wer_beam"] = round(wer(refs, model.transcribe(wavs, beam=cfg["asr_beam"], use_lm=False)), 4)
-    lm_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
-    metrics.update(asr_cer_lm=round(cer(refs, lm_hyps), 4), asr_wer_lm=round(wer(refs, lm_hyps), 4))
-    val = load_clips(cfg["data_dir"], "val", speaker="user")
-    val_refs, val_wavs = [t for _, t in val], [w.float() / 32768 for w, _ in val]
-    metrics["asr_wer_heldout_phrasing"] = round(wer(val_refs, model.transcribe(val_wavs)), 4)
-    metrics["asr_wer_heldout_phrasing_lm"] = round(wer(val_refs, model.transcribe(val_wavs, beam=cfg["asr_beam"])), 4)
-    bad = [(r, h) for r, h in zip(refs, lm_hyps) if r != h]
-    print(f"asr: unseen voices CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} greedy, "
-          f"WER {metrics['asr_wer_lm']:.2%} with the LM, over {len(refs)} turns ({len(bad)} not exact with the LM); "
-          f"e.g.\n" + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in bad[:4]))
-
-    codec_path = os.path.join(cfg["out_dir"], "codec.pt")
-    if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
-        from nanosdm.codec import Codec
-        codec = Codec.load(codec_path, cfg["device"])
-        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
-        codec_hyps = model.transcribe(decoded)
-        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
-                       asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
-        print(f"asr through the codec: CER {metrics['asr_cer_codec']:.2%} WER {metrics['asr_wer_codec']:.2%} "
-              f"greedy, {metrics['asr_wer_codec_lm']:.2%} with the LM")
-    else:
-        print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
-    plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
-    return metrics
 
 
 # -----------------------------------------------------------------------------

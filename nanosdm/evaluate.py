@@ -9,8 +9,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from nanosdm import audio
+from nanosdm import audio, ctc
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 
@@ -167,4 +168,91 @@ def evaluate_codec(model, cfg, teacher=None):
     codec.plot_spectrograms([clips[0]] + [aligned[n][0] for n in outs], ["original"] + list(outs),
                             os.path.join(cfg["out_dir"], "plots", "codec_spectrograms.png"))
     codec.plot_usage(counts, os.path.join(cfg["out_dir"], "plots", "codec_usage.png"))
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+# transcripts: error rates, edit distance summed over a corpus, divided by the reference length
+
+def edit_distance(ref, hyp):
+    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
+    prev = list(range(len(hyp) + 1))  # distances from ref[:0] to every hyp prefix
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1]
+
+
+def _error_rate(refs, hyps, split):
+    if isinstance(refs, str):
+        refs, hyps = [refs], [hyps]
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    # both sides normalised as the recognizer's alphabet is (ctc.py): case and punctuation score nothing
+    refs, hyps = [split(ctc.normalize_text(r)) for r in refs], [split(ctc.normalize_text(h)) for h in hyps]
+    n = sum(len(r) for r in refs)
+    if n == 0:
+        raise ValueError("the references are empty: no error rate to compute")
+    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / n
+
+
+def cer(refs, hyps):
+    """Character error rate (spaces count as characters) over a corpus: one string or lists."""
+    return _error_rate(refs, hyps, list)
+
+
+def wer(refs, hyps):
+    """Word error rate over a corpus: one string or lists. Can exceed 1 (insertions)."""
+    return _error_rate(refs, hyps, str.split)
+
+
+# -----------------------------------------------------------------------------
+# stage `asr`
+
+@torch.no_grad()
+def codec_roundtrip(codec, wav):
+    """wav [T] -> the clip encoded to tokens and decoded again. Not trimmed to T: a streaming
+    codec's output lags its input a little, and its end is padded with silence anyway."""
+    dev = next(codec.parameters()).device
+    return codec.decode(codec.encode(wav[None].to(dev))).reshape(-1).float().cpu()
+
+
+def evaluate_asr(model, cfg):
+    """Error rates on unseen voices (user turns): greedy (the acoustic model alone), beam search,
+    and beam search with the CharLM (the headline figure); on seen voices asking held-out
+    phrasings (sentences the LM never read); and through the codec when one has been trained."""
+    unseen = ctc.load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
+    refs, wavs = [t for _, t in unseen], [w.float() / 32768 for w, _ in unseen]
+    t0 = time.time()
+    hyps = model.transcribe(wavs)
+    rtf = (time.time() - t0) / (sum(len(w) for w in wavs) / audio.SAMPLE_RATE)
+    metrics = {"asr_cer": round(cer(refs, hyps), 4), "asr_wer": round(wer(refs, hyps), 4),
+               "asr_eval_clips": len(unseen), "asr_rtf": round(rtf, 4)}
+    metrics["asr_wer_beam"] = round(wer(refs, model.transcribe(wavs, beam=cfg["asr_beam"], use_lm=False)), 4)
+    lm_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
+    metrics.update(asr_cer_lm=round(cer(refs, lm_hyps), 4), asr_wer_lm=round(wer(refs, lm_hyps), 4))
+    val = ctc.load_clips(cfg["data_dir"], "val", speaker="user")
+    val_refs, val_wavs = [t for _, t in val], [w.float() / 32768 for w, _ in val]
+    metrics["asr_wer_heldout_phrasing"] = round(wer(val_refs, model.transcribe(val_wavs)), 4)
+    metrics["asr_wer_heldout_phrasing_lm"] = round(wer(val_refs, model.transcribe(val_wavs, beam=cfg["asr_beam"])), 4)
+    bad = [(r, h) for r, h in zip(refs, lm_hyps) if r != h]
+    print(f"asr: unseen voices CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} greedy, "
+          f"WER {metrics['asr_wer_lm']:.2%} with the LM, over {len(refs)} turns ({len(bad)} not exact with the LM); "
+          f"e.g.\n" + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in bad[:4]))
+
+    codec_path = os.path.join(cfg["out_dir"], "codec.pt")
+    if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
+        from nanosdm.codec import Codec   # here, not at the top: codec.py imports this file
+        codec = Codec.load(codec_path, cfg["device"])
+        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
+        codec_hyps = model.transcribe(decoded)
+        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
+                       asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
+        print(f"asr through the codec: CER {metrics['asr_cer_codec']:.2%} WER {metrics['asr_wer_codec']:.2%} "
+              f"greedy, {metrics['asr_wer_codec_lm']:.2%} with the LM")
+    else:
+        print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
+    ctc.plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
     return metrics

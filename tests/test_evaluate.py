@@ -1,5 +1,5 @@
 """The results table's metrics: log-mel distance, SI-SNR, delay alignment, codebook usage, phone
-information, and the codec2 anchor."""
+information, the codec2 anchor, and character and word error rates."""
 import math
 
 import pytest
@@ -42,3 +42,20 @@ def test_codec2_anchor(speech):
         assert abs(len(out) - len(speech[0])) < 640
         d = evaluate.best_delay([speech[0]], [out])
         assert 3 < evaluate.mel_distance_db(speech[0], evaluate.align(out, d, speech.shape[1]), 40, 4000) < 12
+
+
+def test_error_rates_known_cases():
+    assert evaluate.edit_distance("kitten", "sitting") == 3
+    assert evaluate.edit_distance("", "abc") == 3 and evaluate.edit_distance("abc", "") == 3
+    assert evaluate.wer("the cat sat", "the cat sat") == 0.0
+    assert evaluate.wer("the cat sat", "the bat sat") == pytest.approx(1 / 3)
+    assert evaluate.wer("the cat sat", "the cat sat down now") == pytest.approx(2 / 3)  # insertions
+    assert evaluate.wer("the cat sat", "") == 1.0
+    assert evaluate.cer("abcd", "abd") == 0.25
+    assert evaluate.cer("The Cat!", "the cat") == 0.0  # scored after normalising both sides
+    # corpus level: total edits over total reference words, not a mean of per-clip rates
+    assert evaluate.wer(["a b c d", "e"], ["a b c d", "x"]) == pytest.approx(1 / 5)
+    with pytest.raises(ValueError):
+        evaluate.wer(["a"], ["a", "b"])
+    with pytest.raises(ValueError):
+        evaluate.cer([""], ["x"])
