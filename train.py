@@ -56,6 +56,8 @@ text_ckpt_interval = 100       # steps between checkpoints (a killed run resumes
 # --- units (nanosdm/units.py)
 units_k = 100                  # final units: k-means clusters on the encoder's middle layer
 units_k_targets = 100          # iteration-1 targets: k-means clusters on MFCC frames
+units_targets = "canonical"    # iteration-1 targets: MFCC k-means of each turn re-spoken in one
+                               # canonical voice, DTW-aligned ("canonical"), or of the turn itself ("mfcc": HuBERT)
 units_n_layer = 4
 units_n_head = 4
 units_d_model = 128

@@ -321,19 +321,20 @@ def dedup(units):
 # data: utterances of the SpokenWorld corpus, cut to whole frames
 
 def load_utterances(data_dir, split, speaker=None, max_hours=0.0):
-    """(list of wav [T] float, list of phone timings) for the single turns of a split."""
+    """(list of wav [T] float, list of phone timings, list of texts) for the single turns of a split."""
     from nanosdm.data import SpeechSplit
-    wavs, phones, total = [], [], 0
+    wavs, phones, texts, total = [], [], [], 0
     for wav, turn in SpeechSplit(data_dir, split).utterances(speaker):
         n = num_frames(len(wav)) * HOP
         if n == 0:
             continue
         wavs.append(wav[:n])
         phones.append(turn["phones"])
+        texts.append(turn["text"])
         total += n
         if max_hours and total >= max_hours * 3600 * SAMPLE_RATE:
             break
-    return wavs, phones
+    return wavs, phones, texts
 
 
 def mfcc_dataset(stream, chunk_seconds=60):
@@ -364,6 +365,60 @@ def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen
         with utils.autocast(device):
             feats.append(encoder(wav_to_mel(wav.to(device)), layer=layer)[0].float())
     return torch.cat(feats)
+
+
+# -----------------------------------------------------------------------------
+# iteration-1 targets from one canonical voice
+
+CANONICAL = dict(voice="en-us", rate=175, pitch=50)   # the voice every training turn is re-spoken in
+
+
+def dtw_match(cost):
+    """Dynamic time warping: cost [N, M] (numpy) -> for each row, the column a cheapest monotonic
+    path through (0, 0) .. (N-1, M-1) with steps (1, 1), (1, 0), (0, 1) matches it to.
+    Row by row, D[i, j] = cost[i, j] + min(D[i-1, j-1], D[i-1, j], D[i, j-1]); the dependency on
+    D[i, j-1] unrolls into a running minimum over prefix sums, so each row is a few numpy calls."""
+    N, M = cost.shape
+    D = np.empty((N, M))
+    D[0] = np.cumsum(cost[0])
+    for i in range(1, N):
+        a = cost[i] + np.minimum(D[i - 1], np.concatenate([[np.inf], D[i - 1, :-1]]))  # from above or the diagonal
+        s = np.cumsum(cost[i])
+        D[i] = s + np.minimum.accumulate(a - s)   # min over k <= j of a[k] + cost[i, k+1 .. j]
+    # walk back along the cheapest predecessors; a row the path crosses in several columns is
+    # matched to the closest of them (a skipped stretch of the other sequence is a horizontal run)
+    match, best = np.zeros(N, dtype=np.int64), np.full(N, np.inf)
+    i, j = N - 1, M - 1
+    while True:
+        if cost[i, j] < best[i]:
+            match[i], best[i] = j, cost[i, j]
+        if i == 0 and j == 0:
+            return match
+        if i > 0 and j > 0 and D[i - 1, j - 1] <= min(D[i - 1, j], D[i, j - 1]):
+            i, j = i - 1, j - 1
+        elif j == 0 or (i > 0 and D[i - 1, j] <= D[i, j - 1]):
+            i -= 1
+        else:
+            j -= 1
+
+
+def canonical_mfcc(wavs, texts, processes=None):
+    """The MFCC frames of every turn's text re-spoken in the CANONICAL voice, time-aligned to the
+    turn by DTW: for each frame of each turn, the canonical frame it matches ([frames, 39] in all).
+    Clustered, they are iteration-1 targets that depend on what is said and far less on who says it
+    (measured on SpokenWorld: MFCC k-means within one voice, PNMI 0.78; across the corpus's voices,
+    0.47). The turns' own audio stays the encoder's input, so the encoder must learn to hear every
+    voice as the canonical one: ContentVec's idea (a speaker-perturbed copy of the same speech), with
+    the synthesizer making the copy. It needs the transcripts of the training turns, never phone
+    labels or timings; the encoder and its units see audio only."""
+    from nanosdm import espeak
+    jobs = [dict(text=t, **CANONICAL) for t in texts]
+    out = []
+    for w, (cw, _, _) in zip(tqdm(wavs, desc="units: canonical voice", leave=False), espeak.synthesize_many(jobs, processes)):
+        a, b = mfcc_frames(w), mfcc_frames(torch.as_tensor(cw, dtype=torch.float32))
+        # match with each side's cepstral mean removed: two voices differ by a roughly constant offset
+        out.append(b[dtw_match(torch.cdist(a - a.mean(0), b - b.mean(0)).numpy())])
+    return torch.cat(out)
 
 
 # -----------------------------------------------------------------------------
@@ -441,9 +496,8 @@ def train(cfg, stop_step=None):
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
     assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
     t0 = time.time()
-    wavs, _ = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
+    wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
     stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
-    del wavs
     print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech")
 
     model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
@@ -462,18 +516,26 @@ def train(cfg, stop_step=None):
         else:
             ckpt = None
 
-    # iteration 1: k-means on MFCC frames. As in HuBERT they are not standardised: the deltas stay
-    # small, so clusters follow the static cepstra and change less from frame to frame (measured:
-    # standardised features give PNMI 0.46 instead of 0.48 and noisier targets)
+    # iteration 1: k-means on MFCC frames, of the turns themselves (HuBERT; also the baseline the
+    # units are compared with) or of their canonical-voice copies (units_targets="canonical").
+    # As in HuBERT they are not standardised: the deltas stay small, so clusters follow the static
+    # cepstra and change less from frame to frame (measured: standardised, PNMI 0.46 instead of 0.48)
     mfcc = mfcc_dataset(stream).to(device)
+    if cfg["units_targets"] == "canonical":
+        source = canonical_mfcc(wavs, texts, cfg.get("workers") or None).to(device)
+    elif cfg["units_targets"] == "mfcc":
+        source = mfcc
+    else:
+        raise ValueError(f"units_targets must be 'canonical' or 'mfcc', not {cfg['units_targets']!r}")
+    del wavs
+    pick = lambda x: x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:cfg["units_kmeans_frames"]].to(device)]
     if ckpt is not None:   # the very same targets as before the interruption
         target_centroids, mfcc_centroids = ckpt["target_centroids"], ckpt["mfcc_centroids"]
     else:
-        fit = mfcc[torch.randperm(len(mfcc), generator=torch.Generator().manual_seed(seed))[:cfg["units_kmeans_frames"]].to(device)]
-        target_centroids = kmeans(fit, k_targets, cfg["units_kmeans_iters"], seed)[0]
-        mfcc_centroids = target_centroids if k == k_targets else kmeans(fit, k, cfg["units_kmeans_iters"], seed)[0]
-    targets = assign(mfcc, target_centroids)[0].cpu()
-    del mfcc
+        target_centroids = kmeans(pick(source), k_targets, cfg["units_kmeans_iters"], seed)[0]
+        mfcc_centroids = kmeans(pick(mfcc), k, cfg["units_kmeans_iters"], seed)[0]
+    targets = assign(source, target_centroids)[0].cpu()
+    del mfcc, source
 
     def save(step, centroids=None):
         utils.save_checkpoint(path, dict(
@@ -497,7 +559,7 @@ def train(cfg, stop_step=None):
 
     # unit quality on the user turns of unseen voices
     units = Units.load(path, device)
-    wavs, phones = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
+    wavs, phones, _ = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
     quality, ids, labels, inventory = evaluate(units, mfcc_centroids, wavs, phones)
     metrics = dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
                    units_train_seconds=round(train_seconds, 1),

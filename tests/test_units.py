@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from nanosdm import units
@@ -97,6 +98,18 @@ def test_frame_phones_strips_stress_and_leaves_pauses_empty():
     assert labels[6:10] == [None] * 4 and labels[10:13] == ["l"] * 3 and labels[13:] == [None, None]
 
 
+def test_dtw_recovers_a_known_time_warp():
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(30, 6, generator=gen) * 3                    # 30 distinct "canonical" frames
+    # the same sequence spoken at a varying pace: frames held 1-3 times, some skipped
+    warp = [0, 0, 1, 2, 2, 2, 3, 5, 6, 6, 7, 8, 9, 9, 9, 10, 11, 13, 14, 15, 15, 16, 17, 18, 19, 19,
+            20, 21, 22, 22, 23, 24, 26, 27, 28, 29, 29]
+    a = b[warp] + 0.1 * torch.randn(len(warp), 6, generator=gen)
+    match = units.dtw_match(torch.cdist(a, b).numpy())
+    assert match.tolist() == warp
+    assert (np.diff(match) >= 0).all() and match[0] == 0 and match[-1] == 29
+
+
 def test_dedup_collapses_runs_with_durations():
     values, durations = units.dedup(torch.tensor([5, 5, 5, 9, 9, 5, 1]))
     assert values.tolist() == [5, 9, 5, 1] and durations.tolist() == [3, 2, 1, 1]
@@ -133,7 +146,8 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_mask_len=10, units_unmasked_weight=0.0, units_warp=0.1, units_crop_seconds=1.0,
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
-               units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2)
+               units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
+               units_targets="canonical")
     data.build(cfg)
     assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
