@@ -3,6 +3,7 @@ The metrics the results table reports. Each component's file keeps its model and
 one says how the numbers are measured. Later stages add theirs below, under a header of their own.
 """
 import copy
+import math
 import os
 import time
 
@@ -11,9 +12,70 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, ctc
+from nanosdm import audio, ctc, units
 
 SAMPLE_RATE = audio.SAMPLE_RATE
+STRESS = "\u02c8\u02cc"   # IPA primary and secondary stress marks: not part of the phone's sound
+
+
+# -----------------------------------------------------------------------------
+# discrete ids against the phones spoken, one per 20 ms frame (HuBERT paper, section 4.2)
+
+def frame_phones(phones, n_frames):
+    """Phone label of every unit frame (by its centre), stress marks removed, from [[label, start_s,
+    end_s], ...]; None where no phone is spoken (a pause)."""
+    labels = [None] * n_frames
+    for label, start, end in phones:
+        first = max(0, math.ceil(start * units.FRAME_RATE - 0.5))     # first frame whose centre >= start
+        last = min(n_frames, math.ceil(end * units.FRAME_RATE - 0.5))  # frames with centre < end
+        labels[first:last] = ["".join(ch for ch in label if ch not in STRESS)] * max(0, last - first)
+    return labels
+
+
+def unit_quality(unit_ids, phones, n_units, n_phones):
+    """PNMI, phone purity and cluster purity of unit ids [N] against phone ids [N], from their
+    joint distribution p(phone, unit).
+      PNMI           I(phone; unit) / H(phone): the share of the phone's uncertainty a unit removes
+      phone purity   accuracy of labelling each unit with its most frequent phone
+      cluster purity accuracy of labelling each phone with its most frequent unit"""
+    joint = torch.zeros(n_phones, n_units, dtype=torch.float64)
+    joint.index_put_((phones.long(), unit_ids.long()), torch.ones(len(unit_ids), dtype=torch.float64), accumulate=True)
+    joint /= joint.sum()
+    p_phone, p_unit = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    nz = joint > 0
+    mutual = (joint[nz] * (joint[nz] / (p_phone @ p_unit)[nz]).log()).sum()
+    p = p_phone[p_phone > 0]
+    h_phone = -(p * p.log()).sum()
+    return dict(pnmi=(mutual / h_phone).item(), phone_purity=joint.max(0).values.sum().item(),
+                cluster_purity=joint.max(1).values.sum().item())
+
+
+# -----------------------------------------------------------------------------
+# stage `units`
+
+@torch.no_grad()
+def evaluate_units(model, mfcc_centroids, wavs, phones):
+    """Unit quality of MFCC k-means and of the learned units (model: units.Units) against the phone
+    of every frame (frames in pauses left out). Returns (metrics, {system: ids per utterance}, phone
+    labels per utterance, phone inventory)."""
+    ids = {"mfcc": [], "hubert": []}
+    labels = []
+    for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
+        ids["mfcc"].append(units.assign(units.mfcc_frames(wav).to(model.device), mfcc_centroids)[0].cpu())
+        ids["hubert"].append(model.encode(wav).cpu())
+        labels.append(frame_phones(ph, units.num_frames(len(wav))))
+    flat = [p for utterance in labels for p in utterance]
+    inventory = sorted(set(p for p in flat if p is not None))
+    spoken = torch.tensor([p is not None for p in flat])
+    phone_ids = torch.tensor([inventory.index(p) for p in flat if p is not None])
+    metrics = dict(eval_frames=len(phone_ids), eval_phones=len(inventory))
+    for name, per_utterance in ids.items():
+        quality = unit_quality(torch.cat(per_utterance)[spoken], phone_ids, len(mfcc_centroids), len(inventory))
+        metrics.update({f"{key}_{name}": value for key, value in quality.items()})
+        # frames per run of equal units: how much dedup shortens the sequence a language model sees
+        runs = sum(len(units.dedup(u)[0]) for u in per_utterance)
+        metrics[f"mean_run_{name}"] = sum(len(u) for u in per_utterance) / runs
+    return metrics, ids, labels, inventory
 
 
 # -----------------------------------------------------------------------------
@@ -72,12 +134,11 @@ def codebook_usage(codes, size):
 
 
 def phone_information(codes, phones, size, frame):
-    """PNMI (units.py) of codebooks 0 and 1 against the phones spoken: how much of what was said each
+    """PNMI (above) of codebooks 0 and 1 against the phones spoken: how much of what was said each
     tells. codes: list of [1, K, frames], a code every `frame` samples; each code is repeated over
     the 20 ms phone frames it spans (four for the codec's 80 ms)."""
-    from nanosdm import units
     sub = frame // units.HOP
-    labels = [units.frame_phones(p, c.shape[2] * sub) for c, p in zip(codes, phones)]
+    labels = [frame_phones(p, c.shape[2] * sub) for c, p in zip(codes, phones)]
     inventory = {ph: i for i, ph in enumerate(sorted({ph for ls in labels for ph in ls if ph}))}
     keep = [[i for i, ph in enumerate(ls) if ph] for ls in labels]   # frames inside a phone
     if not inventory:
@@ -86,7 +147,7 @@ def phone_information(codes, phones, size, frame):
     out = {}
     for level in range(min(2, codes[0].shape[1])):
         ids = torch.cat([c[0, level].cpu().repeat_interleave(sub)[k] for c, k in zip(codes, keep)])
-        out[f"codec_pnmi_q{level}"] = units.unit_quality(ids, ph, size, len(inventory))["pnmi"]
+        out[f"codec_pnmi_q{level}"] = unit_quality(ids, ph, size, len(inventory))["pnmi"]
     return out
 
 

@@ -38,15 +38,14 @@ encoder's FLOPs in its first convolutions (320x downsampling through 7 layers); 
 work almost for free, which on a CPU is the difference between minutes and hours.
 
 Frames: frame i covers samples [320 i, 320 (i+1)), so a wav of T samples has T // 320 frames.
-Quality is measured against the synthesizer's phone timings (stress marks removed; frames outside
-every phone, i.e. pauses, are left out): PNMI, phone purity and cluster purity (HuBERT paper).
+Quality is measured in evaluate.py, against the synthesizer's phone timings: PNMI, phone purity
+and cluster purity (HuBERT paper).
 
     units = Units.load("out/tiny/units.pt")
     ids = units.encode(wav)                  # [frames] long, 50 per second
     values, durations = dedup(ids)           # run-length collapse
     feats = units.features(wav_batch)        # [B, frames, D]: the clustered layer, for distillation
 """
-import math
 import os
 import time
 
@@ -64,7 +63,6 @@ HOP = 320                 # samples per unit frame: 20 ms, 50 frames per second 
 FRAME_RATE = SAMPLE_RATE // HOP
 MEL_HOP = 160             # log-mel and MFCC come at 100 Hz; two of their frames make one unit frame
 N_MELS = 40               # enough for the formants; 80 bands also resolve pitch harmonics
-STRESS = "\u02c8\u02cc"   # IPA primary and secondary stress marks: not part of the phone's sound
 MAX_FRAMES = 4096         # longest input the encoder's rotary tables cover (82 s)
 
 
@@ -158,7 +156,7 @@ def kmeans(x, k, iters=20, seed=0, batch_size=None):
 
 
 # -----------------------------------------------------------------------------
-# frame-level features and labels, 50 per second
+# frame-level features, 50 per second
 
 def num_frames(n_samples):
     return n_samples // HOP
@@ -190,35 +188,6 @@ def warp_mel(mel, amount, gen=None):
     w = (src - lo)[..., None]
     read = lambda idx: mel.gather(1, idx[..., None].expand_as(mel))
     return read(lo) * (1 - w) + read(hi) * w
-
-
-def frame_phones(phones, n_frames):
-    """Phone label of every frame (by its centre), stress marks removed, from [[label, start_s,
-    end_s], ...]; None where no phone is spoken (a pause)."""
-    labels = [None] * n_frames
-    for label, start, end in phones:
-        first = max(0, math.ceil(start * FRAME_RATE - 0.5))     # first frame whose centre >= start
-        last = min(n_frames, math.ceil(end * FRAME_RATE - 0.5))  # frames with centre < end
-        labels[first:last] = ["".join(ch for ch in label if ch not in STRESS)] * max(0, last - first)
-    return labels
-
-
-def unit_quality(units, phones, n_units, n_phones):
-    """PNMI, phone purity and cluster purity (HuBERT paper, section 4.2) of unit ids [N] against
-    phone ids [N], from their joint distribution p(phone, unit).
-      PNMI           I(phone; unit) / H(phone): the share of the phone's uncertainty a unit removes
-      phone purity   accuracy of labelling each unit with its most frequent phone
-      cluster purity accuracy of labelling each phone with its most frequent unit"""
-    joint = torch.zeros(n_phones, n_units, dtype=torch.float64)
-    joint.index_put_((phones.long(), units.long()), torch.ones(len(units), dtype=torch.float64), accumulate=True)
-    joint /= joint.sum()
-    p_phone, p_unit = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
-    nz = joint > 0
-    mutual = (joint[nz] * (joint[nz] / (p_phone @ p_unit)[nz]).log()).sum()
-    p = p_phone[p_phone > 0]
-    h_phone = -(p * p.log()).sum()
-    return dict(pnmi=(mutual / h_phone).item(), phone_purity=joint.max(0).values.sum().item(),
-                cluster_purity=joint.max(1).values.sum().item())
 
 
 # -----------------------------------------------------------------------------
@@ -474,35 +443,11 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
     return step, history
 
 
-@torch.no_grad()
-def evaluate(units, mfcc_centroids, wavs, phones):
-    """Unit quality of MFCC k-means and of the learned units against the phone of every frame
-    (frames in pauses left out). Returns (metrics, {system: ids per utterance}, phone labels per
-    utterance, phone inventory)."""
-    ids = {"mfcc": [], "hubert": []}
-    labels = []
-    for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
-        ids["mfcc"].append(assign(mfcc_frames(wav).to(units.device), mfcc_centroids)[0].cpu())
-        ids["hubert"].append(units.encode(wav).cpu())
-        labels.append(frame_phones(ph, num_frames(len(wav))))
-    flat = [p for utterance in labels for p in utterance]
-    inventory = sorted(set(p for p in flat if p is not None))
-    spoken = torch.tensor([p is not None for p in flat])
-    phone_ids = torch.tensor([inventory.index(p) for p in flat if p is not None])
-    metrics = dict(eval_frames=len(phone_ids), eval_phones=len(inventory))
-    for name, per_utterance in ids.items():
-        quality = unit_quality(torch.cat(per_utterance)[spoken], phone_ids, len(mfcc_centroids), len(inventory))
-        metrics.update({f"{key}_{name}": value for key, value in quality.items()})
-        # frames per run of equal units: how much dedup shortens the sequence a language model sees
-        runs = sum(len(dedup(u)[0]) for u in per_utterance)
-        metrics[f"mean_run_{name}"] = sum(len(u) for u in per_utterance) / runs
-    return metrics, ids, labels, inventory
-
-
 def train(cfg, stop_step=None):
     """The units stage: iteration 1 (MFCC k-means), masked prediction, iteration 2 (k-means on a
     middle layer), then unit quality on unseen voices next to MFCC k-means. stop_step: stop there
     as if killed (to test resuming)."""
+    from nanosdm import evaluate   # here, not at the top: evaluate.py imports this file
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
     path = os.path.join(out_dir, "units.pt")
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
@@ -572,7 +517,7 @@ def train(cfg, stop_step=None):
     # unit quality on the user turns of unseen voices
     units = Units.load(path, device)
     wavs, phones, _ = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
-    quality, ids, labels, inventory = evaluate(units, mfcc_centroids, wavs, phones)
+    quality, ids, labels, inventory = evaluate.evaluate_units(units, mfcc_centroids, wavs, phones)
     metrics = dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
                    units_train_seconds=round(train_seconds, 1),
                    units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),

@@ -1,5 +1,6 @@
-"""The results table's metrics: log-mel distance, SI-SNR, delay alignment, codebook usage, phone
-information, the codec2 anchor, and character and word error rates."""
+"""The results table's metrics: unit quality (PNMI, purity) and the phone labels it is measured
+against, log-mel distance, SI-SNR, delay alignment, codebook usage, phone information, the codec2
+anchor, and character and word error rates."""
 import math
 
 import pytest
@@ -12,6 +13,23 @@ from nanosdm import espeak, evaluate
 def speech():
     """One eSpeak sentence as a batch of one, 16 kHz."""
     return torch.from_numpy(espeak.synthesize("the green cat lives in paris.", voice="en-us")[0])[None]
+
+
+def test_pnmi_and_purity_bounds():
+    g = torch.Generator().manual_seed(0)
+    phones = torch.randint(20, (50000,), generator=g)
+    perfect = evaluate.unit_quality(phones * 3 + torch.randint(3, (50000,), generator=g), phones, 60, 20)
+    assert abs(perfect["pnmi"] - 1) < 1e-6 and abs(perfect["phone_purity"] - 1) < 1e-6
+    assert abs(perfect["cluster_purity"] - 1 / 3) < 0.02       # each phone spread over 3 units
+    chance = evaluate.unit_quality(torch.randint(60, (50000,), generator=g), phones, 60, 20)
+    assert chance["pnmi"] < 0.02 and chance["phone_purity"] < 0.1
+
+
+def test_frame_phones_strips_stress_and_leaves_pauses_empty():
+    phones = [["h", 0.0, 0.045], ["\u02c8\u025b", 0.045, 0.125], ["l", 0.195, 0.255]]
+    labels = evaluate.frame_phones(phones, 15)                 # frame centres at 10, 30, 50, ... ms
+    assert labels[:6] == ["h", "h", "\u025b", "\u025b", "\u025b", "\u025b"]
+    assert labels[6:10] == [None] * 4 and labels[10:13] == ["l"] * 3 and labels[13:] == [None, None]
 
 
 def test_metrics():
