@@ -540,48 +540,38 @@ def train(cfg, stop_step=None, teacher=None):
 # -----------------------------------------------------------------------------
 # pictures
 
-def _save(fig, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    fig.clf()
-
-
-def _subplots(n, size):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
-    plt.close(fig)
+def _row(n, size):
+    """n panels side by side, each of size (width, height) inches."""
+    fig, axes = utils.figure(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
     return fig, axes[0]
 
 
 def plot_spectrograms(wavs, titles, path):
-    fig, axes = _subplots(len(wavs), (4.5, 3.2))
+    fig, axes = _row(len(wavs), (4.5, 3.2))
     for ax, wav, title in zip(axes, wavs, titles):
         ax.imshow(audio.log_mel(wav).numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0,
                   extent=(0, len(wav) / SAMPLE_RATE, 0, 80), cmap="magma")
         ax.set(title=title, xlabel="seconds", ylabel="mel band")
-    _save(fig, path)
+    utils.save_figure(fig, path, dpi=100)
 
 
 def plot_usage(counts, path):
     """Each codebook's codes sorted by how often they occur: the flatter, the more bits it uses."""
-    fig, axes = _subplots(counts.shape[0], (2.6, 2.6))
+    fig, axes = _row(counts.shape[0], (2.6, 2.6))
     for k, ax in enumerate(axes):
         ax.bar(np.arange(counts.shape[1]), counts[k].sort(descending=True).values.numpy(), width=1.0)
         ax.set(title=f"codebook {k}", xlabel="code (sorted)", ylabel="count", yscale="log")
-    _save(fig, path)
+    utils.save_figure(fig, path, dpi=100)
 
 
 def plot_training(history, path):
     titles = {"mel": "multi-scale log-mel L1 (dB)", "commit": "commitment (MSE)", "distill": "distillation (1 - cos)"}
     keys = [k for k in titles if any(v for _, v in history[k])]       # no panel for a loss that was off
-    fig, axes = _subplots(len(keys), (4.3, 3.5))
+    fig, axes = _row(len(keys), (4.3, 3.5))
     for ax, key in zip(axes, keys):
         steps, values = zip(*history[key])
         k = min(25, len(values))
         ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"))
         ax.set(xlabel="step", title=titles[key])
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    utils.save_figure(fig, path, dpi=100)

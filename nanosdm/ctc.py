@@ -499,14 +499,8 @@ def train(cfg, stop_step=None):
     print(f"asr model: {n_params / 1e6:.2f}M parameters")
 
     path = os.path.join(out_dir, "asr.pt")
-    step, history = 0, {"train": []}
-    if os.path.exists(path):
-        ckpt = utils.load_checkpoint(path, device)
-        if ckpt["config"] == model.config and ckpt["step"] < max_steps:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            step, history = ckpt["step"], ckpt["history"]
-            print(f"resuming from {path} at step {step}")
+    ckpt = utils.resume(path, model, opt, device, max_steps)
+    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
 
     def save(lm=None):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -577,14 +571,11 @@ def text_corpus(data_dir):
 def plot_posteriors(model, wav, ref, path):
     """Log-mel spectrogram on top; under it, per encoder frame, the probability of blank and of
     each character, with the greedy labels written over their frames."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     mel, lp = model.posteriors(wav)
     probs = lp.exp().cpu().numpy().T  # [VOCAB_SIZE, frames]
     seconds = len(wav) / audio.SAMPLE_RATE
     hyp = decode_ids(greedy_decode(lp[None])[0])
-    fig, (a0, a1) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw=dict(height_ratios=[1, 1.6]))
+    fig, (a0, a1) = utils.figure(2, 1, figsize=(12, 7), sharex=True, gridspec_kw=dict(height_ratios=[1, 1.6]))
     a0.imshow(mel.cpu().numpy(), origin="lower", aspect="auto", cmap="magma", extent=[0, seconds, 0, N_MELS])
     a0.set(ylabel="mel band", title=f"ref: {ref!r}\nhyp: {hyp!r}")
     frame_s = SUBSAMPLE * HOP / audio.SAMPLE_RATE
@@ -596,7 +587,4 @@ def plot_posteriors(model, wav, ref, path):
         if k != BLANK:
             a1.text((t + 0.5) * frame_s, k + 1.2, labels[k] if k != 1 else "_", ha="center", fontsize=7, color="tab:red")
     a1.set(xlabel="seconds", ylabel="CTC posterior per 30 ms frame")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    utils.save_figure(fig, path)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import audio
+from nanosdm import audio, utils
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 ASSISTANT, USER = 0, 1                     # channel index in the stereo files
@@ -390,12 +390,9 @@ def build(cfg):
 
 def _plot_dialogue(cfg, index=0):
     """Both channels' waveforms of one training dialogue, with each spoken word drawn on its span."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     wav, d = SpeechSplit(cfg["data_dir"], "train").dialogue(index)
     t = np.arange(wav.shape[1]) / SAMPLE_RATE
-    fig, axes = plt.subplots(2, 1, figsize=(16, 5), sharex=True)
+    fig, axes = utils.figure(2, 1, figsize=(16, 5), sharex=True)
     for ax, ch, who, colour in ((axes[0], ASSISTANT, "assistant", "tab:blue"), (axes[1], USER, "user", "tab:orange")):
         ax.plot(t, wav[ch].numpy(), lw=0.3, color=colour)
         ax.set_ylabel(who)
@@ -409,10 +406,7 @@ def _plot_dialogue(cfg, index=0):
     axes[1].set_xlabel("seconds")
     axes[0].set_title(f"SpokenWorld dialogue {d['id']}: word alignments from eSpeak NG")
     path = os.path.join(cfg["out_dir"], "plots", "dialogue.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------

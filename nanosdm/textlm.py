@@ -171,9 +171,7 @@ def qa_metrics(items, replies, prefix="text_qa_acc"):
 # training
 
 def plot_losses(history, path):
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (a notebook's) alone
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+    fig, ax = utils.figure(figsize=(6, 4))
     steps, losses = zip(*history["train"])
     smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") if len(losses) >= 10 else losses
     ax.plot(steps[len(steps) - len(smooth):], smooth, label="train (10-step mean)")
@@ -182,9 +180,7 @@ def plot_losses(history, path):
     ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title="text LM pretraining")
     ax.legend()
     ax.grid(alpha=0.3)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    utils.save_figure(fig, path, dpi=100)
 
 
 def train(cfg, stop_step=None):
@@ -214,16 +210,8 @@ def train(cfg, stop_step=None):
     print(f"text LM: {sum(p.numel() for p in params) / 1e6:.2f}M parameters")
 
     path = os.path.join(out_dir, "text.pt")
-    step, history = 0, {"train": [], "val": []}
-    if os.path.exists(path):
-        ckpt = utils.load_checkpoint(path, device)
-        if ckpt["config"] == model.config and ckpt["step"] < max_steps:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            step, history = ckpt["step"], ckpt["history"]
-            print(f"resuming from {path} at step {step}")
-        else:
-            print(f"{path} is finished or from another config: training from scratch")
+    ckpt = utils.resume(path, model, opt, device, max_steps)
+    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": [], "val": []})
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),

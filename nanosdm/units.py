@@ -532,32 +532,17 @@ def train(cfg, stop_step=None):
 # -----------------------------------------------------------------------------
 # pictures
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-
-
 def plot_cooccurrence(ids, labels, inventory, k, metrics, path, max_phones=40):
     """p(phone | unit) for each system (ids: {name: unit ids per utterance}), the most frequent
     phones only; units sorted by their dominant phone, so a good labelling is a staircase and a
     poor one a smear."""
-    plt = _pyplot()
     spoken = torch.tensor([p is not None for u in labels for p in u])
     phone_ids = torch.tensor([inventory.index(p) for u in labels for p in u if p is not None])
     order = torch.bincount(phone_ids, minlength=len(inventory)).argsort(descending=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     n_rows = min(max_phones, len(inventory))
-    fig, axes = plt.subplots(1, len(ids), figsize=(7 * len(ids), 0.2 * n_rows + 2))
+    fig, axes = utils.figure(1, len(ids), figsize=(7 * len(ids), 0.2 * n_rows + 2))
     for ax, (name, per_utterance) in zip(axes, ids.items()):
         joint = torch.zeros(len(inventory), k)
         joint.index_put_((rank[phone_ids], torch.cat(per_utterance)[spoken]), torch.ones(len(phone_ids)), accumulate=True)
@@ -570,16 +555,15 @@ def plot_cooccurrence(ids, labels, inventory, k, metrics, path, max_phones=40):
         ax.set_title(f"{name}: PNMI {metrics[f'units_pnmi_{name}']:.3f}, "
                      f"phone purity {metrics[f'units_phone_purity_{name}']:.3f}")
     axes[0].set_ylabel(f"phone (the {n_rows} most frequent)")
-    _save(fig, path)
+    utils.save_figure(fig, path)
 
 
 def plot_utterance(wav, mfcc_ids, hubert_ids, phone_labels, path, seconds=3.0):
     """Log-mel spectrogram with, under it, the MFCC-cluster and learned-unit sequences (one box per
     run of equal units) and the phones."""
-    plt = _pyplot()
     n = min(len(phone_labels), int(seconds * FRAME_RATE))
     mel = audio.log_mel(wav[:n * HOP], n_mels=N_MELS)
-    fig, axes = plt.subplots(4, 1, figsize=(12, 5.5), sharex=True, gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
+    fig, axes = utils.figure(4, 1, figsize=(12, 5.5), sharex=True, gridspec_kw=dict(height_ratios=[4, 1, 1, 1]))
     axes[0].imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, n / FRAME_RATE, 0, N_MELS))
     axes[0].set_ylabel("mel band")
     rows = [("MFCC k-means", [str(u) for u in mfcc_ids[:n].tolist()]),
@@ -596,4 +580,4 @@ def plot_utterance(wav, mfcc_ids, hubert_ids, phone_labels, path, seconds=3.0):
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
     axes[-1].set_xlabel("time (s)")
-    _save(fig, path)
+    utils.save_figure(fig, path)

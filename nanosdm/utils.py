@@ -41,6 +41,21 @@ def autocast(device, enabled=True):
     return contextlib.nullcontext()
 
 
+def resume(path, model, opt, device, max_steps):
+    """Model and optimizer state from path when it holds an unfinished run of the same model
+    config; returns the checkpoint (its "step", "history", ...), or None to start from scratch."""
+    if not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path, device)
+    if ckpt["config"] != model.config or ckpt["step"] >= max_steps:
+        print(f"{path} is finished or from another config: training from scratch")
+        return None
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    print(f"resuming from {path} at step {ckpt['step']}")
+    return ckpt
+
+
 def cosine_lr(step, max_steps, lr, warmup=0, min_lr_frac=0.1):
     """Linear warmup, then cosine decay to lr * min_lr_frac."""
     if step < warmup:
@@ -81,3 +96,17 @@ def update_report(out_dir, metrics):
         json.dump(report, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
     return report
+
+
+def figure(nrows=1, ncols=1, figsize=None, **subplots_kw):
+    """A matplotlib Figure and its axes, made without pyplot: no GUI backend is chosen or switched
+    (a notebook's stays as it was) and no global figure is left open to close."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
+
+
+def save_figure(fig, path, dpi=110):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
