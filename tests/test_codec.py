@@ -94,6 +94,7 @@ def test_rvq_residual_shrinks_with_each_codebook():
     assert bool(vq.initted)
     residual, norms = z, [z.norm(dim=1).mean().item()]
     codes = vq.encode(z[None])[0]                                     # [4, N]
+    assert torch.equal(codes[0], torch.cdist(z, vq.embed[0]).argmin(1))  # the nearest code, by brute force
     for level in range(4):
         residual = residual - vq.embed[level][codes[level]]
         norms.append(residual.norm(dim=1).mean().item())
