@@ -21,8 +21,8 @@ Why a frame-rate network with an inverse-STFT head (Vocos, WavTokenizer) rather 
 transposed convolutions: every layer runs at 12.5 or 50 Hz, never at 16 kHz, so training on a CPU is
 affordable and a streamed 80 ms frame is about a hundred small ops. At batch 1 those ops cost their
 overhead and their weights' trip from memory, not their arithmetic: on a 2-core VM one frame took
-~2.9 ms eager and ~1.0 ms under torch.compile (bench/bench_codec.py --compile), which fuses the
-elementwise ops; halving the weights (dim 192 -> 128) made the compiled frame 2.3x faster.
+2-2.9 ms eager and 0.8-1.0 ms under torch.compile (bench/bench_codec.py --compile), which fuses the
+elementwise ops. Halving the weights (dim 192 -> 128) made the compiled frame about 2x faster.
 The price is phase: the decoder invents it, so waveforms match only roughly (SI-SNR is low) while
 spectrograms match well (what the log-mel distance and an ASR listen to).
 
@@ -37,6 +37,8 @@ last 20 ms of a frame need the first window of the next frame to finish their ov
     enc, dec = codec.encoder_state(1), codec.decoder_state(1)
     codes, enc = codec.encode_step(frame, enc)    # frame [B, 1280] -> codes [B, K, 1]
     out, dec = codec.decode_step(codes, dec)      # -> [B, 1280]
+    # 2-3x faster steps (same codes; needs a C++ compiler): what bench/bench_codec.py --compile times
+    encode_step = torch.compile(codec.encode_step, dynamic=False, options={"cpp_wrapper": True, "freezing": True})
 """
 import math
 import os
