@@ -80,10 +80,15 @@ with torch.inference_mode():
         enc_c, dec_c = model.encoder_state(1), model.decoder_state(1)
         for t in range(min(n_frames, 8)):       # the second frame recompiles once: its state is strided
             codes, enc = model.encode_step(wav[:, t], enc)
-            codes_c, enc_c = compiled[0](wav[:, t], enc_c)
-            assert torch.equal(codes, codes_c), "the compiled encoder chose other codes"
             out, dec = model.decode_step(codes, dec)
-            out_c, dec_c = compiled[1](codes, dec_c)
+            try:
+                codes_c, enc_c = compiled[0](wav[:, t], enc_c)
+                out_c, dec_c = compiled[1](codes, dec_c)
+            except Exception as e:   # most often: no C++ compiler for inductor's generated code
+                raise SystemExit(f"torch.compile failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}). "
+                                 "It needs a C++ compiler (g++, or one named by $CXX); without --compile this "
+                                 "benchmark times the eager steps only.") from None
+            assert torch.equal(codes, codes_c), "the compiled encoder chose other codes"
             diff = max(diff, (out - out_c).abs().max().item())
         print(f"torch.compile: {time.perf_counter() - t0:.0f} s to compile, same codes, "
               f"audio within {diff:.1e} of eager")
