@@ -21,7 +21,7 @@ Why a frame-rate network with an inverse-STFT head (Vocos, WavTokenizer) rather 
 transposed convolutions: every layer runs at 12.5 or 50 Hz, never at 16 kHz, so training on a CPU is
 affordable and a streamed 80 ms frame is about a hundred small ops. At batch 1 those ops cost their
 overhead and their weights' trip from memory, not their arithmetic: on a 2-core VM one frame took
-2-2.9 ms eager and 0.8-1.0 ms under torch.compile (bench/bench_codec.py --compile), which fuses the
+2-3.5 ms eager and 0.8-1.5 ms under torch.compile (bench/bench_codec.py --compile), which fuses the
 elementwise ops. Halving the weights (dim 192 -> 128) made the compiled frame about 2x faster.
 The price is phase: the decoder invents it, so waveforms match only roughly (SI-SNR is low) while
 spectrograms match well (what the log-mel distance and an ASR listen to).
