@@ -45,8 +45,9 @@ def main():
     device = utils.get_device(args.device)
     out_dir = os.path.join(args.out_root, args.preset)
     if args.asr is not None:
-        from nanosdm import audio, ctc
-        asr = ctc.ASR.load(os.path.join(out_dir, "asr.pt"), device)
+        from nanosdm import audio
+        from nanosdm.asr import ASR
+        asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
         try:
             wav = audio.load_wav(args.asr)  # resampled to 16 kHz, channels mixed down
             print(asr.transcribe(wav))

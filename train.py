@@ -112,7 +112,7 @@ codec_grad_clip = 1.0
 codec_autocast = False         # bf16 autocast: for GPUs (on an AVX2-only CPU bf16 is far slower)
 codec_eval_clips = 48          # unseen-voice user turns the evaluation encodes
 codec_ckpt_interval = 200
-# --- asr (nanosdm/ctc.py)
+# --- asr (nanosdm/asr.py)
 asr_n_layer = 4
 asr_n_head = 4
 asr_d_model = 192
@@ -211,8 +211,8 @@ def stage_codec(cfg):
 
 
 def stage_asr(cfg):
-    from nanosdm import ctc
-    return ctc.train(cfg)
+    from nanosdm import asr
+    return asr.train(cfg)
 
 
 STAGES = [

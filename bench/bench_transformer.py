@@ -15,7 +15,6 @@ Speed of the shared transformer (nanosdm/transformer.py), in one run on one mach
 Note the machine's load beside the figures (`uptime`): other work on the cores moves them a lot.
 """
 import argparse
-import math
 import os
 import statistics
 import sys

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import audio, evaluate, utils
+from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 FRAME = 1280                      # samples per codec frame: 80 ms, 12.5 Hz
@@ -116,7 +117,6 @@ class ResidualVQ(nn.Module):
     def init_kmeans(self, z, batch_vectors, iters=20, seed=0):
         """k-means on z [N, dim] for codebook 0, on what is left over for codebook 1, and so on.
         batch_vectors: vectors per training batch, to scale the counts like the EMA's."""
-        from nanosdm.units import kmeans
         r = z.reshape(-1, self.dim).float()
         for level in range(self.n_q):
             centroids, labels = kmeans(r, self.size, iters=iters, seed=seed + level)
@@ -457,18 +457,9 @@ def train(cfg, stop_step=None, teacher=None):
     B, frames, max_steps = cfg["codec_batch_size"], cfg["codec_segment_frames"], cfg["codec_max_steps"]
 
     path = os.path.join(out_dir, "codec.pt")
-    step, history = 0, {"mel": [], "commit": [], "distill": []}
-    if os.path.exists(path):
-        ckpt = utils.load_checkpoint(path, device)
-        if ckpt["config"] == model.config and ckpt["step"] <= max_steps and (ckpt["disc"] is not None) == adversarial:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if adversarial:
-                disc.load_state_dict(ckpt["disc"])
-                opt_d.load_state_dict(ckpt["optimizer_d"])
-            step, history = ckpt["step"], ckpt["history"]
-            print(f"resuming from {path} at step {step}" if step < max_steps else
-                  f"{path} is finished: evaluating it again (delete it to train anew)")
+    extra = (("disc", disc), ("optimizer_d", opt_d)) if adversarial else ()
+    ckpt = utils.resume(path, model, opt, device, max_steps, extra)
+    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"mel": [], "commit": [], "distill": []})
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,

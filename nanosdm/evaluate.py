@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, ctc, units
+from nanosdm import asr, audio, ctc, units
+from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 STRESS = "\u02c8\u02cc"   # IPA primary and secondary stress marks: not part of the phone's sound
@@ -61,7 +62,7 @@ def evaluate_units(model, mfcc_centroids, wavs, phones):
     ids = {"mfcc": [], "hubert": []}
     labels = []
     for wav, ph in zip(tqdm(wavs, desc="units: eval", leave=False), phones):
-        ids["mfcc"].append(units.assign(units.mfcc_frames(wav).to(model.device), mfcc_centroids)[0].cpu())
+        ids["mfcc"].append(assign(units.mfcc_frames(wav).to(model.device), mfcc_centroids)[0].cpu())
         ids["hubert"].append(model.encode(wav).cpu())
         labels.append(frame_phones(ph, units.num_frames(len(wav))))
     flat = [p for utterance in labels for p in utterance]
@@ -284,7 +285,7 @@ def evaluate_asr(model, cfg):
     """Error rates on unseen voices (user turns): greedy (the acoustic model alone), beam search,
     and beam search with the CharLM (the headline figure); on seen voices asking held-out
     phrasings (sentences the LM never read); and through the codec when one has been trained."""
-    unseen = ctc.load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
+    unseen = asr.load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
     refs, wavs = [t for _, t in unseen], [w.float() / 32768 for w, _ in unseen]
     t0 = time.time()
     hyps = model.transcribe(wavs)
@@ -294,7 +295,7 @@ def evaluate_asr(model, cfg):
     metrics["asr_wer_beam"] = round(wer(refs, model.transcribe(wavs, beam=cfg["asr_beam"], use_lm=False)), 4)
     lm_hyps = model.transcribe(wavs, beam=cfg["asr_beam"])
     metrics.update(asr_cer_lm=round(cer(refs, lm_hyps), 4), asr_wer_lm=round(wer(refs, lm_hyps), 4))
-    val = ctc.load_clips(cfg["data_dir"], "val", speaker="user")
+    val = asr.load_clips(cfg["data_dir"], "val", speaker="user")
     val_refs, val_wavs = [t for _, t in val], [w.float() / 32768 for w, _ in val]
     metrics["asr_wer_heldout_phrasing"] = round(wer(val_refs, model.transcribe(val_wavs)), 4)
     metrics["asr_wer_heldout_phrasing_lm"] = round(wer(val_refs, model.transcribe(val_wavs, beam=cfg["asr_beam"])), 4)
@@ -315,5 +316,5 @@ def evaluate_asr(model, cfg):
               f"greedy, {metrics['asr_wer_codec_lm']:.2%} with the LM")
     else:
         print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
-    ctc.plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
+    asr.plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
     return metrics

@@ -41,17 +41,20 @@ def autocast(device, enabled=True):
     return contextlib.nullcontext()
 
 
-def resume(path, model, opt, device, max_steps):
+def resume(path, model, opt, device, max_steps, extra=()):
     """Model and optimizer state from path when it holds an unfinished run of the same model
-    config; returns the checkpoint (its "step", "history", ...), or None to start from scratch."""
+    config; returns the checkpoint (its "step", "history", ...), or None to start from scratch.
+    extra: (key, module or optimizer) pairs saved beside them, e.g. a discriminator and its optimizer."""
     if not os.path.exists(path):
         return None
     ckpt = load_checkpoint(path, device)
-    if ckpt["config"] != model.config or ckpt["step"] >= max_steps:
+    if ckpt["config"] != model.config or ckpt["step"] >= max_steps or any(ckpt.get(k) is None for k, _ in extra):
         print(f"{path} is finished or from another config: training from scratch")
         return None
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
+    for key, obj in extra:
+        obj.load_state_dict(ckpt[key])
     print(f"resuming from {path} at step {ckpt['step']}")
     return ckpt
 

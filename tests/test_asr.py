@@ -1,0 +1,172 @@
+"""The recognizer (asr.py): its loss, padding, SpecAugment, a short training run, long audio, bad
+input, the stage (error rates: test_evaluate.py; decoding and the LM: test_ctc.py)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanosdm import asr, audio, ctc, espeak, utils
+
+SR = audio.SAMPLE_RATE
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # these models are tiny: a second thread only adds synchronisation (10x slower on a busy 2-core box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids(text):
+    return ctc.encode_text(text)
+
+
+def test_model_loss_matches_f_ctc_loss():
+    torch.manual_seed(0)
+    model = asr.ASR(n_layer=1, n_head=2, d_model=32, dropout=0.0).eval()
+    wav = torch.randn(3, 8000) * 0.1
+    lengths = torch.tensor([8000, 6000, 4000])
+    targets = [ids("abc"), ids("hello"), ids("x y")]
+    feat, flen = asr.features(wav, lengths)
+    loss = model.loss(feat, flen, targets)
+    lp, out_len = model(feat, flen)
+    assert out_len.tolist() == [(8000 // 160) // 3 + 1, (6000 // 160) // 3 + 1, (4000 // 160) // 3 + 1]
+    # F.ctc_loss's "mean": each clip's negative log-likelihood over its target length, averaged
+    per_clip = [ctc.ctc_nll(lp[i, :out_len[i]].double(), t).item() / len(t) for i, t in enumerate(targets)]
+    assert loss.item() == pytest.approx(sum(per_clip) / 3, rel=1e-4)
+    flat = torch.tensor([i for t in targets for i in t])
+    ref = F.ctc_loss(lp.transpose(0, 1), flat, out_len, torch.tensor([len(t) for t in targets]))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_padding_does_not_change_the_output():
+    torch.manual_seed(0)
+    model = asr.ASR(n_layer=2, n_head=2, d_model=32, dropout=0.0).eval()
+    a, b = torch.randn(7000) * 0.1, torch.randn(12000) * 0.1
+    x, lengths = asr.pad_batch([a, b])
+    lp, out_len = model(*asr.features(x, lengths))
+    lp_a, n_a = model(*asr.features(a[None], torch.tensor([7000])))
+    assert out_len[0] == n_a[0]
+    torch.testing.assert_close(lp[0, :n_a[0]], lp_a[0], atol=1e-4, rtol=1e-4)
+
+
+def test_spec_augment_masks_bands_and_spans():
+    feat = torch.ones(2, asr.N_MELS, 300)
+    out = asr.spec_augment(feat, torch.tensor([300, 300]), torch.Generator().manual_seed(0))
+    zero_bands = (out == 0).all(-1).sum().item()
+    zero_frames = (out == 0).all(1).sum().item()
+    assert 0 < zero_bands and 0 < zero_frames
+    assert (out == 0).float().mean() < 0.5 and feat.eq(1).all()  # the input is left alone
+
+
+# -----------------------------------------------------------------------------
+# a short training run, transcribe, load, errors
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    texts = ["the red ball", "a blue cat", "the green hat", "a pink dog"]
+    clips = [(espeak.synthesize(t, voice=v)[0], t) for t in texts for v in ("en-us", "en-us+m3")]
+    x, lengths = asr.pad_batch([torch.from_numpy(w) for w, _ in clips])
+    targets = [ids(t) for _, t in clips]
+    model = asr.ASR(n_layer=1, n_head=2, d_model=64, dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    feat, flen = asr.features(x, lengths)
+    losses = []
+    for step in range(60):
+        loss = model.loss(feat, flen, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0] and losses[-1] < 2.0, losses[::10]
+
+    path = tmp_path / "asr.pt"
+    utils.save_checkpoint(str(path), dict(model=model.state_dict(), config=model.config))
+    loaded = asr.ASR.load(str(path))
+    single = loaded.transcribe(torch.from_numpy(clips[0][0]))
+    batch = loaded.transcribe([torch.from_numpy(w) for w, _ in clips[:3]])
+    assert isinstance(single, str) and isinstance(batch, list) and len(batch) == 3
+    assert batch[0] == single  # batched and alone agree
+    assert set(single) <= set(ctc.CHARS)
+
+
+def test_long_audio_is_cut_at_silences():
+    sr = SR
+    burst = lambda s: torch.randn(int(s * sr)) * 0.3
+    quiet = lambda s: torch.zeros(int(s * sr))
+    wav = torch.cat([burst(3.0), quiet(0.5), burst(4.0), quiet(0.5), burst(2.5)])  # 10.5 s
+    pieces = asr.split_on_silence(wav, max_s=5.0, min_s=1.0)
+    assert sum(len(p) for p in pieces) == len(wav)
+    assert all(len(p) <= 5 * sr for p in pieces) and len(pieces) == 3
+    # the cuts fall inside the two quiet stretches
+    cuts = np.cumsum([len(p) for p in pieces])[:-1] / sr
+    assert 3.0 <= cuts[0] <= 3.5 and 7.5 <= cuts[1] <= 8.0
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    model = asr.ASR(n_layer=1, n_head=2, d_model=32)
+    with pytest.raises(audio.AudioError, match="at least"):
+        model.transcribe(torch.zeros(0))
+    with pytest.raises(audio.AudioError, match="clip 1"):
+        model.transcribe([torch.zeros(8000), torch.zeros(2, 8000)])
+    with pytest.raises(audio.AudioError, match="NaN"):
+        model.transcribe(torch.full((8000,), math.nan))
+    # files (what sample.py --asr reads): the error names the path
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(audio.AudioError, match="empty.wav"):
+        audio.load_wav(empty)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not a wav file at all")
+    with pytest.raises(audio.AudioError, match="junk.wav"):
+        audio.load_wav(junk)
+
+
+def write_mini_corpus(data_dir):
+    """Two-channel SpokenWorld-format splits of a few eSpeak sentences (see nanosdm/data.py)."""
+    import json
+    data_dir.mkdir(parents=True)
+    texts = ["what colour is the kotan?", "the kotan is red.", "tell me my name.", "your name is ana."]
+    for split, voice in (("train", "en-us"), ("val", "en-us"), ("unseen_voice", "en-us+m3")):
+        turns, pieces, t = [], [], 0
+        for i, text in enumerate(texts):
+            wav, words, _ = espeak.synthesize(text, voice=voice)
+            ch = i % 2  # channel 0 assistant, 1 user
+            turns.append(dict(speaker=("assistant", "user")[ch], kind=("answer", "question")[ch], text=text,
+                              start=t / SR, end=(t + len(wav)) / SR, words=[[w, s + t / SR, e + t / SR] for w, s, e in words],
+                              phones=[]))
+            pieces.append((ch, t, wav))
+            t += len(wav) + SR // 5
+        stereo = np.zeros((t, 2), np.int16)
+        for ch, s, wav in pieces:
+            stereo[s:s + len(wav), ch] = np.round(wav * 32767)
+        stereo.tofile(data_dir / f"speech_{split}.bin")
+        meta = dict(id=f"{split}-0", offset=0, length=t, user_voice=dict(voice=voice), turns=turns)
+        (data_dir / f"speech_{split}.jsonl").write_text(json.dumps(meta) + "\n")
+    (data_dir / "corpus.json").write_text(json.dumps(dict(seen_voices=["en-us", "en-us+f2"])))
+    (data_dir / "text_train.jsonl").write_text(json.dumps(dict(turns=[["user", texts[0]], ["assistant", texts[1]]])) + "\n")
+
+
+def test_stage_resumes_and_reports(tmp_path, capsys):
+    write_mini_corpus(tmp_path / "data")
+    cfg = dict(device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
+               asr_n_layer=1, asr_n_head=2, asr_d_model=32, asr_dropout=0.0, asr_batch_size=4, asr_max_steps=6,
+               asr_lr=3e-3, asr_warmup=2, asr_weight_decay=0.0, asr_grad_clip=1.0, asr_beam=4,
+               asr_ckpt_interval=100, asr_scrambled_turns=3, asr_lm_order=4, asr_lm_weight=0.2, asr_char_bonus=2.0)
+    assert asr.train(cfg, stop_step=3) == {}  # "killed" after 3 steps: a partial checkpoint
+    ckpt = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))
+    assert ckpt["step"] == 3 and len(ckpt["history"]["train"]) == 3
+    metrics = asr.train(cfg)
+    assert "resuming from" in capsys.readouterr().out
+    assert utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["step"] == 6
+    for key in ("asr_cer", "asr_wer", "asr_wer_beam", "asr_wer_lm", "asr_wer_heldout_phrasing", "asr_train_loss"):
+        assert isinstance(metrics[key], float) and metrics[key] >= 0
+    assert metrics["asr_eval_clips"] == 2 and "asr_wer_codec" not in metrics  # no codec here
+    assert (tmp_path / "out" / "plots" / "asr_posteriors.png").stat().st_size > 10_000
+    # the character LM travels with the recognizer
+    model = asr.ASR.load(str(tmp_path / "out" / "asr.pt"))
+    assert model.lm is not None and model.lm.order == cfg["asr_lm_order"] and model.lm_weight == cfg["asr_lm_weight"]
