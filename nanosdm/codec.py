@@ -180,8 +180,8 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes):
         """codes [B, k, T] with k <= K -> the sum of the first k codebooks' vectors [B, T, dim].
-        One gather from all codebooks laid end to end (code c of level l sits at l * size + c):
-        at batch 1, one op instead of k is what streaming speed on a CPU is made of."""
+        One gather from all codebooks laid end to end (code c of level l sits at l * size + c),
+        not k of them: a streamed frame's cost on a CPU is mostly its number of ops."""
         k = codes.shape[1]
         offsets = torch.arange(0, k * self.size, self.size, device=codes.device)[:, None]
         return self.embed[:k].reshape(-1, self.dim)[codes + offsets].sum(1)
