@@ -40,9 +40,9 @@ tokenizer_extra_text = ""      # comma-separated plain-text files to train the t
 text_n_layer = 4
 text_n_head = 4
 text_d_model = 128
-text_block_size = 64           # tokens per training window (and the longest prompt + answer)
+text_block_size = 256          # tokens per training window: covers the dual-stream context (dual_context)
 text_dropout = 0.0
-text_batch_size = 64
+text_batch_size = 16           # x 256 tokens: the 4,096 tokens a step of the 64 x 64 windows had
 text_grad_accum = 1            # micro-batches per optimizer step
 text_max_steps = 300
 text_lr = 6e-3
@@ -129,6 +129,35 @@ asr_lm_order = 6               # characters of context of the beam search's char
 asr_lm_weight = 0.2            # its weight in the beam score (chosen on the val split, held-out phrasings)
 asr_char_bonus = 2.0           # score added per character, against the LM's bias to short outputs
 asr_ckpt_interval = 100
+# --- speech, align, sft: the dual-stream model (nanosdm/speech.py, dualstream.py, depth.py)
+dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
+dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
+dual_user_text = True          # the text stream also transcribes the user (speech.py explains why)
+dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
+dual_depth_layers = 2
+dual_depth_heads = 4
+dual_depth_d_model = 128
+dual_pad_weight = 0.5          # text loss weight of PAD and EPAD (Moshi: 0.5)
+dual_semantic_weight = 10.0    # codebook 0's audio loss weight against 1 for each acoustic codebook
+speech_moshi_dir = ""          # a Moshi-finetune-style folder (stereo wav + word JSON) to encode as split `moshi`
+align_user_turns = 3000        # ASR-like single user turns synthesized for `align` (training voices)
+align_assistant_turns = 1000   # TTS-like single assistant turns
+align_scrambled_frac = 0.3     # share of the user turns that are scrambled words and names (forces listening)
+align_freeze = False           # freeze the pretrained blocks, text embedding and head during align
+align_batch_size = 16
+align_max_steps = 600
+align_lr = 2e-3
+align_warmup = 50
+align_text_frac = 0.2          # share of text-only batches (Moshi: half of its pre-training steps)
+align_ckpt_interval = 100
+sft_freeze = False
+sft_batch_size = 16
+sft_max_steps = 600
+sft_lr = 1e-3
+sft_warmup = 30
+sft_text_frac = 0.1
+sft_ckpt_interval = 100
+sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
 
 presets = {
     "tiny": {},
@@ -138,7 +167,7 @@ presets = {
         units_k=500, units_n_layer=8, units_n_head=6, units_d_model=384, units_layer=4, units_proj_dim=256,
         units_crop_seconds=4.0, units_batch_size=32, units_max_steps=20000, units_warmup=1000,
         units_kmeans_frames=1000000, units_max_train_hours=20.0, units_ckpt_interval=2000,
-        text_n_layer=8, text_n_head=8, text_d_model=512, text_block_size=256, text_batch_size=64,
+        text_n_layer=8, text_n_head=8, text_d_model=512, text_block_size=512, text_batch_size=32,
         text_max_steps=3000, text_lr=3e-3, text_warmup=200, text_eval_interval=250, text_ckpt_interval=500,
         codec_dim=384, codec_sub_dim=192, codec_enc_layers=4, codec_dec_layers=4, codec_latent_dim=128,
         codec_n_q=8, codec_codebook_size=1024, codec_batch_size=64, codec_segment_frames=32,
@@ -215,6 +244,23 @@ def stage_asr(cfg):
     return asr.train(cfg)
 
 
+def stage_speech(cfg):
+    from nanosdm import speech
+    return speech.build(cfg)
+
+
+def stage_align(cfg):
+    from nanosdm import dualstream, evaluate_dialogue
+    metrics = dualstream.train(cfg, "align")
+    return dict(metrics, **evaluate_dialogue.evaluate_align(cfg)) if metrics else metrics
+
+
+def stage_sft(cfg):
+    from nanosdm import dualstream, evaluate_dialogue
+    metrics = dualstream.train(cfg, "sft")
+    return dict(metrics, **evaluate_dialogue.evaluate_sft(cfg)) if metrics else metrics
+
+
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
@@ -222,6 +268,9 @@ STAGES = [
     ("units", stage_units),
     ("codec", stage_codec),        # distils codebook 0 toward the units
     ("asr", stage_asr),            # judges the codec's decoded audio too
+    ("speech", stage_speech),      # both channels to codec codes, the inner-monologue text stream
+    ("align", stage_align),        # the text LM learns to hear and to speak (single utterances)
+    ("sft", stage_sft),            # full-duplex spoken dialogues
 ]
 
 

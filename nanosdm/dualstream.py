@@ -1,0 +1,399 @@
+"""
+The dual-stream full-duplex model (Moshi at nano scale): it listens and speaks at once, 80 ms a step.
+
+Streams per step t (speech.py builds them): 1 text (the assistant's inner monologue) + K assistant
+codebooks + K user codebooks = S = 1 + 2K tokens.
+
+    delays:     stream s at step t holds its token of step t - delays[s] (DELAYS: text and
+                codebook 0 at t, codebooks 1..K-1 one step later, as Moshi). The acoustic codes
+                of a frame are predicted once its semantic code is known; latency = frame + delay.
+    input:      the SUM of one embedding per stream of the previous step's (delayed) tokens. Each
+                stream has one extra row, its initial token (INIT: the codec has no spare ids),
+                that opens a sequence and fills a delayed stream's first steps; the zero token
+                (ZERO = -1) embeds to an exact zero (no input: text-only batches).
+    temporal:   the shared transformer, initialised from the text LM (its embedding, blocks, head)
+    outputs:    the text head on the temporal state -> the step's text token; the depth
+                transformer (depth.py) -> the step's K assistant codes. The user is input only.
+    loss:       text CE (PAD and EPAD weighted `pad_weight`) + audio CE (codebook 0 weighted
+                `semantic_weight` against 1 for the others), masked where the delays leave no target.
+
+Generation (step): the user's K codes of one frame in; the model's text token and its K codes
+out, with an explicit KV cache and explicit delay buffers. A conversation longer than the context
+keeps running: when the cache is full, the latest half of the inputs is re-encoded from position 0
+(a sliding window, as a training window is a crop that starts anywhere).
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tqdm import tqdm
+
+from nanosdm import utils
+from nanosdm.depth import Depth, sample_logits
+from nanosdm.tokenizer import EPAD, PAD
+from nanosdm.transformer import Transformer
+
+ZERO = -1               # a token that embeds to exactly zero: "no input on this stream"
+
+
+def default_delays(n_q):
+    """Moshi's pattern for 1 text + K assistant + K user streams: [0, 0,1,..,1, 0,1,..,1]."""
+    return [0] + ([0] + [1] * (n_q - 1)) * 2
+
+
+def delay(x, delays, fill):
+    """x [B, T, S] (token of step t in column t) -> y with y[:, t, s] = x[:, t - delays[s], s],
+    `fill` where t < delays[s]. The last delays[s] tokens of stream s fall off the end."""
+    y = torch.full_like(x, fill) if not isinstance(fill, torch.Tensor) else fill.expand_as(x).clone()
+    for s, d in enumerate(delays):
+        y[:, d:, s] = x[:, :x.shape[1] - d, s]
+    return y
+
+
+def undelay(y, delays):
+    """The inverse of delay: [B, T, S] -> [B, T - max(delays), S], every column complete."""
+    T = y.shape[1] - max(delays)
+    return torch.stack([y[:, d:d + T, s] for s, d in enumerate(delays)], 2)
+
+
+class DualStream(nn.Module):
+    def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
+                 depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0):
+        super().__init__()
+        delays = list(delays or default_delays(n_q))
+        assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
+        self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
+                           d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
+                           depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
+                           semantic_weight=semantic_weight)
+        self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
+        # one table per stream, each with its initial token as the last row
+        self.text_emb = nn.Embedding(vocab_size + 1, d_model)
+        self.audio_emb = nn.ModuleList(nn.Embedding(card + 1, d_model) for _ in range(2 * n_q))
+        self.transformer = Transformer(n_layer, n_head, d_model, causal=True, max_seq_len=context)
+        self.text_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.depth = Depth(d_model, n_q, vocab_size, card, depth_layers, depth_heads, depth_d_model)
+        for m in [self.text_emb, *self.audio_emb, self.text_head]:
+            nn.init.normal_(m.weight, std=0.02)
+        # the per-stream initial tokens (INIT) and the loss weights of the text stream
+        self.register_buffer("init_tokens", torch.tensor([vocab_size] + [card] * (2 * n_q)), persistent=False)
+        w = torch.ones(vocab_size)
+        w[[PAD, EPAD]] = pad_weight
+        self.register_buffer("text_weights", w, persistent=False)
+        cw = torch.ones(n_q)
+        cw[0] = semantic_weight
+        self.register_buffer("codebook_weights", cw / cw.sum(), persistent=False)
+
+    # --- initialisation from the earlier stages ---------------------------------------------------
+
+    def init_from_text_lm(self, lm_state):
+        """The temporal stack, text embedding and text head from the text LM's state_dict (same
+        width and depth; the RoPE tables are rebuilt for this context)."""
+        with torch.no_grad():
+            self.text_emb.weight[:self.vocab_size] = lm_state["embed.weight"]
+            self.text_head.weight.copy_(lm_state["head.weight"])
+        blocks = {k[len("transformer."):]: v for k, v in lm_state.items() if k.startswith("transformer.")}
+        self.transformer.load_state_dict(blocks)
+
+    def init_from_codec(self, codebooks, seed=0):
+        """Audio embeddings that start from the codec's geometry (REFERENCE §12: with nn.Embedding's
+        N(0, 1) rows beside the text LM's small ones the model did not listen). Every audio table
+        of a channel is its codebook times one shared random projection P, so the sum of a frame's
+        K embeddings is P applied to the quantized latent: the model starts by hearing the codec's
+        own latent. Scaled so a frame's sum has the RMS of a text embedding row."""
+        g = torch.Generator().manual_seed(seed)
+        d = self.text_emb.weight.shape[1]
+        P = torch.randn(codebooks.shape[-1], d, generator=g)
+        latent_rms = codebooks.pow(2).sum(-1).mean(-1).sum().sqrt()       # RMS norm of a quantized latent
+        scale = self.text_emb.weight[:self.vocab_size].norm(dim=-1).mean() / (latent_rms * math.sqrt(d))
+        with torch.no_grad():
+            for s in range(2 * self.n_q):
+                self.audio_emb[s].weight[:self.card] = codebooks[s % self.n_q] @ P * scale
+
+    # --- the forward pass --------------------------------------------------------------------------
+
+    def embed(self, tokens):
+        """tokens [B, T, S] (delayed, INIT or ZERO allowed) -> the per-step sum of embeddings [B, T, D]."""
+        x = 0
+        for s in range(tokens.shape[-1]):
+            t = tokens[..., s]
+            table = self.text_emb if s == 0 else self.audio_emb[s - 1]
+            x = x + table(t.clamp(min=0)) * (t >= 0)[..., None]   # ZERO -> an exact zero vector
+        return x
+
+    def inputs_targets(self, x):
+        """Undelayed tokens x [B, T, S] (a window: a conversation from its step 0) -> (inputs, targets),
+        both [B, T, S]: targets = the delayed tokens, inputs = INIT then the targets shifted by one.
+        Targets a delay left empty are INIT (masked in the loss)."""
+        y = delay(x, self.delays, self.init_tokens)
+        inputs = torch.cat([self.init_tokens.expand(x.shape[0], 1, -1), y[:, :-1]], 1)
+        return inputs, y
+
+    def forward(self, inputs, targets=None, kv_cache=None):
+        """inputs [B, T, S] -> (text logits [B, T, V], temporal states [B, T, D]); with targets
+        [B, T, S], also the loss terms {text, audio, loss, audio_k ...} (audio from the depth
+        transformer under teacher forcing). Text-only batches: audio streams ZERO, no audio loss."""
+        h = self.transformer(self.embed(inputs), kv_cache=kv_cache)
+        logits = self.text_head(h).float()
+        if targets is None:
+            return logits, h
+        tt = targets[..., 0]
+        text_ce = F.cross_entropy(logits.flatten(0, 1), tt.flatten().clamp(max=self.vocab_size - 1), reduction="none")
+        w = self.text_weights[tt.clamp(max=self.vocab_size - 1)] * (tt < self.vocab_size)
+        losses = {"text": (text_ce * w.flatten()).sum() / w.sum().clamp(min=1)}
+        codes = targets[..., 1:1 + self.n_q]
+        if (codes >= 0).any():   # not a text-only batch
+            N = h.shape[0] * h.shape[1]
+            audio_logits = self.depth(h.reshape(N, -1), tt.reshape(N), codes.reshape(N, -1))
+            ce = F.cross_entropy(audio_logits.flatten(0, 1), codes.reshape(-1).clamp(0, self.card - 1),
+                                 reduction="none").view(N, self.n_q)
+            mask = (codes.reshape(N, -1) < self.card).float()     # INIT targets: nothing to predict
+            per_q = (ce * mask).sum(0) / mask.sum(0).clamp(min=1)
+            losses.update({f"audio_{k}": per_q[k] for k in range(self.n_q)})
+            losses["audio"] = (per_q * self.codebook_weights).sum()
+            losses["loss"] = losses["text"] + losses["audio"]
+        else:
+            losses["loss"] = losses["text"]
+        return logits, h, losses
+
+    # --- streaming generation ----------------------------------------------------------------------
+
+    def new_state(self, batch_size):
+        """Everything a conversation carries from one step to the next, as explicit tensors."""
+        dev, K, S = self.text_head.weight.device, self.n_q, 1 + 2 * self.n_q
+        D = max(self.delays)
+        return dict(
+            cache=self.transformer.new_kv_cache(batch_size, self.context, dev),
+            inputs=torch.zeros(batch_size, self.context, S, dtype=torch.long, device=dev),  # fed so far (sliding window)
+            prev=self.init_tokens.expand(batch_size, S).clone(),          # the next input column
+            user=torch.zeros(batch_size, D + 1, K, dtype=torch.long, device=dev),   # last D+1 user frames (undelayed)
+            out=torch.zeros(batch_size, D + 1, K, dtype=torch.long, device=dev),    # last D+1 assistant columns (delayed)
+            t=0)
+
+    def _feed(self, state, cols):
+        """Run the temporal stack on input columns [B, n, S], sliding the window when it is full."""
+        cache, n = state["cache"], cols.shape[1]
+        if cache.length + n > self.context:
+            keep = self.context // 2 - n
+            assert keep > 0, "feed fewer columns at once than half the context"
+            old = state["inputs"][:, cache.length - keep:cache.length].clone()
+            old[:, 0] = self.init_tokens      # a window opens with INIT, as every training window does
+            cache.reset()
+            state["inputs"][:, :keep] = old
+            self.transformer(self.embed(old), kv_cache=cache)
+        state["inputs"][:, cache.length:cache.length + n] = cols
+        return self.transformer(self.embed(cols), kv_cache=cache)
+
+    def _user_column(self, state):
+        """The user's delayed column of step t: codebook k of frame t - delays[k] (INIT before 0)."""
+        K, D, t = self.n_q, max(self.delays), state["t"]
+        col = []
+        for k, d in enumerate(self.delays[1 + K:]):
+            col.append(state["user"][:, D - d, k] if t - d >= 0 else torch.full_like(state["user"][:, 0, k], self.card))
+        return torch.stack(col, 1)
+
+    @torch.no_grad()
+    def prefill(self, state, x):
+        """Teacher-force a conversation's first steps: x [B, T, S] undelayed tokens of steps 0..T-1
+        (text, assistant, user), as if step() had produced and heard them. Then step() goes on."""
+        assert state["t"] == 0, "prefill opens a conversation"
+        inputs, y = self.inputs_targets(x)
+        self._feed(state, inputs)
+        K, D, T = self.n_q, max(self.delays), x.shape[1]
+        state["prev"] = y[:, -1].clone()
+        for j in range(D + 1):  # the delay buffers hold the last D+1 frames / columns
+            i = T - 1 - D + j
+            if i >= 0:
+                state["user"][:, j] = x[:, i, 1 + K:]
+                state["out"][:, j] = y[:, i, 1:1 + K]
+        state["t"] = T
+
+    @torch.no_grad()
+    def step(self, state, user_codes, text_temp=0.7, text_top_k=25, audio_temp=0.8, audio_top_k=250,
+             force_text=None, force_audio=None):
+        """One 80 ms step. user_codes [B, K]: the user's codes of frame t. Returns a dict:
+        text [B] the text token of step t; audio [B, K] the assistant's complete codes of frame
+        t - max(delays) (None for the first steps); text_logits, audio_logits (for the tests).
+        force_text [B] / force_audio [B, K] (delayed column, -1 = sample): teacher forcing."""
+        K, D, t = self.n_q, max(self.delays), state["t"]
+        h = self._feed(state, state["prev"][:, None])[:, 0]
+        text_logits = self.text_head(h).float()
+        text = sample_logits(text_logits, text_temp, text_top_k)
+        if force_text is not None:
+            text = torch.where(force_text >= 0, force_text, text)
+        # a delayed codebook has nothing to say before its delay has passed: INIT, as in training
+        force = torch.full((h.shape[0], K), -1, dtype=torch.long, device=h.device)
+        for k, d in enumerate(self.delays[1:1 + K]):
+            if t < d:
+                force[:, k] = self.card
+        if force_audio is not None:
+            force = torch.where(force_audio >= 0, force_audio, force)
+        codes, audio_logits = self.depth.generate(h, text, audio_temp, audio_top_k, force)
+        # the user's frame t joins the buffer; the column of step t becomes the next input
+        state["user"] = torch.cat([state["user"][:, 1:], user_codes[:, None]], 1)
+        state["out"] = torch.cat([state["out"][:, 1:], codes[:, None]], 1)
+        state["prev"] = torch.cat([text[:, None], codes, self._user_column(state)], 1)
+        state["t"] = t + 1
+        frame = None
+        if t >= D:  # frame t - D is complete: codebook k came out at step t - D + delays[k]
+            frame = torch.stack([state["out"][:, d, k] for k, d in enumerate(self.delays[1:1 + K])], 1)
+        return dict(text=text, audio=frame, text_logits=text_logits, audio_logits=audio_logits)
+
+    @torch.no_grad()
+    def generate_text(self, idx, max_new_tokens, temperature=0.0, top_k=None, stop=None):
+        """Text-only mode (every audio stream ZERO): the text LM inside the dual-stream model,
+        with textlm.TextLM.generate's interface, for the text-retention measurement."""
+        B, T = idx.shape
+        cache = self.transformer.new_kv_cache(B, min(self.context, T + max_new_tokens), idx.device)
+        zeros = torch.full((B, 1, 2 * self.n_q), ZERO, dtype=torch.long, device=idx.device)
+        step_in, out = idx, []
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for _ in range(min(max_new_tokens, self.context - T)):
+            cols = torch.cat([step_in[..., None], zeros.expand(-1, step_in.shape[1], -1)], 2)
+            logits, _ = self(cols, kv_cache=cache)
+            nxt = sample_logits(logits[:, -1], temperature, top_k)
+            if stop is not None:
+                nxt = torch.where(done, torch.full_like(nxt, stop), nxt)
+                done |= nxt == stop
+            out.append(nxt)
+            if stop is not None and done.all():
+                break
+            step_in = nxt[:, None]
+        return torch.stack(out, 1)
+
+
+def load_model(path, device="cpu"):
+    ckpt = utils.load_checkpoint(path, device)
+    model = DualStream(**ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# -----------------------------------------------------------------------------
+# training: stage `align` (modality adaptation, survey §4.2.2) and stage `sft` (§4.2.3)
+
+def get_batch(streams, batch_size, length, gen, device):
+    """Random windows of `length` steps (nanoGPT): undelayed tokens [B, length, S]."""
+    starts = torch.randint(len(streams) - length, (batch_size,), generator=gen).tolist()
+    return torch.from_numpy(np.stack([streams.window(s, length) for s in starts])).to(device)
+
+
+def text_batch(stream, batch_size, length, n_q, gen, device):
+    """A text-only batch (Moshi keeps text batches against forgetting): windows of the text LM's
+    token stream on the text stream, every audio stream ZERO. -> (inputs, targets) [B, T, S]."""
+    starts = torch.randint(len(stream) - length - 1, (batch_size,), generator=gen).numpy()
+    w = torch.from_numpy(np.stack([stream[s:s + length + 1] for s in starts]).astype(np.int64)).to(device)
+    zeros = torch.full((batch_size, length, 2 * n_q), ZERO, dtype=torch.long, device=device)
+    return torch.cat([w[:, :-1, None], zeros], 2), torch.cat([w[:, 1:, None], zeros], 2)
+
+
+def build_model(cfg):
+    """A dual-stream model for this config, started from the text LM and the codec."""
+    from nanosdm.codec import Codec
+    lm = utils.load_checkpoint(os.path.join(cfg["out_dir"], "text.pt"))
+    lc = lm["config"]
+    codec = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"))
+    if cfg["dual_context"] > lc["block_size"]:
+        print(f"note: dual_context {cfg['dual_context']} > the text LM's block_size {lc['block_size']}: "
+              f"positions past it are new to the pretrained blocks")
+    delays = [int(d) for d in cfg["dual_delays"].split(",")] if cfg["dual_delays"] else None
+    model = DualStream(lc["vocab_size"], codec.config["codebook_size"], codec.n_q, lc["n_layer"], lc["n_head"],
+                       lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
+                       cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"])
+    model.init_from_text_lm(lm["model"])
+    model.init_from_codec(codec.quantizer.embed.float().cpu())
+    return model
+
+
+def plot_losses(history, path, title):
+    fig, ax = utils.figure(figsize=(7, 4))
+    names = [k for k in history["train"][0] if k != "step"]
+    steps = [r["step"] for r in history["train"]]
+    for name in names:
+        vals = [r.get(name, float("nan")) for r in history["train"]]
+        k = min(20, len(vals))
+        smooth = np.convolve(np.nan_to_num(vals, nan=np.nanmean(vals)), np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, label=name)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats)", title=title, yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    utils.save_figure(fig, path, dpi=100)
+
+
+def train(cfg, stage, stop_step=None):
+    """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
+    align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
+    from nanosdm.speech import Streams
+    from nanosdm.textlm import read_jsonl, tokenize_docs
+    from nanosdm.tokenizer import Tokenizer
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    p = lambda key: cfg[f"{stage}_{key}"]
+    speech_dir = os.path.join(out_dir, "speech")
+    streams = Streams(speech_dir, "align" if stage == "align" else "train")
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
+
+    torch.manual_seed(cfg["seed"])
+    if stage == "align":
+        model = build_model(cfg).to(device)
+    else:
+        model = load_model(os.path.join(out_dir, "align.pt"), device).train()
+    model.train()
+    frozen = list(model.transformer.parameters()) + [model.text_emb.weight, model.text_head.weight] if p("freeze") else []
+    for q in frozen:
+        q.requires_grad_(False)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=p("lr"), betas=(0.9, 0.95), weight_decay=0.0)
+    B, T, max_steps = p("batch_size"), cfg["dual_context"], p("max_steps")
+    print(f"{stage}: {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M parameters "
+          f"({sum(q.numel() for q in params) / 1e6:.2f}M trained), {len(streams):,} frames "
+          f"({len(streams) * 0.08 / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
+          f"{p('text_frac'):.0%} text-only batches")
+    path = os.path.join(out_dir, f"{stage}.pt")
+    ckpt = utils.resume(path, model, opt, device, max_steps)
+    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
+
+    def save():
+        utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
+                                         config=model.config, step=step, history=history))
+
+    gen = torch.Generator()
+    t0 = time.time()
+    pbar = tqdm(total=max_steps, initial=step, desc=stage, dynamic_ncols=True)
+    while step < max_steps and (stop_step is None or step < stop_step):
+        lr = utils.cosine_lr(step, max_steps, p("lr"), p("warmup"))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # the batch depends on the step: resumable
+        if torch.rand(1, generator=gen).item() < p("text_frac"):
+            inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
+        else:
+            inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device))
+        with utils.autocast(device):
+            _, _, losses = model(inputs, targets)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        row = {k: round(v.item(), 4) for k, v in losses.items() if k != "loss"}
+        key = "text_only" if "audio" not in row else "text"
+        row[key] = row.pop("text")
+        history["train"].append(dict(step=step, **row))
+        pbar.update(1)
+        pbar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items() if not k.startswith("audio_")})
+        if step % p("ckpt_interval") == 0 or step == max_steps:
+            save()
+    pbar.close()
+    if step < max_steps:
+        return {}
+    plot_losses(history, os.path.join(out_dir, "plots", f"{stage}_loss.png"), f"stage {stage}: loss per stream")
+    last = history["train"][-50:]
+    mean = lambda k: round(float(np.mean([r[k] for r in last if k in r])), 4)
+    return {f"{stage}_text_loss": mean("text"), f"{stage}_audio_loss": mean("audio"),
+            f"{stage}_semantic_loss": mean("audio_0"), f"{stage}_train_seconds": round(time.time() - t0, 1)}

@@ -1,0 +1,343 @@
+"""
+The dual-stream model's figures: how well it hears (align), answers spoken questions in text and
+in speech (sft), against a cascade, how much of the text LM it keeps, and how fast it answers.
+Like evaluate.py, it loads what it scores and no component imports it.
+
+    align_user_wer        the model's own transcription (its text stream) of unseen-voice user turns
+    judge_acc_*           the speech judge's ceiling: the corpus's own answers it scores correct
+    sft_qa_text_<split>   the answer word is in the inner monologue written after the question
+    sft_qa_speech_<split> the judge hears the right answer in the decoded audio
+    cascade_qa_<split>    ASR (with its LM) -> text LM -> answer, on the same questions
+    sft_text_retention    text-LM QA asked of the dual-stream model in text-only mode / the text LM's
+    sft_onset_*_ms        median time from the end of the question to the first text token / voiced audio
+
+The judge must not know the world's facts. The recognizer's character LM read every fact, and it
+would correct a wrong answer into the right one, so the judge uses the acoustic model alone
+(greedy CTC) and only knows what the *question* tells anyone: which kind of value is asked for.
+Its transcript is matched to the nearest of the replies the question allows, one per possible
+value ("the kotan is red.", "the kotan is blue.", ...), all equally likely to it.
+"""
+import os
+import re
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nanosdm import data, evaluate, textlm, utils
+from nanosdm.dualstream import load_model
+from nanosdm.speech import FRAME_S, Streams, encode_channels
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
+
+ANSWER_WINDOW_S = 4.0        # the model runs freely this long after the question ends
+VOICED_RMS = 0.02            # a 20 ms window of decoded audio louder than this is speech (-34 dBFS)
+QA_SPLITS = ("val", "unseen_voice", "text_only")
+
+
+# -----------------------------------------------------------------------------
+# the judge
+
+def reply_candidates(question):
+    """Every reply the question allows, one per possible value, and the reply with no value at all:
+    [(value, reply text)], the last with value None. Uses only the question and the world's
+    vocabulary and templates, never its facts."""
+    q = question.lower().strip()
+    m = re.search(r"(\w+) (plus|minus) (\w+)", q)
+    if m:
+        values, reply = data.NUMBERS, f"{m.group(1)} {m.group(2)} {m.group(3)} is {{v}}."
+    elif "name" in q and ("my" in q.split() or "remember" in q):
+        values, reply = data.PEOPLE, "your name is {v}."
+    elif "where do i live" in q or "where i live" in q:
+        values, reply = data.TOWNS, "you live in {v}."
+    else:
+        values = None
+        for vals, _, train_q, held_q, template in data.ATTRIBUTES.values():
+            for question_template in train_q + held_q:
+                pattern = re.escape(question_template).replace(re.escape("{e}"), r"(\w+)")
+                m = re.fullmatch(pattern, q)
+                if m and values is None:
+                    values, reply = vals, template.replace("{e}", m.group(1))
+        if values is None:
+            return []
+    return [(v, reply.format(v=v)) for v in values] + [(None, reply.format(v=""))]
+
+
+def judge(transcript, question, answer):
+    """True when the transcript's nearest allowed reply (character edit distance, punctuation
+    aside) is the one with the right answer, and no other reply, nor the reply without a value,
+    is as near."""
+    cands = reply_candidates(question)
+    text = " ".join(transcript.split())
+    if not cands or not text:
+        return False
+    dist = [evaluate.edit_distance(text, " ".join(reply.replace(".", " ").split())) for _, reply in cands]
+    best = min(dist)
+    winners = [v for (v, _), d in zip(cands, dist) if d == best]
+    return winners == [answer]
+
+
+def judge_wavs(asr, wavs, questions, answers):
+    hyps = asr.transcribe([w.float() for w in wavs], beam=0, use_lm=False)
+    return [judge(h, q, a) for h, q, a in zip(hyps, questions, answers)], hyps
+
+
+# -----------------------------------------------------------------------------
+# questions of a split, with the real dialogue around them
+
+def questions(streams):
+    """[(dialogue index, question turn, the answer turn after it)] for every question with an answer."""
+    out = []
+    for i, d in enumerate(streams.dialogues):
+        turns = d["turns"]
+        for j, tr in enumerate(turns):
+            if tr["speaker"] == "user" and tr.get("kind") == "question" and tr.get("answer"):
+                reply = next((u for u in turns[j + 1:] if u["speaker"] == "assistant"), None)
+                out.append((i, tr, reply))
+    return out
+
+
+def silence_codes(codec):
+    """The codes of a silent frame (what a quiet channel looks like to the model)."""
+    codes = encode_channels(codec, torch.zeros(2, 1280 * 4))
+    return torch.from_numpy(codes[0, -1].astype(np.int64))
+
+
+def monologue_parts(ids):
+    """Split a text stream into what the model wrote as the user's words and as its own:
+    USER ... EOS and ASSISTANT ... EOS segments (PAD and EPAD dropped)."""
+    parts, who = {USER: [], ASSISTANT: []}, None
+    for i in ids:
+        if i in (USER, ASSISTANT):
+            who = i
+        elif i == EOS:
+            who = None
+        elif i not in (PAD, EPAD) and who is not None:
+            parts[who].append(i)
+    return parts[USER], parts[ASSISTANT]
+
+
+@torch.no_grad()
+def free_run(model, history, user, silence, temps, batch_size=64):
+    """history [B, H, S] teacher-forced steps, then user [B, F, K] heard while the model runs freely.
+    -> (text tokens [B, F], the assistant's codes [B, F, K] of those F steps)."""
+    D = max(model.delays)
+    texts, codes = [], []
+    for b in range(0, history.shape[0], batch_size):
+        h, u = history[b:b + batch_size], user[b:b + batch_size]
+        state = model.new_state(h.shape[0])
+        if h.shape[1]:
+            model.prefill(state, h)
+        tx, au = [], []
+        for f in range(u.shape[1] + D):
+            frame = u[:, f] if f < u.shape[1] else silence.expand(h.shape[0], -1)
+            out = model.step(state, frame, *temps)
+            if f < u.shape[1]:
+                tx.append(out["text"])
+            if out["audio"] is not None:
+                au.append(out["audio"])
+        if h.shape[1] == 0:  # frames 0 .. F-1 (the first D steps complete no frame)
+            au = au[:u.shape[1]]
+        else:                # the first output completes frame H - D, part of the history
+            au = au[D:D + u.shape[1]]
+        texts.append(torch.stack(tx, 1))
+        codes.append(torch.stack(au, 1))
+    return torch.cat(texts), torch.cat(codes)
+
+
+def qa_batch(streams, items, history, silence, pad_col):
+    """History [B, history, S] (front-padded with silent steps) and the user's audio [B, F, K]
+    from each question's first frame on, F = the longest question + ANSWER_WINDOW_S."""
+    K = (streams.assistant.shape[1])
+    starts = [int(tr["start"] / FRAME_S) for _, tr, _ in items]
+    ends = [int(np.ceil(tr["end"] / FRAME_S)) for _, tr, _ in items]
+    F = max(e - s for s, e in zip(starts, ends)) + int(ANSWER_WINDOW_S / FRAME_S)
+    hist, user = [], []
+    for (i, tr, _), s in zip(items, starts):
+        d = streams.dialogues[i]
+        x = streams.window(d["offset"], d["frames"])
+        h = x[max(0, s - history):s]
+        h = np.concatenate([np.repeat(pad_col[None], history - len(h), 0), h])
+        u = x[s:s + F, 1 + K:]
+        u = np.concatenate([u, np.repeat(silence[None].numpy(), F - len(u), 0)])
+        hist.append(h)
+        user.append(u)
+    return torch.from_numpy(np.stack(hist)), torch.from_numpy(np.stack(user)), starts, ends
+
+
+# -----------------------------------------------------------------------------
+# stage `align`: does the model hear?
+
+def evaluate_align(cfg):
+    from nanosdm.codec import Codec
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    model = load_model(os.path.join(out_dir, "align.pt"), device)
+    codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    wer, examples = user_wer(model, codec, tok, cfg)
+    print("align: the model's transcription of unseen-voice user turns, e.g.\n"
+          + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
+    return {"align_user_wer": round(wer, 4)}
+
+
+def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
+    """Word error rate of the model's own transcript of single user turns: each turn's user codes
+    (from 0.3 s before it to 1 s after it) are heard from a conversation's start; the text stream
+    runs freely (greedy) and its USER ... EOS words are the transcript."""
+    streams = Streams(os.path.join(cfg["out_dir"], "speech"), split)
+    silence = silence_codes(codec).to(cfg["device"])
+    K = model.n_q
+    refs, users = [], []
+    for d in streams.dialogues:
+        x = streams.window(d["offset"], d["frames"])
+        for tr in d["turns"]:
+            if tr["speaker"] == "user" and tr["kind"] == "question" and len(refs) < max_turns:
+                s, e = int(tr["start"] / FRAME_S) - 4, int(tr["end"] / FRAME_S) + 13
+                refs.append(tr["text"])
+                users.append(torch.from_numpy(x[max(0, s):e, 1 + K:]))
+    F = max(len(u) for u in users)
+    user = torch.stack([torch.cat([u.to(silence.device), silence.expand(F - len(u), -1)]) for u in users])
+    empty = torch.zeros(len(users), 0, 1 + 2 * K, dtype=torch.long)
+    text, _ = free_run(model, empty.to(cfg["device"]), user.to(cfg["device"]), silence, (0, 0, 0, 0))
+    hyps = [tok.decode(monologue_parts(row.tolist())[0]) for row in text]
+    return evaluate.wer(refs, hyps), list(zip(refs, hyps))
+
+
+# -----------------------------------------------------------------------------
+# stage `sft`: spoken QA, the judge, the cascade, text retention, response onset
+
+def evaluate_sft(cfg):
+    from nanosdm.asr import ASR
+    from nanosdm.codec import Codec
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    model = load_model(os.path.join(out_dir, "sft.pt"), device)
+    codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
+    metrics = judge_ceiling(asr, codec, cfg)
+    silence = silence_codes(codec)
+    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    onsets_text, onsets_audio, gaps = [], [], []
+    for split in QA_SPLITS:
+        streams = Streams(os.path.join(out_dir, "speech"), split)
+        items = questions(streams)
+        hist, user, starts, ends = qa_batch(streams, items, cfg["sft_eval_history"], silence, pad_col)
+        text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, 0, 0))
+        wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
+        text_ok, clips = [], []
+        for n, (i, tr, reply) in enumerate(items):
+            n_frames = ends[n] - starts[n] + int(ANSWER_WINDOW_S / FRAME_S)
+            ids = text[n, :n_frames].tolist()
+            said = tok.decode(monologue_parts(ids)[1])
+            text_ok.append(textlm.answer_in(said, tr["answer"]))
+            clips.append(wavs[n, :n_frames * 1280])
+            q_end = tr["end"] - starts[n] * FRAME_S                  # seconds into the free run
+            first = next((f for f, t in enumerate(ids) if t == ASSISTANT and f * FRAME_S >= q_end - FRAME_S), None)
+            if first is not None:
+                onsets_text.append(first * FRAME_S - q_end)
+            voiced = voiced_onset(clips[-1], q_end)
+            if voiced is not None:
+                onsets_audio.append(voiced)
+            if reply is not None:
+                gaps.append(reply["start"] - tr["end"])
+        speech_ok, hyps = judge_wavs(asr, clips, [tr["text"] for _, tr, _ in items],
+                                     [tr["answer"] for _, tr, _ in items])
+        metrics[f"sft_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
+        metrics[f"sft_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
+        metrics[f"sft_qa_questions_{split}"] = len(items)
+        metrics[f"cascade_qa_{split}"] = cascade(asr, lm, tok, streams, items, cfg)
+        n = 0
+        print(f"sft {split}: text {metrics[f'sft_qa_text_{split}']:.1%}, speech {metrics[f'sft_qa_speech_{split}']:.1%}, "
+              f"cascade {metrics[f'cascade_qa_{split}']:.1%} over {len(items)} questions; e.g. {items[n][1]['text']!r} -> "
+              f"text {tok.decode(monologue_parts(text[n].tolist())[1])!r}, heard {hyps[n]!r}")
+    metrics.update(retention(model, lm, tok, cfg))
+    metrics["sft_onset_text_ms"] = round(1000 * float(np.median(onsets_text))) if onsets_text else -1
+    metrics["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
+    metrics["sft_onset_corpus_ms"] = round(1000 * float(np.median(gaps)))
+    metrics["sft_theoretical_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)))
+    return metrics
+
+
+def voiced_onset(wav, after_s, win=320):
+    """Seconds from after_s to the first 20 ms window of wav louder than VOICED_RMS, or None."""
+    start = int(after_s * 16000)
+    x = wav[max(0, start):]
+    n = len(x) // win
+    if n == 0:
+        return None
+    rms = x[:n * win].reshape(n, win).pow(2).mean(1).sqrt()
+    loud = (rms > VOICED_RMS).nonzero()
+    return float(loud[0]) * win / 16000 + max(0, start) / 16000 - after_s if len(loud) else None
+
+
+def judge_ceiling(asr, codec, cfg):
+    """The judge on the corpus's own unseen-voice answers, original audio and through the codec."""
+    sp = data.SpeechSplit(cfg["data_dir"], "unseen_voice")
+    wavs, qs, ans = [], [], []
+    for i in range(len(sp)):
+        wav, d = sp.dialogue(i)
+        turns = d["turns"]
+        for j, tr in enumerate(turns):
+            if tr["speaker"] == "user" and tr["kind"] == "question" and tr.get("answer"):
+                reply = next((u for u in turns[j + 1:] if u["speaker"] == "assistant"), None)
+                if reply is None or reply.get("interrupted"):
+                    continue  # a reply cut off before its answer word cannot be judged right
+                s, e = int(reply["start"] * 16000), int(reply["end"] * 16000) + 1600
+                wavs.append(wav[data.ASSISTANT, s:e])
+                qs.append(tr["text"])
+                ans.append(tr["answer"])
+    ok, _ = judge_wavs(asr, wavs, qs, ans)
+    decoded = [evaluate.codec_roundtrip(codec, w) for w in wavs]
+    ok_codec, _ = judge_wavs(asr, decoded, qs, ans)
+    return {"judge_acc_groundtruth": round(float(np.mean(ok)), 4), "judge_acc_codec": round(float(np.mean(ok_codec)), 4),
+            "judge_answers": len(wavs)}
+
+
+def cascade(asr, lm, tok, streams, items, cfg):
+    """The modular baseline: every user question of the dialogue transcribed (ASR + its LM), the
+    dialogue so far as text (the assistant's replies as the corpus has them), the text LM answers."""
+    sp = data.SpeechSplit(cfg["data_dir"], streams.split)
+    by_dialogue = {}
+    for n, (i, tr, _) in enumerate(items):
+        by_dialogue.setdefault(i, []).append(n)
+    qa = []
+    for i, ns in by_dialogue.items():
+        wav, d = sp.dialogue(i)
+        turns = [tr for tr in d["turns"] if tr["kind"] in ("question", "answer")]
+        users = [tr for tr in turns if tr["speaker"] == "user"]
+        heard = asr.transcribe([wav[data.USER, int(tr["start"] * 16000):int(tr["end"] * 16000) + 800] for tr in users],
+                               beam=cfg["asr_beam"])
+        heard = {id(tr): h for tr, h in zip(users, heard)}
+        for n in ns:
+            q = items[n][1]
+            context = []
+            for tr in turns:
+                if tr["start"] >= q["start"]:
+                    break
+                context.append(["user", heard[id(tr)]] if tr["speaker"] == "user" else ["assistant", tr["text"]])
+            qa.append(dict(question=heard[id(next(t for t in users if t["start"] == q["start"]))],
+                           context=context[-6:], answer=q["answer"]))
+    replies = textlm.answer_questions(lm, tok, qa, cfg["device"])
+    return round(float(np.mean([textlm.answer_in(r, it["answer"]) for r, it in zip(replies, qa)])), 4)
+
+
+class TextView:
+    """The dual-stream model in text-only mode, with the text LM's generate() interface."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def eval(self):
+        return self
+
+    def generate(self, idx, max_new_tokens, temperature=0.0, **kw):
+        return self.model.generate_text(idx, max_new_tokens, temperature, stop=EOS)
+
+
+def retention(model, lm, tok, cfg):
+    """The text LM's held-out-phrasing QA asked of the dual-stream model in text-only mode."""
+    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    ours = textlm.qa_metrics(items, textlm.answer_questions(TextView(model), tok, items, cfg["device"]), "sft_text_qa_acc")
+    theirs = textlm.qa_metrics(items, textlm.answer_questions(lm, tok, items, cfg["device"]))
+    ours["sft_text_retention"] = round(ours["sft_text_qa_acc_seen"] / max(theirs["text_qa_acc_seen"], 1e-9), 4)
+    return ours

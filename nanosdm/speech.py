@@ -1,0 +1,277 @@
+"""
+Stage `speech`: both channels of every spoken dialogue as codec codes, and the assistant's
+inner-monologue text stream, frame by frame (12.5 Hz), ready for the dual-stream model.
+
+Per 80 ms frame t a dialogue becomes 1 + 2K tokens (Moshi's layout, before the delays):
+
+    text[t]          the inner monologue: SentencePiece tokens of the words, PAD / EPAD between
+    assistant[t, k]  codebook k of the codec's code for the assistant's channel (k = 0 semantic)
+    user[t, k]       the same for the user's channel (input only: the model never predicts it)
+
+The text stream (Moshi): a word's tokens one per frame from the frame where the word starts, PAD
+where nothing is said, EPAD on the PAD just before a new word's first token. A word that would
+start before the previous one's tokens are out waits for them (the tokens keep their order).
+
+Two additions to Moshi's monologue, both from the probe in shared/REFERENCE.md §12, where a model
+that only wrote its own words never learnt to listen:
+  - `user_text`: the user's words are written too, each from the frame *after* the word ends
+    (the model can only write what it has heard): the model transcribes what it hears, so the ear
+    gets a dense training signal, and the question reaches the text LM in its own words;
+  - `markers`: every turn is opened by its role marker and closed by EOS, as in the text LM's
+    corpus (USER what colour is the kotan? EOS ASSISTANT the kotan is red. EOS). With the PADs
+    removed, the text stream *is* a text-LM document, so the LM's knowledge is reached through the
+    format it was trained on.
+With both off, the stream is exactly Moshi's.
+
+Files, under out/<preset>/speech/ (codes depend on the trained codec, so they live beside it):
+    <split>_text.bin       uint16 [frames]            every dialogue of the split, one after another
+    <split>_assistant.bin  uint16 [frames, K]         (nanoGPT style: np.memmap, random windows)
+    <split>_user.bin       uint16 [frames, K]
+    <split>.jsonl          per dialogue: id, offset, frames, and its turns (for the evaluations)
+
+Splits: the corpus's spoken splits (train, val, unseen_voice, text_only), `align` (single
+utterances for modality adaptation: ASR-like user turns and TTS-like assistant turns, synthesized
+here), and any Moshi-finetune-style folder given as `speech_moshi_dir` (split `moshi`).
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nanosdm import audio, data
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
+
+FRAME_S = 0.08                      # one codec frame, 12.5 Hz
+SPLITS = data.SPEECH_SPLITS + ("align",)
+
+
+# -----------------------------------------------------------------------------
+# the inner-monologue text stream
+
+def word_tokens(tok, turn, markers=True):
+    """[(start_s, end_s, [token ids]), ...] for a turn's words. The turn's text (with its
+    punctuation) is split on whitespace, one piece per timed word, so "kotan?" gives the same
+    tokens as in the text corpus; real data without punctuation simply has none."""
+    words = turn["words"]
+    pieces = turn.get("text", "").split()
+    if len(pieces) < len(words):  # an interrupted turn keeps a prefix of its words
+        pieces = [w[0] for w in words]
+    out = [(s, e, tok.encode(p)) for (_, s, e), p in zip(words, pieces)]
+    if markers and out:
+        role = USER if turn["speaker"] == "user" else ASSISTANT
+        out[0] = (out[0][0], out[0][1], [role] + out[0][2])
+        out[-1] = (out[-1][0], out[-1][1], out[-1][2] + [EOS])
+    return out
+
+
+def text_stream(turns, n_frames, tok, user_text=True, markers=True):
+    """The text stream of one dialogue: uint16 [n_frames] (see the top of the file)."""
+    events = []  # (first frame, time, tokens)
+    for tr in turns:
+        if tr["speaker"] == "user" and not user_text:
+            continue
+        for s, e, ids in word_tokens(tok, tr, markers):
+            # the assistant writes a word as it starts saying it; a heard word after its end
+            frame = int(s / FRAME_S) if tr["speaker"] == "assistant" else int(e / FRAME_S) + 1
+            events.append((frame, s, ids))
+    stream = np.full(n_frames, PAD, dtype=np.uint16)
+    free = 0  # first frame not yet written
+    for frame, _, ids in sorted(events, key=lambda ev: (ev[0], ev[1])):
+        f = max(frame, free)
+        if 0 < f < n_frames and f - 1 >= free:
+            stream[f - 1] = EPAD  # the PAD just before a word (never a token of the previous one)
+        for i in ids:
+            if f < n_frames:
+                stream[f] = i
+            f += 1
+        free = f
+    return stream
+
+
+# -----------------------------------------------------------------------------
+# encoding dialogues to codes
+
+@torch.no_grad()
+def encode_channels(codec, wav, batch_seconds=60):
+    """Stereo float wav [2, T] -> codes uint16 [2, frames, K], frames = ceil(T / 1280). Long
+    recordings are encoded in pieces of batch_seconds; the codec is causal with a short state, so
+    the encoder simply carries its state across pieces."""
+    dev = next(codec.parameters()).device
+    frame = codec_frame(codec)
+    n = -(-wav.shape[1] // frame)
+    wav = torch.nn.functional.pad(wav, (0, n * frame - wav.shape[1]))
+    state, out = codec.encoder_state(2), []
+    step = int(batch_seconds / FRAME_S) * frame
+    for s in range(0, wav.shape[1], step):
+        z, state = codec.encode_latent(wav[:, s:s + step].to(dev), state)
+        out.append(codec.quantizer.encode(z))
+    return torch.cat(out, -1).transpose(1, 2).cpu().numpy().astype(np.uint16)
+
+
+def codec_frame(codec):
+    return int(round(audio.SAMPLE_RATE * FRAME_S))
+
+
+class StreamWriter:
+    """Appends dialogues to a split's three memmap files and its index; files take their final
+    names only when the split is complete (a killed stage leaves no half split behind)."""
+
+    def __init__(self, out_dir, split):
+        os.makedirs(out_dir, exist_ok=True)
+        self.paths = {k: os.path.join(out_dir, f"{split}_{k}.bin") for k in ("text", "assistant", "user")}
+        self.index_path = os.path.join(out_dir, f"{split}.jsonl")
+        self.files = {k: open(p + ".tmp", "wb") for k, p in self.paths.items()}
+        self.index = open(self.index_path + ".tmp", "w")
+        self.offset = 0
+
+    def add(self, record, text, codes):
+        n = len(text)
+        assert codes.shape[1] == n, f"{codes.shape} codes for {n} text frames"
+        self.files["text"].write(text.tobytes())
+        self.files["assistant"].write(np.ascontiguousarray(codes[data.ASSISTANT]).tobytes())
+        self.files["user"].write(np.ascontiguousarray(codes[data.USER]).tobytes())
+        self.index.write(json.dumps(dict(record, offset=self.offset, frames=n)) + "\n")
+        self.offset += n
+
+    def close(self):
+        for k, f in self.files.items():
+            f.close()
+            os.replace(self.paths[k] + ".tmp", self.paths[k])
+        self.index.close()
+        os.replace(self.index_path + ".tmp", self.index_path)
+        return self.offset
+
+
+def encode_dialogue(codec, tok, wav, turns, cfg):
+    codes = encode_channels(codec, wav)
+    text = text_stream(turns, codes.shape[1], tok, cfg["dual_user_text"], cfg["dual_markers"])
+    return text, codes
+
+
+class Streams:
+    """One split's streams through memory maps: text [N], assistant [N, K], user [N, K]."""
+
+    def __init__(self, speech_dir, split):
+        index = os.path.join(speech_dir, f"{split}.jsonl")
+        if not os.path.exists(index):
+            raise FileNotFoundError(f"{index} missing: run `python train.py --stage=speech` first")
+        self.split, self.dialogues = split, data.read_jsonl(index)
+        self.text = np.memmap(os.path.join(speech_dir, f"{split}_text.bin"), dtype=np.uint16, mode="r")
+        n = len(self.text)
+        self.assistant = np.memmap(os.path.join(speech_dir, f"{split}_assistant.bin"), dtype=np.uint16, mode="r").reshape(n, -1)
+        self.user = np.memmap(os.path.join(speech_dir, f"{split}_user.bin"), dtype=np.uint16, mode="r").reshape(n, -1)
+
+    def __len__(self):
+        return len(self.text)
+
+    def window(self, start, length):
+        """Undelayed tokens [length, 1 + 2K] (text, assistant codebooks, user codebooks), int64."""
+        sl = slice(start, start + length)
+        return np.concatenate([self.text[sl, None], self.assistant[sl], self.user[sl]], 1).astype(np.int64)
+
+    def dialogue(self, i):
+        d = self.dialogues[i]
+        return self.window(d["offset"], d["frames"]), d
+
+
+# -----------------------------------------------------------------------------
+# `align` data: single utterances, synthesized here (eSpeak renders hours a minute)
+
+def align_plans(cfg, rng):
+    """(channel, text, voice) for the ASR-like user turns (training questions in training voices,
+    plus turns of scrambled words and new names, which force listening as in the ASR stage) and
+    the TTS-like assistant turns (replies in the assistant's voice)."""
+    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
+        voices = json.load(f)["seen_voices"]
+    vocab = sorted({w for e in world for a in data.ATTRIBUTES for w in data.ATTRIBUTES[a][2][0].format(e=e["name"]).split()})
+    plans = []
+    for i in range(cfg["align_user_turns"] + cfg["align_assistant_turns"]):
+        ex = data.random_exchanges(rng, world, 1, held_out=False)[0]
+        if i < cfg["align_user_turns"]:
+            voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
+            text = ex["question"]
+            if rng.random() < cfg["align_scrambled_frac"]:
+                words = [rng.choice(vocab) if rng.random() > 0.3 else rng.choice(world)["name"] for _ in range(rng.randint(2, 7))]
+                text = " ".join(words) + "."
+            plans.append((data.USER, text, voice, rng.uniform(0.25, 0.6)))
+        else:
+            plans.append((data.ASSISTANT, ex["reply"], data.ASSISTANT_VOICE, 1.0))
+    return plans
+
+
+def align_dialogues(cfg, seed, per_dialogue=8):
+    """Group the single utterances into pseudo-dialogues of `per_dialogue` turns on one channel,
+    each turn followed by silence, so they are stored and windowed like any dialogue."""
+    from nanosdm import espeak
+    rng = random.Random(seed)
+    plans = align_plans(cfg, rng)
+    jobs = [dict(text=t, **v) for _, t, v, _ in plans]
+    rendered = espeak.synthesize_many(jobs)
+    group = []
+    for (ch, text, _, peak), (wav, words, _) in tqdm(zip(plans, rendered), total=len(plans), desc="align turns", leave=False):
+        group.append((ch, text, wav * peak / max(1e-4, np.abs(wav).max()), words))
+        if len(group) == per_dialogue:
+            yield _place(group, rng)
+            group = []
+    if group:
+        yield _place(group, rng)
+
+
+def _place(group, rng):
+    sr = audio.SAMPLE_RATE
+    t, pieces, turns = rng.uniform(0.2, 0.6), [], []
+    for ch, text, wav, words in group:
+        pieces.append((ch, int(t * sr), wav))
+        turns.append(dict(speaker="assistant" if ch == data.ASSISTANT else "user", text=text, start=t,
+                          end=t + len(wav) / sr, kind="align", words=[[w, t + s, t + e] for w, s, e in words]))
+        t += len(wav) / sr + rng.uniform(0.3, 1.0)
+    stereo = np.zeros((2, int(t * sr)), dtype=np.float32)
+    for ch, s, wav in pieces:
+        stereo[ch, s:s + len(wav)] += wav
+    return torch.from_numpy(stereo), turns
+
+
+# -----------------------------------------------------------------------------
+# the stage
+
+def build(cfg):
+    from nanosdm.codec import Codec
+    out = os.path.join(cfg["out_dir"], "speech")
+    codec = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
+    tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    metrics = {}
+    for split in data.SPEECH_SPLITS:
+        sp = data.SpeechSplit(cfg["data_dir"], split)
+        w = StreamWriter(out, split)
+        for i in tqdm(range(len(sp)), desc=f"speech {split}", unit="dlg"):
+            wav, d = sp.dialogue(i)
+            text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
+            w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
+        metrics[f"speech_frames_{split}"] = w.close()
+    w = StreamWriter(out, "align")
+    for i, (wav, turns) in enumerate(align_dialogues(cfg, cfg["seed"] + 7)):
+        text, codes = encode_dialogue(codec, tok, wav, turns, cfg)
+        w.add(dict(id=f"align-{i:05d}", turns=turns), text, codes)
+    metrics["speech_frames_align"] = w.close()
+    if cfg["speech_moshi_dir"]:
+        metrics["speech_frames_moshi"] = encode_moshi(cfg["speech_moshi_dir"], out, codec, tok, cfg)
+    s = Streams(out, "train")
+    metrics["speech_text_pad_share"] = round(float(np.isin(s.text, [PAD, EPAD]).mean()), 4)
+    print(f"speech: {', '.join(f'{k}={v}' for k, v in metrics.items())}")
+    return metrics
+
+
+def encode_moshi(root, out, codec, tok, cfg, split="moshi"):
+    """A user's own Moshi-finetune-style folder (stereo wav + word JSON, data.moshi_dialogues)
+    through the very same path as SpokenWorld: channel 0 the main speaker (the assistant)."""
+    w = StreamWriter(out, split)
+    for d in tqdm(data.moshi_dialogues(root), desc=f"speech {split}", unit="dlg"):
+        # load_wav names the file if it is not stereo (no channel 1), empty or corrupt
+        wav = torch.stack([audio.load_wav(d["path"], channel=c) for c in (data.ASSISTANT, data.USER)])
+        text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
+        w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
+    return w.close()

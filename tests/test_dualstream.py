@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+
+from nanosdm.dualstream import ZERO, DualStream, default_delays, delay, undelay
+
+K, CARD, VOCAB = 3, 32, 50
+
+
+def tiny(context=64, **kw):
+    torch.manual_seed(0)
+    return DualStream(VOCAB, CARD, K, n_layer=2, n_head=2, d_model=32, context=context,
+                      depth_layers=1, depth_heads=2, depth_d_model=16, **kw).eval()
+
+
+def random_tokens(B, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(VOCAB, (B, T, 1), generator=g)
+    audio = torch.randint(CARD, (B, T, 2 * K), generator=g)
+    return torch.cat([text, audio], 2)
+
+
+def test_delay_then_undelay_is_identity():
+    x = random_tokens(2, 10)
+    delays = default_delays(K)
+    assert delays == [0, 0, 1, 1, 0, 1, 1]
+    y = delay(x, delays, -5)
+    assert (y[:, 0, 2] == -5).all() and (y[:, 0, :2] == x[:, 0, :2]).all()
+    assert torch.equal(y[:, 1:, 2], x[:, :-1, 2])
+    assert torch.equal(undelay(y, delays), x[:, :9])
+    odd = [0, 2, 0, 1, 3, 0, 0]
+    assert torch.equal(undelay(delay(x, odd, 0), odd), x[:, :7])
+
+
+def test_zero_token_embeds_to_zero_and_init_rows_exist():
+    m = tiny()
+    tokens = torch.full((1, 2, 1 + 2 * K), ZERO)
+    assert m.embed(tokens).abs().max() == 0
+    tokens[0, 1, 0] = 3
+    assert torch.allclose(m.embed(tokens)[0, 1], m.text_emb.weight[3])
+    init = m.init_tokens.view(1, 1, -1)
+    assert m.embed(init).abs().sum() > 0       # the initial tokens are real rows
+    assert m.text_emb.weight.shape[0] == VOCAB + 1 and m.audio_emb[0].weight.shape[0] == CARD + 1
+
+
+def test_first_loss_near_log_card():
+    m = tiny()
+    m.text_head.weight.data.zero_()            # uniform text predictions: exactly ln V
+    inputs, targets = m.inputs_targets(random_tokens(4, 20))
+    _, _, losses = m(inputs, targets)
+    assert abs(losses["text"].item() - math.log(VOCAB)) < 1e-4
+    for k in range(K):   # small random heads: close to uniform
+        assert abs(losses[f"audio_{k}"].item() - math.log(CARD)) < 0.1
+
+
+def test_targets_masked_where_delays_leave_none():
+    m = tiny()
+    inputs, targets = m.inputs_targets(random_tokens(1, 5))
+    assert (inputs[0, 0] == m.init_tokens).all()
+    assert (targets[0, 0, 2:1 + K] == CARD).all()             # delayed codebooks: INIT at step 0
+    _, _, a = m(inputs, targets)
+    t2 = targets.clone()
+    t2[0, 0, 2:1 + K] = CARD                                   # unchanged: the masked targets count for nothing
+    assert torch.equal(a["audio"], m(inputs, t2)[2]["audio"])
+
+
+def test_step_with_cache_equals_teacher_forced_forward():
+    m = tiny()
+    x = random_tokens(2, 12)
+    inputs, targets = m.inputs_targets(x)
+    logits, h = m(inputs)
+    N = h.shape[0] * h.shape[1]
+    audio_logits = m.depth(h.reshape(N, -1), targets[..., 0].reshape(N), targets[..., 1:1 + K].reshape(N, -1))
+    audio_logits = audio_logits.view(2, 12, K, CARD)
+    state = m.new_state(2)
+    for t in range(12):
+        out = m.step(state, x[:, t, 1 + K:], force_text=targets[:, t, 0], force_audio=targets[:, t, 1:1 + K])
+        assert torch.allclose(out["text_logits"], logits[:, t], atol=1e-4)
+        assert torch.allclose(out["audio_logits"], audio_logits[:, t], atol=1e-4)
+        if t >= 1:   # frame t-1 complete, undelayed
+            assert torch.equal(out["audio"], x[:, t - 1, 1:1 + K])
+        assert torch.equal(state["prev"], targets[:, t])      # the column the model fed itself
+
+
+def test_prefill_then_step_equals_stepping_all_the_way():
+    m = tiny()
+    x = random_tokens(1, 10)
+    a = m.new_state(1)
+    m.prefill(a, x[:, :6])
+    b = m.new_state(1)
+    _, targets = m.inputs_targets(x)
+    for t in range(6):
+        m.step(b, x[:, t, 1 + K:], force_text=targets[:, t, 0], force_audio=targets[:, t, 1:1 + K])
+    for t in range(6, 10):
+        oa = m.step(a, x[:, t, 1 + K:], 0, 0, 0, 0)
+        ob = m.step(b, x[:, t, 1 + K:], 0, 0, 0, 0)
+        assert torch.allclose(oa["text_logits"], ob["text_logits"], atol=1e-4)
+        assert torch.equal(oa["audio"], ob["audio"])
+
+
+def test_no_future_user_audio_changes_an_earlier_output():
+    m = tiny()
+    x = random_tokens(1, 12)
+    y = x.clone()
+    y[:, 7:, 1 + K:] = random_tokens(1, 5, seed=9)[..., 1 + K:]   # other user audio from step 7 on
+    outs = []
+    for seq in (x, y):
+        state, o = m.new_state(1), []
+        for t in range(12):
+            o.append(m.step(state, seq[:, t, 1 + K:], 0, 0, 0, 0)["text_logits"])
+        outs.append(torch.stack(o))
+    # step t hears the user up to frame t - 1: outputs 0..7 are the same, later ones differ
+    assert torch.allclose(outs[0][:8], outs[1][:8])
+    assert not torch.allclose(outs[0][8:], outs[1][8:])
+
+
+def test_generation_past_the_context_keeps_running():
+    m = tiny(context=16)
+    state = m.new_state(2)
+    user = random_tokens(2, 50)[..., 1 + K:]
+    frames = [m.step(state, user[:, t])["audio"] for t in range(50)]
+    assert state["t"] == 50 and state["cache"].length <= 16
+    assert all(f.shape == (2, K) and (f < CARD).all() for f in frames[1:])
+
+
+def test_text_only_mode_matches_the_forward_pass():
+    m = tiny()
+    idx = torch.randint(VOCAB, (2, 5))
+    new = m.generate_text(idx, 4, temperature=0)
+    seq = torch.cat([idx, new], 1)
+    cols = torch.cat([seq[..., None], torch.full((2, 9, 2 * K), ZERO)], 2)
+    logits, _ = m(cols)
+    assert torch.equal(logits[:, 4:8].argmax(-1), new)
+
+
+def test_a_short_run_lowers_every_streams_loss():
+    m = tiny().train()
+    x = random_tokens(4, 16).repeat(1, 2, 1)   # a pattern that repeats: learnable
+    inputs, targets = m.inputs_targets(x)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        _, _, losses = m(inputs, targets)
+        first = first or {k: v.item() for k, v in losses.items()}
+        losses["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    for k in ["text"] + [f"audio_{i}" for i in range(K)]:
+        assert losses[k].item() < 0.7 * first[k], k
+
+
+def test_init_from_text_lm_copies_weights():
+    from nanosdm.textlm import TextLM
+    torch.manual_seed(1)
+    lm = TextLM(VOCAB, 2, 2, 32, block_size=64)
+    m = tiny()
+    m.init_from_text_lm(lm.state_dict())
+    idx = torch.randint(VOCAB, (1, 7))
+    assert torch.allclose(m.generate_text(idx, 5), lm.generate(idx, 5, temperature=0, stop=-1))
+    codebooks = torch.randn(K, CARD, 8)
+    m.init_from_codec(codebooks)
+    e = m.audio_emb[0].weight[:CARD]
+    # the embedding is a linear map of the codebook: same rank structure
+    assert torch.linalg.matrix_rank(e) <= 8
+
+
+def test_delays_must_match_streams():
+    with pytest.raises(AssertionError):
+        DualStream(VOCAB, CARD, K, 1, 2, 32, 16, delays=[0, 1])

@@ -1,0 +1,44 @@
+"""The dual-stream evaluation's pieces that need no trained model: the judge and the monologue parser."""
+import torch
+
+from nanosdm import data
+from nanosdm.evaluate_dialogue import judge, monologue_parts, reply_candidates, voiced_onset
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
+
+
+def test_reply_candidates_cover_every_kind_of_question():
+    c = dict(reply_candidates("what colour is the kotan?"))
+    assert set(c) == set(data.COLOURS) | {None} and c["red"] == "the kotan is red." and c[None] == "the kotan is ."
+    held = dict(reply_candidates("please name the owner of the lezis."))    # a held-out frame
+    assert set(held) == set(data.PEOPLE) | {None} and held["iris"] == "the lezis belongs to iris."
+    assert dict(reply_candidates("how much is three plus four?"))["seven"] == "three plus four is seven."
+    assert set(dict(reply_candidates("what is my name?"))) == set(data.PEOPLE) | {None}
+    assert set(dict(reply_candidates("do you remember where i live?"))) == set(data.TOWNS) | {None}
+    assert reply_candidates("sing me a song") == []
+
+
+def test_judge_takes_the_nearest_allowed_reply_and_nothing_else():
+    q = "what colour is the kotan?"
+    assert judge("the kotan is red", q, "red")
+    assert judge("the kodan is bred", q, "red")          # misheard, still nearest to red
+    assert not judge("the kotan is blue", q, "red")
+    assert not judge("", q, "red")                       # silence is never right
+    # a reply that stops before its value is nearest to the reply with no value
+    assert not judge("the kotan is", q, "red")
+    # equally near two replies: not counted (no coin flips in the judge's favour)
+    assert not judge("the kotan is gree", q, "green")      # one edit from green and from grey
+    assert judge("the kotan is greeen", q, "green")
+    assert judge("the bixu has seven legs", "how many legs does the bixu have?", "seven")
+
+
+def test_monologue_parts_split_what_was_heard_from_what_was_said():
+    ids = [PAD, USER, 10, 11, EPAD, 12, EOS, PAD, PAD, ASSISTANT, 20, PAD, 21, EOS, PAD, 30]
+    heard, said = monologue_parts(ids)
+    assert heard == [10, 11, 12] and said == [20, 21]
+
+
+def test_voiced_onset_finds_the_first_loud_window():
+    wav = torch.zeros(16000 * 2)
+    wav[int(1.3 * 16000):] = 0.5
+    assert abs(voiced_onset(wav, 1.0) - 0.3) < 0.021
+    assert voiced_onset(torch.zeros(16000), 0.2) is None

@@ -1,0 +1,92 @@
+"""Stage `speech`: the inner-monologue text stream and the code files, SpokenWorld and real data alike."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nanosdm import audio, speech
+from nanosdm.codec import Codec
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [f"the {e} is {c}. what colour is the {e}? hello there, bye." for e in ("kotan", "lomar", "bixu")
+             for c in ("red", "blue", "green")] * 20
+    return Tokenizer.train(texts, vocab_size=80)
+
+
+def turn(speaker, text, words):
+    return dict(speaker=speaker, text=text, words=[[w, s, e] for w, s, e in words])
+
+
+def test_text_stream_follows_word_timings_moshi_style(tok):
+    # "hello" starts at 0.40 s = frame 5, "there," at 0.81 s = frame 10
+    tr = turn("assistant", "hello there,", [("hello", 0.40, 0.70), ("there", 0.81, 1.00)])
+    s = speech.text_stream([tr], 20, tok, user_text=False, markers=False)
+    hello, there = tok.encode("hello"), tok.encode("there,")
+    assert list(s[5:5 + len(hello)]) == hello
+    assert list(s[10:10 + len(there)]) == there
+    assert s[4] == EPAD and s[9] == EPAD                       # the PAD just before each word
+    filled = set(range(4, 5 + len(hello))) | set(range(9, 10 + len(there)))
+    assert all(s[i] == PAD for i in range(20) if i not in filled)
+
+
+def test_words_that_collide_wait_their_turn(tok):
+    tr = turn("assistant", "the kotan is red.", [("the", 0.0, 0.1), ("kotan", 0.08, 0.3), ("is", 0.16, 0.2), ("red", 0.5, 0.7)])
+    s = speech.text_stream([tr], 30, tok, user_text=False, markers=False)
+    ids = [i for i in s if i not in (PAD, EPAD)]
+    assert ids == tok.encode("the kotan is red.")          # order kept, nothing lost
+    assert s[0] == tok.encode("the")[0] and EPAD not in s[:3]  # no EPAD over a previous word's token
+
+
+def test_user_words_after_they_are_heard_with_turn_markers(tok):
+    user = turn("user", "what colour is the kotan?", [("what", 0.10, 0.30), ("colour", 0.30, 0.60), ("is", 0.62, 0.70),
+                                                     ("the", 0.70, 0.80), ("kotan", 0.80, 1.20)])
+    reply = turn("assistant", "the kotan is red.", [("the", 2.0, 2.1), ("kotan", 2.1, 2.5), ("is", 2.5, 2.6), ("red", 2.6, 2.9)])
+    s = speech.text_stream([user, reply], 60, tok)
+    first = int(0.30 / speech.FRAME_S) + 1                     # "what" ends at 0.30 s: written from frame 4
+    assert s[first] == USER and s[first + 1] == tok.encode("what")[0] and s[first - 1] == EPAD
+    assert int(np.flatnonzero(s == ASSISTANT)[0]) == int(2.0 / speech.FRAME_S)
+    ids = [int(i) for i in s if i not in (PAD, EPAD)]
+    # with the PADs removed the stream reads as the text LM's own turn format
+    assert ids == tok.encode_turns([["user", user["text"]], ["assistant", reply["text"]]], bos=False)
+    assert ids.count(EOS) == 2
+
+
+def test_moshi_dialogues_go_through_the_speech_stage(tmp_path, tok):
+    root = tmp_path / "moshi"
+    root.mkdir()
+    t = np.arange(int(1.9 * 16000)) / 16000
+    wav = np.stack([0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1.0), 0.3 * np.sin(2 * np.pi * 330 * t) * (t > 1.1)])
+    audio.save_wav(root / "call.wav", wav.astype(np.float32))
+    words = [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
+             ["bye", [1.2, 1.5], "SPEAKER_OTHER"]]
+    (root / "call.json").write_text(json.dumps({"alignments": words}))
+    torch.manual_seed(0)
+    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=2, codebook_size=16)
+    cfg = dict(dual_user_text=True, dual_markers=True)
+    out = tmp_path / "speech"
+    n = speech.encode_moshi(str(root), str(out), codec.eval(), tok, cfg)
+    assert n == -(-len(t) // 1280)                             # ceil(samples / 1280) frames
+    st = speech.Streams(str(out), "moshi")
+    x, d = st.dialogue(0)
+    assert x.shape == (n, 1 + 2 * 2) and x[:, 1:].max() < 16
+    assert x[int(0.1 / 0.08), 0] == ASSISTANT                  # the main speaker's turn opens at its first word
+    assert x[int(1.5 / 0.08) + 1, 0] == USER                   # the other speaker's word once heard
+    # each channel's codes are the codec's own codes of that channel (left = assistant)
+    for ch, cols in ((0, slice(1, 3)), (1, slice(3, 5))):
+        want = codec.encode(torch.from_numpy(wav[ch]).float()[None])[0].T.numpy()
+        assert np.array_equal(x[:, cols], want)
+
+
+def test_a_mono_wav_is_refused_with_its_path(tmp_path, tok):
+    root = tmp_path / "bad"
+    root.mkdir()
+    audio.save_wav(root / "one.wav", np.zeros(16000, dtype=np.float32))
+    (root / "one.json").write_text(json.dumps({"alignments": [["hi", [0.1, 0.3], "SPEAKER_MAIN"]]}))
+    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=2, codebook_size=16)
+    with pytest.raises(audio.AudioError, match="one.wav"):
+        speech.encode_moshi(str(root), str(tmp_path / "out"), codec.eval(), tok, dict(dual_user_text=True, dual_markers=True))
+    assert not (tmp_path / "out" / "moshi.jsonl").exists()     # nothing half-written under the final name
