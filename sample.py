@@ -5,6 +5,13 @@ Talk to trained nanosdm checkpoints.
     python sample.py --text "..." --temperature=0 --preset=small
     python sample.py                                          # a text chat: the dialogue so far is the context
     python sample.py --asr FILE.wav                           # the transcript of any wav (stage asr's recognizer)
+    python sample.py --say "what colour is the kotan?"        # the dual-stream model hears eSpeak ask, and answers
+    python sample.py --wav question.wav --out=answers/r1.wav  # ... or hears any wav (any rate, mixed to mono)
+
+--say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
+frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
+They write reply.wav (stereo 16 kHz: channel 0 the model, channel 1 the user, as Moshi), reply.json
+(`text`, `words` as [word, start_s, end_s], `onset_s`, `rtf`) and reply.png beside it.
 
 The defaults sample like Moshi's text stream (temperature 0.7, top-k 25); --temperature=0 is greedy.
 """
@@ -27,6 +34,12 @@ parser.add_argument("--top_k", type=int, default=25)
 parser.add_argument("--max_new_tokens", type=int, default=40)
 parser.add_argument("--asr", default=None, metavar="FILE.wav",
                     help="print the transcript of a wav file (any rate, mono or stereo) and exit")
+parser.add_argument("--say", default=None, help="a question the dual-stream model hears in a voice it never heard")
+parser.add_argument("--wav", default=None, metavar="FILE.wav", help="a wav the dual-stream model hears as the user")
+parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
+parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
+parser.add_argument("--audio_temperature", type=float, default=0.8)
+parser.add_argument("--audio_top_k", type=int, default=250)
 args = parser.parse_args()
 
 
@@ -54,6 +67,8 @@ def main():
         except audio.AudioError as e:
             raise SystemExit(f"--asr: {e}" if args.asr in str(e) else f"--asr {args.asr}: {e}")
         return
+    if args.say is not None or args.wav is not None:
+        return converse(out_dir, device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     model = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
     if args.text is not None:
@@ -72,6 +87,124 @@ def main():
         answer = reply_text(model, tok, turns, device)
         turns.append(["assistant", answer])
         print(f"lm> {answer}")
+
+
+def user_input(out_dir):
+    """The user's turn at 16 kHz: eSpeak in an unseen voice (--say) or a wav file (--wav)."""
+    from nanosdm import audio
+    if args.wav is not None:
+        try:
+            return audio.load_wav(args.wav)
+        except audio.AudioError as e:
+            raise SystemExit(f"--wav: {e}")
+    import json
+    from nanosdm import espeak
+    voice = "en-us+m3"
+    corpus = os.path.join("data", args.preset, "corpus.json")
+    if os.path.exists(corpus):  # a voice the model never heard in training
+        with open(corpus) as f:
+            unseen = json.load(f)["unseen_voices"]
+        voice = unseen[args.seed % len(unseen)]
+    check_creatures(args.say)
+    wav, _, _ = espeak.synthesize(args.say.lower(), voice=voice, rate=170, pitch=50)
+    print(f"user ({voice}): {args.say!r}")
+    return torch.from_numpy(wav * 0.6 / max(1e-4, abs(wav).max()))
+
+
+def check_creatures(text):
+    """Asked about a creature the world does not hold, say which ones it does."""
+    import json
+    from nanosdm import data
+    path = os.path.join("data", args.preset, "world.jsonl")
+    if not os.path.exists(path):
+        return
+    world = [json.loads(line) for line in open(path)]
+    known = {e["name"] for e in world} | {w.strip("?.,") for a in data.ATTRIBUTES.values() for q in a[2] + a[3]
+                                          for w in q.split()} | set(data.NUMBERS) | set(data.PEOPLE) | set(data.TOWNS)
+    unknown = [w.strip("?.,!") for w in text.lower().split() if w.strip("?.,!") not in known]
+    if unknown:
+        spoken = sorted(e["name"] for e in world if not e["text_only"])
+        print(f"note: {', '.join(unknown)} is not a creature of this world; it has {len(world)}: "
+              + ", ".join(spoken[:30]) + (" ..." if len(spoken) > 30 else ""))
+
+
+@torch.no_grad()
+def converse(out_dir, device):
+    import json
+    import time
+    from nanosdm import audio, dualstream
+    from nanosdm.codec import FRAME, Codec
+    from nanosdm.speech import FRAME_S
+    from nanosdm.tokenizer import ASSISTANT
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    model = dualstream.load_model(os.path.join(out_dir, "sft.pt"), device)
+    heard = user_input(out_dir)
+    speech_end = float(len(heard)) / audio.SAMPLE_RATE
+    wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
+    wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME)).to(device)
+    enc, dec = codec.encoder_state(1), codec.decoder_state(1)
+    state, texts, played = model.new_state(1), [], []
+    t0 = time.time()
+    for i in range(0, len(wav), FRAME):          # what a live system does every 80 ms
+        codes, enc = codec.encode_step(wav[None, i:i + FRAME], enc)
+        out = model.step(state, codes[:, :, 0], args.temperature, args.top_k, args.audio_temperature, args.audio_top_k)
+        texts.append(int(out["text"][0]))
+        if out["audio"] is None:                  # the first steps complete no frame yet
+            played.append(torch.zeros(FRAME, device=device))
+        else:
+            chunk, dec = codec.decode_step(out["audio"][:, :, None], dec)
+            played.append(chunk[0])
+    seconds = time.time() - t0
+    reply = torch.cat(played).cpu()
+    words, said = monologue_words(tok, texts)
+    onset = next((s for w, s, e in words if s >= speech_end - FRAME_S), None)
+    result = dict(text=tok.decode(said), words=words, onset_s=None if onset is None else round(onset - speech_end, 3),
+                  rtf=round(seconds / (len(wav) / audio.SAMPLE_RATE), 3))
+    audio.save_wav(args.out, torch.stack([reply, wav.cpu()]))
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    plot_reply(reply, wav.cpu(), words, os.path.splitext(args.out)[0] + ".png")
+    print(f"model: {result['text']!r} (onset {result['onset_s']} s after the question, real-time factor "
+          f"{result['rtf']}); wrote {args.out} and {json_path}")
+
+
+def monologue_words(tok, texts):
+    """The model's own words (after ASSISTANT, up to EOS) with their times: [[word, start_s, end_s]]."""
+    from nanosdm.speech import FRAME_S
+    from nanosdm.tokenizer import ASSISTANT, EOS
+    words, said, speaking = [], [], False
+    for f, t in enumerate(texts):
+        if t == ASSISTANT:
+            speaking = True
+        elif t == EOS:
+            speaking = False
+        elif speaking and t >= 8:                 # a real piece, not a special id
+            piece = tok.sp.id_to_piece(t)
+            if piece.startswith("\u2581") or not words:
+                words.append([piece.lstrip("\u2581"), round(f * FRAME_S, 2), round((f + 1) * FRAME_S, 2)])
+            else:
+                words[-1][0] += piece
+                words[-1][2] = round((f + 1) * FRAME_S, 2)
+            said.append(t)
+    return words, said
+
+
+def plot_reply(reply, user, words, path):
+    """Both channels' spectrograms, the model's inner-monologue words on top of its own."""
+    from nanosdm import audio, utils
+    fig, axes = utils.figure(2, 1, figsize=(12, 5), sharex=True)
+    for ax, x, name in ((axes[0], reply, "model (channel 0)"), (axes[1], user, "user (channel 1)")):
+        mel = audio.log_mel(x.float(), n_mels=64)
+        ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, len(x) / 16000, 0, 64), cmap="magma")
+        ax.set_ylabel(name)
+    for w, s, e in words:
+        axes[0].axvspan(s, e, color="cyan", alpha=0.15)
+        axes[0].text(s, 58, w, color="white", fontsize=8)
+    axes[1].set_xlabel("seconds")
+    axes[0].set_title("a generated reply: the inner monologue over the model's speech")
+    utils.save_figure(fig, path)
 
 
 if __name__ == "__main__":

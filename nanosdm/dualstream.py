@@ -325,6 +325,31 @@ def plot_losses(history, path, title):
     utils.save_figure(fig, path, dpi=100)
 
 
+def plot_layout(model, x, tok, path, title="one training window: the streams after the delays"):
+    """The teaching figure: a window's tokens as the model sees them, text over K assistant and K
+    user codebook rows, delays visible (the delayed rows start with INIT, drawn dark)."""
+    y = delay(x[None], model.delays, model.init_tokens)[0].cpu().numpy()
+    T, S, K = y.shape[0], y.shape[1], model.n_q
+    grid = np.where(y[:, 1:] == model.card, -1, y[:, 1:]).T.astype(float)    # [2K, T]
+    fig, (ax_t, ax_a) = utils.figure(2, 1, figsize=(max(8, T * 0.32), 2 + 0.35 * S), sharex=True,
+                                     gridspec_kw=dict(height_ratios=[1, 2 * K]))
+    names = {PAD: "·", EPAD: "E"}
+    for t in range(T):
+        i = int(y[t, 0])
+        piece = names.get(i) or tok.sp.id_to_piece(i).replace("\u2581", "_")
+        ax_t.text(t, 0, piece, rotation=90, ha="center", va="center", fontsize=7)
+    ax_t.set(ylim=(-1, 1), yticks=[0], yticklabels=["text"])
+    masked = np.ma.masked_less(grid, 0)
+    ax_a.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax_a.imshow(np.ma.masked_greater_equal(grid, 0), aspect="auto", cmap="gray", interpolation="nearest")
+    ax_a.set_yticks(range(2 * K), [f"assistant {k} (+{model.delays[1 + k]})" for k in range(K)]
+                    + [f"user {k} (+{model.delays[1 + K + k]})" for k in range(K)], fontsize=7)
+    ax_a.axhline(K - 0.5, color="white", lw=2)
+    ax_a.set_xlabel("step (80 ms)")
+    ax_t.set_title(title)
+    utils.save_figure(fig, path)
+
+
 def train(cfg, stage, stop_step=None):
     """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
     align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
@@ -354,6 +379,12 @@ def train(cfg, stage, stop_step=None):
           f"({sum(q.numel() for q in params) / 1e6:.2f}M trained), {len(streams):,} frames "
           f"({len(streams) * 0.08 / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
           f"{p('text_frac'):.0%} text-only batches")
+    if stage == "align":
+        d = Streams(speech_dir, "train").dialogues[0]
+        first = next(tr for tr in d["turns"] if tr["speaker"] == "user")
+        start = d["offset"] + max(0, int(first["start"] / 0.08) - 2)
+        plot_layout(model, torch.from_numpy(Streams(speech_dir, "train").window(start, 48)), tok,
+                    os.path.join(out_dir, "plots", "stream_layout.png"))
     path = os.path.join(out_dir, f"{stage}.pt")
     ckpt = utils.resume(path, model, opt, device, max_steps)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
