@@ -22,9 +22,9 @@ import re
 
 import numpy as np
 import torch
-from tqdm import tqdm
+import torch.nn.functional as F
 
-from nanosdm import data, evaluate, textlm, utils
+from nanosdm import ctc, data, evaluate, textlm
 from nanosdm.dualstream import load_model
 from nanosdm.speech import FRAME_S, Streams, encode_channels
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
@@ -62,23 +62,57 @@ def reply_candidates(question):
     return [(v, reply.format(v=v)) for v in values] + [(None, reply.format(v=""))]
 
 
-def judge(transcript, question, answer):
-    """True when the transcript's nearest allowed reply (character edit distance, punctuation
-    aside) is the one with the right answer, and no other reply, nor the reply without a value,
-    is as near."""
+def judge(transcript, question, answer, scores=None, slack=2, max_cer=0.5):
+    """Whether the reply heard says the right answer. transcript: the acoustic model's greedy
+    text; scores: its CTC log-likelihood of each allowed reply (reply_candidates' order), or None.
+    The replies within `slack` character edits of the nearest one are the plausible readings; the
+    best scored of them (the nearest, without scores) is what was said, and it must be the one
+    with the right answer: not a wrong value, not the reply without a value, not a tie. Audio
+    that is nothing like an allowed reply (edit distance over max_cer of its length) is wrong."""
     cands = reply_candidates(question)
     text = " ".join(transcript.split())
     if not cands or not text:
         return False
-    dist = [evaluate.edit_distance(text, " ".join(reply.replace(".", " ").split())) for _, reply in cands]
+    replies = [" ".join(reply.replace(".", " ").split()) for _, reply in cands]
+    dist = [evaluate.edit_distance(text, r) for r in replies]
     best = min(dist)
-    winners = [v for (v, _), d in zip(cands, dist) if d == best]
-    return winners == [answer]
+    if best > max_cer * len(replies[dist.index(best)]):
+        return False
+    plausible = [i for i, d in enumerate(dist) if d <= best + slack]
+    if scores is None:
+        plausible = [i for i in plausible if dist[i] == best]
+        return len(plausible) == 1 and cands[plausible[0]][0] == answer
+    top = max(scores[i] for i in plausible)
+    winners = [i for i in plausible if scores[i] == top]
+    return len(winners) == 1 and cands[winners[0]][0] == answer
 
 
+@torch.no_grad()
 def judge_wavs(asr, wavs, questions, answers):
-    hyps = asr.transcribe([w.float() for w in wavs], beam=0, use_lm=False)
-    return [judge(h, q, a) for h, q, a in zip(hyps, questions, answers)], hyps
+    """Judge each clip: the acoustic model's posteriors give its greedy transcript and the CTC
+    likelihood of every allowed reply (constrained recognition: the judge knows what may be said,
+    never which of it is true). -> (list of bool, transcripts)."""
+    oks, hyps = [], []
+    for wav, q, a in zip(wavs, questions, answers):
+        wav = wav.float()
+        if wav.numel() < 400 or wav.abs().max() == 0:
+            oks.append(False)
+            hyps.append("")
+            continue
+        _, lp = asr.posteriors(wav)
+        lp = lp.float().cpu()
+        hyp = ctc.decode_ids(ctc.greedy_decode(lp[None])[0])
+        cands = reply_candidates(q)
+        targets = [ctc.encode_text(" ".join(r.replace(".", " ").split())) for _, r in cands]
+        scores = None
+        if cands:
+            n = len(targets)
+            scores = (-F.ctc_loss(lp[:, None].expand(-1, n, -1), torch.tensor([i for t in targets for i in t]),
+                                  torch.full((n,), lp.shape[0]), torch.tensor([len(t) for t in targets]),
+                                  blank=ctc.BLANK, reduction="none", zero_infinity=True)).tolist()
+        oks.append(judge(hyp, q, a, scores))
+        hyps.append(hyp)
+    return oks, hyps
 
 
 # -----------------------------------------------------------------------------
@@ -289,8 +323,12 @@ def judge_ceiling(asr, codec, cfg):
     ok, _ = judge_wavs(asr, wavs, qs, ans)
     decoded = [evaluate.codec_roundtrip(codec, w) for w in wavs]
     ok_codec, _ = judge_wavs(asr, decoded, qs, ans)
+    # and a judge must say no: each answer heard against another question with another answer
+    pairs = [(i, next(k for k in range(1, len(wavs)) if ans[(i + k) % len(wavs)] != ans[i])) for i in range(len(wavs))]
+    wrong, _ = judge_wavs(asr, [wavs[i] for i, _ in pairs], [qs[(i + k) % len(wavs)] for i, k in pairs],
+                          [ans[(i + k) % len(wavs)] for i, k in pairs])
     return {"judge_acc_groundtruth": round(float(np.mean(ok)), 4), "judge_acc_codec": round(float(np.mean(ok_codec)), 4),
-            "judge_answers": len(wavs)}
+            "judge_false_accept": round(float(np.mean(wrong)), 4), "judge_answers": len(wavs)}
 
 
 def cascade(asr, lm, tok, streams, items, cfg):

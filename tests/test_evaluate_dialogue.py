@@ -28,6 +28,20 @@ def test_judge_takes_the_nearest_allowed_reply_and_nothing_else():
     # equally near two replies: not counted (no coin flips in the judge's favour)
     assert not judge("the kotan is gree", q, "green")      # one edit from green and from grey
     assert judge("the kotan is greeen", q, "green")
+    assert not judge("zzz qqq", q, "red")                    # nothing like any allowed reply
+
+
+def test_scores_pick_among_the_plausible_replies_only():
+    q = "what colour is the kotan?"
+    values = [v for v, _ in reply_candidates(q)]
+    scores = [0.0] * len(values)
+    scores[values.index("green")] = 5.0
+    assert judge("the kotan is gree", q, "green", scores)   # the tie broken by the acoustic score
+    assert not judge("the kotan is gree", q, "grey", scores)
+    scores[values.index("purple")] = 50.0                    # far from the transcript: not plausible
+    assert judge("the kotan is gree", q, "green", scores)
+    scores[values.index(None)] = 60.0                        # the reply without a value wins: wrong
+    assert not judge("the kotan is", q, "red", scores)
     assert judge("the bixu has seven legs", "how many legs does the bixu have?", "seven")
 
 
