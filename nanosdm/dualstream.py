@@ -312,13 +312,12 @@ def build_model(cfg):
 
 def plot_losses(history, path, title):
     fig, ax = utils.figure(figsize=(7, 4))
-    names = [k for k in history["train"][0] if k != "step"]
-    steps = [r["step"] for r in history["train"]]
-    for name in names:
-        vals = [r.get(name, float("nan")) for r in history["train"]]
-        k = min(20, len(vals))
-        smooth = np.convolve(np.nan_to_num(vals, nan=np.nanmean(vals)), np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, label=name)
+    names = sorted({k for r in history["train"] for k in r if k != "step"})
+    for name in names:   # text-only batches are their own curve: a row holds one kind of batch
+        rows = [r for r in history["train"] if name in r]
+        k = min(20, len(rows))
+        smooth = np.convolve([r[name] for r in rows], np.ones(k) / k, mode="valid")
+        ax.plot([r["step"] for r in rows][k - 1:], smooth, label=name, lw=2 if name in ("text", "audio") else 1)
     ax.set(xlabel="step", ylabel="cross-entropy (nats)", title=title, yscale="log")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)

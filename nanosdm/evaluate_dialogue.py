@@ -32,6 +32,7 @@ from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 ANSWER_WINDOW_S = 4.0        # the model runs freely this long after the question ends
 VOICED_RMS = 0.02            # a 20 ms window of decoded audio louder than this is speech (-34 dBFS)
 QA_SPLITS = ("val", "unseen_voice", "text_only")
+AUDIO_TEMP, AUDIO_TOP_K = 0.8, 250   # Moshi's audio sampling
 
 
 # -----------------------------------------------------------------------------
@@ -256,7 +257,9 @@ def evaluate_sft(cfg):
         streams = Streams(os.path.join(out_dir, "speech"), split)
         items = questions(streams)
         hist, user, starts, ends = qa_batch(streams, items, cfg["sft_eval_history"], silence, pad_col)
-        text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, 0, 0))
+        # greedy text; audio sampled as Moshi does (greedy acoustic codes decode to a drone)
+        torch.manual_seed(cfg["seed"])
+        text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, AUDIO_TEMP, AUDIO_TOP_K))
         wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
         text_ok, clips = [], []
         for n, (i, tr, reply) in enumerate(items):

@@ -221,6 +221,24 @@ def align_dialogues(cfg, seed, per_dialogue=8):
         yield _place(group, rng)
 
 
+def extra_dialogues(cfg):
+    """More training dialogues than the corpus holds, rendered here and kept only as codes (the
+    dual-stream model memorised the tiny corpus's hour in a few hundred steps and never learnt to
+    listen; eSpeak renders hours a minute). Same world, same training voices, same phrasings."""
+    import multiprocessing as mp
+    n = cfg["speech_extra_dialogues"]
+    if n <= 0:
+        return
+    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
+        voices = json.load(f)["seen_voices"]
+    rng = random.Random(cfg["seed"] + 3 * 10**6)
+    plans = [data.plan_dialogue(rng, world, voices, held_out=False) for _ in range(n)]
+    with mp.Pool(cfg.get("workers") or os.cpu_count()) as pool:
+        for pcm, turns in tqdm(pool.imap(data.render_dialogue, plans, chunksize=2), total=n, desc="speech extra", unit="dlg"):
+            yield torch.from_numpy(pcm.T.astype(np.float32) / 32768.0), turns
+
+
 def _place(group, rng):
     sr = audio.SAMPLE_RATE
     t, pieces, turns = rng.uniform(0.2, 0.6), [], []
@@ -251,6 +269,10 @@ def build(cfg):
             wav, d = sp.dialogue(i)
             text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
             w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
+        if split == "train":
+            for i, (wav, turns) in enumerate(extra_dialogues(cfg)):
+                text, codes = encode_dialogue(codec, tok, wav, turns, cfg)
+                w.add(dict(id=f"extra-{i:05d}", turns=turns), text, codes)
         metrics[f"speech_frames_{split}"] = w.close()
     w = StreamWriter(out, "align")
     for i, (wav, turns) in enumerate(align_dialogues(cfg, cfg["seed"] + 7)):
