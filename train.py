@@ -176,6 +176,10 @@ presets = {
         codec_adv_start=2000, codec_autocast=True, codec_eval_clips=200, codec_ckpt_interval=1000,
         asr_n_layer=8, asr_n_head=6, asr_d_model=384, asr_batch_size=64, asr_max_steps=6000, asr_lr=1e-3,
         asr_warmup=500, asr_scrambled_turns=10000, asr_ckpt_interval=1000,
+        dual_context=512, dual_depth_layers=4, dual_depth_heads=8, dual_depth_d_model=256,
+        speech_extra_dialogues=0, align_user_turns=50000, align_assistant_turns=15000,
+        align_batch_size=32, align_max_steps=6000, align_lr=1e-3, align_warmup=300, align_ckpt_interval=1000,
+        sft_batch_size=32, sft_max_steps=6000, sft_lr=5e-4, sft_warmup=200, sft_ckpt_interval=1000,
     ),
 }
 # -----------------------------------------------------------------------------
