@@ -38,7 +38,7 @@ from nanosdm import audio, utils
 SAMPLE_RATE = audio.SAMPLE_RATE
 ASSISTANT, USER = 0, 1                     # channel index in the stereo files
 SPEECH_SPLITS = ("train", "val", "unseen_voice", "text_only")
-CORPUS_VERSION = 3                         # bump when generation changes: a cached corpus is then rebuilt
+CORPUS_VERSION = 4                         # bump when generation changes: a cached corpus is then rebuilt
 ASSISTANT_VOICE = dict(voice="en-us+f3", rate=165, pitch=55)
 ASSISTANT_PEAK = 0.6                       # utterances are peak-normalised: some eSpeak voices clip
 # eSpeak variants too far from speech (whispers, robots, effects) for a corpus of an hour or so
@@ -212,16 +212,24 @@ def split_voices(all_voices, seed):
 
 
 def plan_dialogue(rng, world, voices, held_out):
+    """What a dialogue will say and when. The timing choices are what the full-duplex model learns
+    its behaviour from (duplex.py measures it): wait through a pause inside the user's turn, answer
+    quickly when the turn ends, keep talking through a backchannel, stop when interrupted, stay
+    quiet through a long silence."""
     user = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
     plan = []
     for ex in random_exchanges(rng, world, rng.randint(4, 8), held_out):
-        plan.append(dict(ex, preface=rng.choice(PREFACES) if rng.random() < 0.2 else None,
-                         pause=rng.uniform(0.4, 0.9),              # inside the user's turn
-                         gap=rng.uniform(0.2, 0.8),                # before the assistant answers
-                         after=rng.uniform(0.5, 1.5),              # before the next question
-                         backchannel=rng.choice(BACKCHANNELS) if rng.random() < 0.25 else None,
-                         interrupt=rng.uniform(0.35, 0.7) if rng.random() < 0.12 else None,
-                         reaction=rng.uniform(0.2, 0.35)))         # how fast the assistant yields
+        n_words = len(ex["question"].split())
+        plan.append(dict(ex, preface=rng.choice(PREFACES) if rng.random() < 0.3 else None,
+                         # a hesitation inside the question: the first `split` words, a pause, the rest
+                         split=rng.randint(2, n_words - 1) if n_words >= 3 and rng.random() < 0.2 else None,
+                         pause=rng.uniform(0.5, 1.5),              # after the preface or the split
+                         gap=rng.uniform(0.1, 0.4),                # before the assistant answers
+                         after=rng.uniform(3.0, 8.0) if rng.random() < 0.15 else rng.uniform(0.5, 1.5),
+                         backchannel=rng.choice(BACKCHANNELS) if rng.random() < 0.4 else None,
+                         backchannel_at=rng.uniform(0.3, 0.6),     # share of the answer said before it
+                         interrupt=rng.uniform(0.35, 0.7) if rng.random() < 0.25 else None,
+                         reaction=rng.uniform(0.1, 0.3)))          # how fast the assistant yields
     return dict(user=user, user_peak=rng.uniform(0.25, 0.9), lead=rng.uniform(0.2, 0.6), exchanges=plan)
 
 
@@ -246,7 +254,16 @@ def render_dialogue(plan):
     for ex in plan["exchanges"]:
         if ex["preface"]:
             t = place(USER, ex["preface"], t, kind="preface")["end"] + ex["pause"]
-        q = place(USER, ex["question"], t, kind="question", answer=ex["answer"], text_only=ex["text_only"])
+        info = dict(kind="question", answer=ex["answer"], text_only=ex["text_only"])
+        if ex.get("split"):       # one turn spoken in two pieces with a pause between them
+            words = ex["question"].split()
+            q = place(USER, " ".join(words[:ex["split"]]), t, **info)
+            rest = place(USER, " ".join(words[ex["split"]:]), q["end"] + ex["pause"])
+            turns.pop()
+            q.update(text=ex["question"], pause=[q["end"], rest["start"]], end=rest["end"],
+                     words=q["words"] + rest["words"], phones=q["phones"] + rest["phones"])
+        else:
+            q = place(USER, ex["question"], t, **info)
         t = q["end"] + ex["gap"]
         a = place(ASSISTANT, ex["reply"], t, kind="answer", interrupted=False)
         dur = a["end"] - a["start"]
@@ -258,7 +275,7 @@ def render_dialogue(plan):
             t = nxt
             continue
         if ex["backchannel"] and dur > 1.2:
-            place(USER, ex["backchannel"], a["start"] + 0.45 * dur, kind="backchannel")
+            place(USER, ex["backchannel"], a["start"] + ex.get("backchannel_at", 0.45) * dur, kind="backchannel")
         t = a["end"] + ex["after"]
     n = int(np.ceil(max(tr["end"] for tr in turns) * SAMPLE_RATE)) + int(0.3 * SAMPLE_RATE)
     stereo = np.zeros((n, 2), dtype=np.float32)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from nanosdm import ctc, data, evaluate, textlm
 from nanosdm.dualstream import load_model
-from nanosdm.speech import FRAME_S, Streams, encode_channels
+from nanosdm.speech import FRAME_S, Streams, encode_channels, read_text_stream
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 
 ANSWER_WINDOW_S = 4.0        # the model runs freely this long after the question ends
@@ -139,16 +139,10 @@ def silence_codes(codec):
 
 def monologue_parts(ids):
     """Split a text stream into what the model wrote as the user's words and as its own:
-    USER ... EOS and ASSISTANT ... EOS segments (PAD and EPAD dropped)."""
-    parts, who = {USER: [], ASSISTANT: []}, None
-    for i in ids:
-        if i in (USER, ASSISTANT):
-            who = i
-        elif i == EOS:
-            who = None
-        elif i not in (PAD, EPAD) and who is not None:
-            parts[who].append(i)
-    return parts[USER], parts[ASSISTANT]
+    the tokens of its USER ... EOS and ASSISTANT ... EOS turns (speech.read_text_stream)."""
+    turns = read_text_stream(ids)
+    return ([i for tr in turns if tr["role"] == USER for _, i in tr["tokens"]],
+            [i for tr in turns if tr["role"] == ASSISTANT for _, i in tr["tokens"]])
 
 
 @torch.no_grad()

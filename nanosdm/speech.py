@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from nanosdm import audio, data
-from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
 FRAME_S = 0.08                      # one codec frame, 12.5 Hz
 SPLITS = data.SPEECH_SPLITS + ("align",)
@@ -68,27 +68,64 @@ def word_tokens(tok, turn, markers=True):
 
 
 def text_stream(turns, n_frames, tok, user_text=True, markers=True):
-    """The text stream of one dialogue: uint16 [n_frames] (see the top of the file)."""
-    events = []  # (first frame, time, tokens)
+    """The text stream of one dialogue: uint16 [n_frames] (see the top of the file).
+
+    Each token has an earliest frame. The assistant writes a word as it starts saying it: one token
+    a frame from the word's start. A heard (user) word is written as it is heard: each token once
+    its share of the word's duration is over, the last one the frame after the word ends, so the
+    user's EOS comes two frames after the voice stops and the assistant can answer at once. A turn
+    cut short by an interruption closes with EOS where the voice stops, not after its last word."""
+    events = []  # (earliest frame of each token, time, tokens)
     for tr in turns:
-        if tr["speaker"] == "user" and not user_text:
+        heard = tr["speaker"] == "user"
+        if heard and not user_text:
             continue
-        for s, e, ids in word_tokens(tok, tr, markers):
-            # the assistant writes a word as it starts saying it; a heard word after its end
-            frame = int(s / FRAME_S) if tr["speaker"] == "assistant" else int(e / FRAME_S) + 1
-            events.append((frame, s, ids))
+        words = word_tokens(tok, tr, markers)
+        if markers and words and tr.get("interrupted"):
+            s, e, ids = words[-1]
+            words[-1] = (s, e, ids[:-1])
+            events.append(([int(tr["end"] / FRAME_S)], tr["end"], [EOS]))
+        for s, e, ids in words:
+            n = len(ids)
+            frames = ([int((s + (j + 1) / n * (e - s)) / FRAME_S) + 1 for j in range(n)] if heard
+                      else [int(s / FRAME_S) + j for j in range(n)])
+            events.append((frames, s, ids))
     stream = np.full(n_frames, PAD, dtype=np.uint16)
     free = 0  # first frame not yet written
-    for frame, _, ids in sorted(events, key=lambda ev: (ev[0], ev[1])):
-        f = max(frame, free)
+    for frames, _, ids in sorted(events, key=lambda ev: (ev[0][0], ev[1])):
+        f = max(frames[0], free)
         if 0 < f < n_frames and f - 1 >= free:
             stream[f - 1] = EPAD  # the PAD just before a word (never a token of the previous one)
-        for i in ids:
+        for earliest, i in zip(frames, ids):
+            f = max(f, earliest)
             if f < n_frames:
                 stream[f] = i
             f += 1
         free = f
     return stream
+
+
+def read_text_stream(ids):
+    """The inverse of text_stream, for a stream a model wrote: its turns, in order, as dicts
+    role (USER / ASSISTANT), start (frame of the marker), end (frame of the EOS, or None if still
+    open) and tokens [(frame, id)]. Turns nest: a backchannel heard while the assistant speaks is
+    a user turn inside the assistant's, so an EOS closes the latest open turn, and a token goes to
+    it. Tokens outside any turn are dropped."""
+    turns, open_ = [], []
+    for f, i in enumerate(ids):
+        i = int(i)
+        if i in (USER, ASSISTANT):
+            for tr in [t for t in open_ if t["role"] == i]:   # a new turn of the same role closes the old
+                tr["end"] = f
+                open_.remove(tr)
+            turns.append(dict(role=i, start=f, end=None, tokens=[]))
+            open_.append(turns[-1])
+        elif i == EOS:
+            if open_:
+                open_.pop()["end"] = f
+        elif i > TEXT and open_:                  # a word's piece (named ids end at TEXT)
+            open_[-1]["tokens"].append((f, i))
+    return turns
 
 
 # -----------------------------------------------------------------------------

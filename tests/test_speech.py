@@ -46,13 +46,34 @@ def test_user_words_after_they_are_heard_with_turn_markers(tok):
                                                      ("the", 0.70, 0.80), ("kotan", 0.80, 1.20)])
     reply = turn("assistant", "the kotan is red.", [("the", 2.0, 2.1), ("kotan", 2.1, 2.5), ("is", 2.5, 2.6), ("red", 2.6, 2.9)])
     s = speech.text_stream([user, reply], 60, tok)
-    first = int(0.30 / speech.FRAME_S) + 1                     # "what" ends at 0.30 s: written from frame 4
-    assert s[first] == USER and s[first + 1] == tok.encode("what")[0] and s[first - 1] == EPAD
+    # a heard word is written as it is heard: "what" (0.10-0.30 s) is [USER, what], USER once half
+    # of it is heard (0.20 s: frame 3), its last token the frame after it ends (0.30 s: frame 4)
+    assert s[3] == USER and s[4] == tok.encode("what")[0] and s[2] == EPAD
+    eos = int(np.flatnonzero(s == EOS)[0])
+    assert eos == int(1.20 / speech.FRAME_S) + 1               # the user's EOS: the frame after "kotan?" ends
     assert int(np.flatnonzero(s == ASSISTANT)[0]) == int(2.0 / speech.FRAME_S)
     ids = [int(i) for i in s if i not in (PAD, EPAD)]
     # with the PADs removed the stream reads as the text LM's own turn format
     assert ids == tok.encode_turns([["user", user["text"]], ["assistant", reply["text"]]], bos=False)
     assert ids.count(EOS) == 2
+
+
+def test_an_interrupted_turn_closes_where_the_voice_stops(tok):
+    reply = turn("assistant", "the kotan", [("the", 0.0, 0.1), ("kotan", 0.1, 0.5)])
+    reply.update(interrupted=True, end=1.3)                    # cut at 1.3 s, after its last whole word
+    s = speech.text_stream([reply], 30, tok)
+    assert int(np.flatnonzero(s == EOS)[0]) == int(1.3 / speech.FRAME_S)
+    turns = speech.read_text_stream(s)
+    assert [(t["role"], t["start"], t["end"]) for t in turns] == [(ASSISTANT, 0, int(1.3 / speech.FRAME_S))]
+
+
+def test_read_text_stream_nests_a_backchannel_inside_the_answer(tok):
+    the, red, uh = tok.encode("the")[0], tok.encode("red")[0], tok.encode("hello")[0]
+    ids = [PAD, ASSISTANT, the, PAD, USER, uh, EOS, red, EOS, PAD, USER, uh]
+    turns = speech.read_text_stream(ids)
+    assert [(t["role"], t["start"], t["end"]) for t in turns] == [(ASSISTANT, 1, 8), (USER, 4, 6), (USER, 10, None)]
+    assert [i for _, i in turns[0]["tokens"]] == [the, red]    # the answer goes on after the backchannel
+    assert turns[0]["tokens"][1] == (7, red)
 
 
 def test_moshi_dialogues_go_through_the_speech_stage(tmp_path, tok):
@@ -74,7 +95,8 @@ def test_moshi_dialogues_go_through_the_speech_stage(tmp_path, tok):
     x, d = st.dialogue(0)
     assert x.shape == (n, 1 + 2 * 2) and x[:, 1:].max() < 16
     assert x[int(0.1 / 0.08), 0] == ASSISTANT                  # the main speaker's turn opens at its first word
-    assert x[int(1.5 / 0.08) + 1, 0] == USER                   # the other speaker's word once heard
+    assert x[int(1.5 / 0.08) + 1, 0] == EOS                    # the other speaker's word, closed once heard
+    assert USER in x[int(1.2 / 0.08):int(1.5 / 0.08) + 1, 0]   # ... and opened while it is heard
     # each channel's codes are the codec's own codes of that channel (left = assistant)
     for ch, cols in ((0, slice(1, 3)), (1, slice(3, 5))):
         want = codec.encode(torch.from_numpy(wav[ch]).float()[None])[0].T.numpy()
