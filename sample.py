@@ -7,11 +7,14 @@ Talk to trained nanosdm checkpoints.
     python sample.py --asr FILE.wav                           # the transcript of any wav (stage asr's recognizer)
     python sample.py --say "what colour is the kotan?"        # the dual-stream model hears eSpeak ask, and answers
     python sample.py --wav question.wav --out=answers/r1.wav  # ... or hears any wav (any rate, mixed to mono)
+    python sample.py --scenario=interrupt --seed=3            # a full-duplex scenario: pause, turn, interrupt,
+                                                              # backchannel or silence (stage duplex's kinds)
 
 --say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
 frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
 They write reply.wav (stereo 16 kHz: channel 0 the model, channel 1 the user, as Moshi), reply.json
 (`text`, `words` as [word, start_s, end_s], `onset_s`, `rtf`) and reply.png beside it.
+--scenario writes scenario_<kind>.wav / .json (events, where the model spoke, the verdict) / .png (timeline).
 
 The defaults sample like Moshi's text stream (temperature 0.7, top-k 25); --temperature=0 is greedy.
 """
@@ -38,6 +41,10 @@ parser.add_argument("--say", default=None, help="a question the dual-stream mode
 parser.add_argument("--wav", default=None, metavar="FILE.wav", help="a wav the dual-stream model hears as the user")
 parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
 parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
+parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
+                    help="play one full-duplex scenario (duplex.py) to the model: wav, json and timeline out")
+parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt")
+parser.add_argument("--data_root", default="data")
 parser.add_argument("--audio_temperature", type=float, default=0.8)
 parser.add_argument("--audio_top_k", type=int, default=250)
 args = parser.parse_args()
@@ -67,6 +74,8 @@ def main():
         except audio.AudioError as e:
             raise SystemExit(f"--asr: {e}" if args.asr in str(e) else f"--asr {args.asr}: {e}")
         return
+    if args.scenario is not None:
+        return scenario(out_dir, device)
     if args.say is not None or args.wav is not None:
         return converse(out_dir, device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
@@ -128,67 +137,71 @@ def check_creatures(text):
               + ", ".join(spoken[:30]) + (" ..." if len(spoken) > 30 else ""))
 
 
-@torch.no_grad()
 def converse(out_dir, device):
     import json
-    import time
-    from nanosdm import audio, dualstream
+    from nanosdm import audio, duplex
     from nanosdm.codec import FRAME, Codec
-    from nanosdm.speech import FRAME_S
-    from nanosdm.tokenizer import ASSISTANT
-    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
-    codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
-    model = dualstream.load_model(os.path.join(out_dir, "sft.pt"), device)
+    tok, codec, model = load_dual(out_dir, device)
     heard = user_input(out_dir)
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
     wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
-    wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME)).to(device)
-    enc, dec = codec.encoder_state(1), codec.decoder_state(1)
-    state, texts, played = model.new_state(1), [], []
-    t0 = time.time()
-    for i in range(0, len(wav), FRAME):          # what a live system does every 80 ms
-        codes, enc = codec.encode_step(wav[None, i:i + FRAME], enc)
-        out = model.step(state, codes[:, :, 0], args.temperature, args.top_k, args.audio_temperature, args.audio_top_k)
-        texts.append(int(out["text"][0]))
-        if out["audio"] is None:                  # the first steps complete no frame yet
-            played.append(torch.zeros(FRAME, device=device))
-        else:
-            chunk, dec = codec.decode_step(out["audio"][:, :, None], dec)
-            played.append(chunk[0])
-    seconds = time.time() - t0
-    reply = torch.cat(played).cpu()
-    words, said = monologue_words(tok, texts)
-    onset = next((s for w, s, e in words if s >= speech_end - FRAME_S), None)
-    result = dict(text=tok.decode(said), words=words, onset_s=None if onset is None else round(onset - speech_end, 3),
-                  rtf=round(seconds / (len(wav) / audio.SAMPLE_RATE), 3))
-    audio.save_wav(args.out, torch.stack([reply, wav.cpu()]))
+    wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))
+    out = duplex.live(model, codec, wav, temps=temps())        # what a live system does every 80 ms
+    words = []   # [word, start_s, end_s]: a word ends where the next begins, or a word's length later
+    for seg in duplex.monologue_segments(tok, out["text"]):
+        starts = [s for _, s in seg["words"]] + [seg["end"]]
+        words += [[w, round(s, 2), round(min(e, s + duplex.WORD_S), 2)] for (w, s), e in zip(seg["words"], starts[1:])]
+    onset = next((s for w, s, e in words if s >= speech_end - duplex.FRAME_S), None)
+    result = dict(text=" ".join(w[0] for w in words), words=words,
+                  onset_s=None if onset is None else round(onset - speech_end, 3),
+                  rtf=round(out["seconds"]["total"] / (len(wav) / audio.SAMPLE_RATE), 3))
+    audio.save_wav(args.out, torch.stack([out["wav"], wav]))
     json_path = os.path.splitext(args.out)[0] + ".json"
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
-    plot_reply(reply, wav.cpu(), words, os.path.splitext(args.out)[0] + ".png")
+    plot_reply(out["wav"], wav, words, os.path.splitext(args.out)[0] + ".png")
     print(f"model: {result['text']!r} (onset {result['onset_s']} s after the question, real-time factor "
           f"{result['rtf']}); wrote {args.out} and {json_path}")
 
 
-def monologue_words(tok, texts):
-    """The model's own words (after ASSISTANT, up to EOS) with their times: [[word, start_s, end_s]]."""
-    from nanosdm.speech import FRAME_S
-    from nanosdm.tokenizer import ASSISTANT, EOS
-    words, said, speaking = [], [], False
-    for f, t in enumerate(texts):
-        if t == ASSISTANT:
-            speaking = True
-        elif t == EOS:
-            speaking = False
-        elif speaking and t >= 8:                 # a real piece, not a special id
-            piece = tok.sp.id_to_piece(t)
-            if piece.startswith("\u2581") or not words:
-                words.append([piece.lstrip("\u2581"), round(f * FRAME_S, 2), round((f + 1) * FRAME_S, 2)])
-            else:
-                words[-1][0] += piece
-                words[-1][2] = round((f + 1) * FRAME_S, 2)
-            said.append(t)
-    return words, said
+def load_dual(out_dir, device):
+    from nanosdm import dualstream
+    from nanosdm.codec import Codec
+    return (Tokenizer.load(os.path.join(out_dir, "tokenizer.model")), Codec.load(os.path.join(out_dir, "codec.pt"), device),
+            dualstream.load_model(os.path.join(out_dir, f"{args.model}.pt"), device))
+
+
+def temps():
+    return args.temperature, args.top_k, args.audio_temperature, args.audio_top_k
+
+
+def scenario(out_dir, device):
+    """One Full-Duplex-Bench-style scenario (duplex.py) through the live loop: its stereo wav,
+    a json with the events, where the model spoke and the verdict, and the timeline picture."""
+    import json
+    from nanosdm import audio, data, duplex
+    from nanosdm.evaluate_duplex import score
+    data_dir = os.path.join(args.data_root, args.preset)
+    world = [e for e in data.read_jsonl(os.path.join(data_dir, "world.jsonl")) if not e["text_only"]]
+    with open(os.path.join(data_dir, "corpus.json")) as f:
+        voices = json.load(f)["unseen_voices"]
+    tok, codec, model = load_dual(out_dir, device)
+    sc = duplex.scenario(args.scenario, args.seed, world, voices)
+    out = duplex.run_scenario(model, codec, tok, sc, temps())
+    verdict = score(sc["kind"], sc["events"], out["said"], sc["answer"])
+    result = dict(kind=sc["kind"], question=sc["question"], answer=sc["answer"], voice=sc["voice"],
+                  events=sc["events"], scripted_s=round(sc["script_s"], 3), said=out["said"], voiced=out["voiced"],
+                  verdict=verdict, verdict_vad=score(sc["kind"], sc["events"], out["voiced"], sc["answer"]),
+                  rtf=round(out["seconds"]["total"] / (out["frames"] * duplex.FRAME_S), 3))
+    base = os.path.splitext(args.out)[0] if args.out != "reply.wav" else f"scenario_{sc['kind']}"
+    user = torch.nn.functional.pad(sc["user"], (0, len(out["wav"]) - len(sc["user"])))   # to whole frames
+    audio.save_wav(base + ".wav", torch.stack([out["wav"], user]))
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    duplex.plot_timeline(sc, out, base + ".png", ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "stop"))
+    print(f"scenario {sc['kind']}: the user ({sc['voice']}) says {sc['question']!r}; events {sc['events']}")
+    print(f"model said: {[seg['text'] for seg in out['said']]}; verdict {verdict}")
+    print(f"wrote {base}.wav, {base}.json and {base}.png")
 
 
 def plot_reply(reply, user, words, path):

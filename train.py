@@ -159,6 +159,14 @@ sft_warmup = 30
 sft_text_frac = 0.1
 sft_ckpt_interval = 100
 sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
+# --- duplex (nanosdm/duplex.py, evaluate_duplex.py): when the model speaks, measured
+duplex_model = "sft"           # the checkpoint measured: out/<preset>/<duplex_model>.pt
+duplex_scenarios = 40          # scenarios of each kind: pause, turn, interrupt, backchannel, silence
+duplex_dialogues = 4           # unseen-voice dialogues run free for the timing statistics
+duplex_text_temperature = 0.7  # Moshi's sampling of the text stream ...
+duplex_text_top_k = 25
+duplex_audio_temperature = 0.8  # ... and of the audio
+duplex_audio_top_k = 250
 
 presets = {
     "tiny": {},
@@ -266,6 +274,11 @@ def stage_sft(cfg):
     return dict(metrics, **evaluate_dialogue.evaluate_sft(cfg)) if metrics else metrics
 
 
+def stage_duplex(cfg):
+    from nanosdm import evaluate_duplex
+    return evaluate_duplex.evaluate_duplex(cfg)
+
+
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
@@ -276,6 +289,7 @@ STAGES = [
     ("speech", stage_speech),      # both channels to codec codes, the inner-monologue text stream
     ("align", stage_align),        # the text LM learns to hear and to speak (single utterances)
     ("sft", stage_sft),            # full-duplex spoken dialogues
+    ("duplex", stage_duplex),      # when it speaks: pauses, turn ends, interruptions, backchannels
 ]
 
 

@@ -221,6 +221,7 @@ class DualStream(nn.Module):
         t - max(delays) (None for the first steps); text_logits, audio_logits (for the tests).
         force_text [B] / force_audio [B, K] (delayed column, -1 = sample): teacher forcing."""
         K, D, t = self.n_q, max(self.delays), state["t"]
+        tick = time.perf_counter()
         h = self._feed(state, state["prev"][:, None])[:, 0]
         text_logits = self.text_head(h).float()
         text = sample_logits(text_logits, text_temp, text_top_k)
@@ -233,7 +234,11 @@ class DualStream(nn.Module):
                 force[:, k] = self.card
         if force_audio is not None:
             force = torch.where(force_audio >= 0, force_audio, force)
+        tock = time.perf_counter()
         codes, audio_logits = self.depth.generate(h, text, audio_temp, audio_top_k, force)
+        if "seconds" in state:  # the live loop's cost split (duplex.live): temporal stack vs depth head
+            state["seconds"]["temporal"] += tock - tick
+            state["seconds"]["depth"] += time.perf_counter() - tock
         # the user's frame t joins the buffer; the column of step t becomes the next input
         state["user"] = torch.cat([state["user"][:, 1:], user_codes[:, None]], 1)
         state["out"] = torch.cat([state["out"][:, 1:], codes[:, None]], 1)

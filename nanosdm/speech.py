@@ -14,9 +14,10 @@ start before the previous one's tokens are out waits for them (the tokens keep t
 
 Two additions to Moshi's monologue, both from the probe in shared/REFERENCE.md §12, where a model
 that only wrote its own words never learnt to listen:
-  - `user_text`: the user's words are written too, each from the frame *after* the word ends
-    (the model can only write what it has heard): the model transcribes what it hears, so the ear
-    gets a dense training signal, and the question reaches the text LM in its own words;
+  - `user_text`: the user's words are written too, as they are heard: a word's tokens spread over
+    its duration, the last one the frame after the word ends (the model can only write what it has
+    heard): the model transcribes what it hears, so the ear gets a dense training signal, and the
+    question reaches the text LM in its own words;
   - `markers`: every turn is opened by its role marker and closed by EOS, as in the text LM's
     corpus (USER what colour is the kotan? EOS ASSISTANT the kotan is red. EOS). With the PADs
     removed, the text stream *is* a text-LM document, so the LM's knowledge is reached through the
