@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from nanosdm import utils
 from nanosdm.depth import Depth, sample_logits
-from nanosdm.tokenizer import EPAD, PAD
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer
 
 ZERO = -1               # a token that embeds to exactly zero: "no input on this stream"
@@ -63,14 +63,15 @@ def undelay(y, delays):
 
 class DualStream(nn.Module):
     def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
-                 depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0):
+                 depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0,
+                 turn_weight=1.0):
         super().__init__()
         delays = list(delays or default_delays(n_q))
         assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
         self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
                            depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
-                           semantic_weight=semantic_weight)
+                           semantic_weight=semantic_weight, turn_weight=turn_weight)
         self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
         # one table per stream, each with its initial token as the last row
         self.text_emb = nn.Embedding(vocab_size + 1, d_model)
@@ -82,12 +83,20 @@ class DualStream(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
         # the per-stream initial tokens (INIT) and the loss weights of the text stream
         self.register_buffer("init_tokens", torch.tensor([vocab_size] + [card] * (2 * n_q)), persistent=False)
-        w = torch.ones(vocab_size)
-        w[[PAD, EPAD]] = pad_weight
-        self.register_buffer("text_weights", w, persistent=False)
+        self.register_buffer("text_weights", torch.ones(vocab_size), persistent=False)
+        self.set_text_weights(pad_weight, turn_weight)
         cw = torch.ones(n_q)
         cw[0] = semantic_weight
         self.register_buffer("codebook_weights", cw / cw.sum(), persistent=False)
+
+    def set_text_weights(self, pad_weight, turn_weight):
+        """Text-loss weights: PAD and EPAD (Moshi halves them: most frames are PAD), and the turn
+        tokens USER, ASSISTANT and EOS, the rare frames where the model decides to start or stop."""
+        w = torch.ones_like(self.text_weights)
+        w[[PAD, EPAD]] = pad_weight
+        w[[USER, ASSISTANT, EOS]] = turn_weight
+        self.text_weights.copy_(w)
+        self.config.update(pad_weight=pad_weight, turn_weight=turn_weight)
 
     # --- initialisation from the earlier stages ---------------------------------------------------
 
@@ -309,7 +318,8 @@ def build_model(cfg):
     delays = [int(d) for d in cfg["dual_delays"].split(",")] if cfg["dual_delays"] else None
     model = DualStream(lc["vocab_size"], codec.config["codebook_size"], codec.n_q, lc["n_layer"], lc["n_head"],
                        lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
-                       cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"])
+                       cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"],
+                       cfg["dual_turn_weight"])
     model.init_from_text_lm(lm["model"])
     model.init_from_codec(codec.quantizer.embed.float().cpu())
     return model
@@ -372,6 +382,7 @@ def train(cfg, stage, stop_step=None):
         model = build_model(cfg).to(device)
     else:
         model = load_model(os.path.join(out_dir, "align.pt"), device).train()
+    model.set_text_weights(cfg["dual_pad_weight"], cfg["dual_turn_weight"])
     model.train()
     frozen = list(model.transformer.parameters()) + [model.text_emb.weight, model.text_head.weight] if p("freeze") else []
     for q in frozen:

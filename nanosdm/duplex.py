@@ -186,6 +186,9 @@ def scenario(kind, seed, world, voices):
     else:
         raise ValueError(f"unknown scenario kind {kind!r}: one of {', '.join(KINDS)}")
     pcm, turns = data.render_dialogue(plan)
+    while kind == "backchannel" and not any(tr["kind"] == "backchannel" for tr in turns):
+        plan["exchanges"][0] = _exchange(rng, world, **{k: plan["exchanges"][0][k] for k in ("backchannel", "backchannel_at")})
+        pcm, turns = data.render_dialogue(plan)    # the answer was too short for one (under 1.2 s)
     qs = [tr for tr in turns if tr["speaker"] == "user" and tr["kind"] == "question"]
     replies = [tr for tr in turns if tr["speaker"] == "assistant"]
     events, script_s, asked = {}, 0.0, qs[0]

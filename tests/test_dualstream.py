@@ -243,3 +243,20 @@ def test_align_stops_and_resumes_where_it_stopped(tiny_run, tmp_path):
     for ours, theirs in (("transformer.blocks.0.attn.qkv.weight", None), ("text_head.weight", "head.weight")):
         cos = torch.nn.functional.cosine_similarity(b["model"][ours].flatten(), lm[theirs or ours].flatten(), 0)
         assert cos > 0.8, (ours, cos)
+
+
+def test_turn_tokens_can_weigh_more_in_the_text_loss():
+    from nanosdm.tokenizer import ASSISTANT, EOS, PAD, USER
+    m = tiny()
+    x = random_tokens(2, 24)
+    x[:, ::3, 0] = ASSISTANT                          # a third of the text targets are turn tokens
+    x[:, 1::3, 0] = PAD
+    inputs, targets = m.inputs_targets(x)
+    base = m(inputs, targets)[2]["text"].item()
+    m.set_text_weights(0.5, 4.0)
+    assert m.text_weights[[USER, ASSISTANT, EOS]].tolist() == [4.0] * 3 and m.text_weights[PAD] == 0.5
+    assert m.config["turn_weight"] == 4.0             # saved with the checkpoint, so a reload agrees
+    turn_ce = torch.nn.functional.cross_entropy(m(inputs)[0][targets[..., 0] == ASSISTANT],
+                                                targets[..., 0][targets[..., 0] == ASSISTANT]).item()
+    weighted = m(inputs, targets)[2]["text"].item()
+    assert (weighted - base) * (turn_ce - base) > 0   # the loss moves toward the turn tokens' own CE
