@@ -175,18 +175,20 @@ def free_run(model, history, user, silence, temps, batch_size=64):
 
 def qa_batch(streams, items, history, silence, pad_col):
     """History [B, history, S] (front-padded with silent steps) and the user's audio [B, F, K]
-    from each question's first frame on, F = the longest question + ANSWER_WINDOW_S."""
+    from each question's first frame on, F = the longest question + ANSWER_WINDOW_S. After the
+    question the user is silent: the recording's own next turn (a backchannel, or a barge-in timed
+    to the corpus's answer) would ask the model to stop before it has answered."""
     K = (streams.assistant.shape[1])
     starts = [int(tr["start"] / FRAME_S) for _, tr, _ in items]
     ends = [int(np.ceil(tr["end"] / FRAME_S)) for _, tr, _ in items]
     F = max(e - s for s, e in zip(starts, ends)) + int(ANSWER_WINDOW_S / FRAME_S)
     hist, user = [], []
-    for (i, tr, _), s in zip(items, starts):
+    for (i, tr, _), s, e in zip(items, starts, ends):
         d = streams.dialogues[i]
         x = streams.window(d["offset"], d["frames"])
         h = x[max(0, s - history):s]
         h = np.concatenate([np.repeat(pad_col[None], history - len(h), 0), h])
-        u = x[s:s + F, 1 + K:]
+        u = x[s:e, 1 + K:]
         u = np.concatenate([u, np.repeat(silence[None].numpy(), F - len(u), 0)])
         hist.append(h)
         user.append(u)
