@@ -140,6 +140,7 @@ dual_depth_d_model = 128
 dual_pad_weight = 0.5          # text loss weight of PAD and EPAD (Moshi: 0.5)
 dual_semantic_weight = 10.0    # codebook 0's audio loss weight against 1 for each acoustic codebook
 dual_turn_weight = 1.0         # text-loss weight of the turn tokens USER, ASSISTANT, EOS (when to speak)
+dual_start_frac = 0.0          # share of training windows opened at a dialogue's first frame (the conversation start)
 speech_extra_dialogues = 1200  # training dialogues rendered by the speech stage beyond the corpus's (kept as codes only)
 speech_moshi_dir = ""          # a Moshi-finetune-style folder (stereo wav + word JSON) to encode as split `moshi`
 align_user_turns = 10000       # ASR-like single user turns synthesized for `align` (training voices)

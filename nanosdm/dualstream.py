@@ -291,9 +291,16 @@ def load_model(path, device="cpu"):
 # -----------------------------------------------------------------------------
 # training: stage `align` (modality adaptation, survey §4.2.2) and stage `sft` (§4.2.3)
 
-def get_batch(streams, batch_size, length, gen, device):
-    """Random windows of `length` steps (nanoGPT): undelayed tokens [B, length, S]."""
+def get_batch(streams, batch_size, length, gen, device, start_frac=0.0):
+    """Random windows of `length` steps (nanoGPT): undelayed tokens [B, length, S]. A share
+    start_frac of them opens at a dialogue's first frame: a window that starts anywhere teaches
+    nothing about the start of a conversation, where the model has heard nothing yet."""
     starts = torch.randint(len(streams) - length, (batch_size,), generator=gen).tolist()
+    if start_frac > 0:
+        opening = (torch.rand(batch_size, generator=gen) < start_frac).tolist()
+        which = torch.randint(len(streams.dialogues), (batch_size,), generator=gen).tolist()
+        starts = [min(streams.dialogues[w]["offset"], len(streams) - length) if o else s
+                  for s, o, w in zip(starts, opening, which)]
     return torch.from_numpy(np.stack([streams.window(s, length) for s in starts])).to(device)
 
 
@@ -419,7 +426,7 @@ def train(cfg, stage, stop_step=None):
         if torch.rand(1, generator=gen).item() < p("text_frac"):
             inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
         else:
-            inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device))
+            inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
         with utils.autocast(device):
             _, _, losses = model(inputs, targets)
         losses["loss"].backward()

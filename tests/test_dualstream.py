@@ -260,3 +260,24 @@ def test_turn_tokens_can_weigh_more_in_the_text_loss():
                                                 targets[..., 0][targets[..., 0] == ASSISTANT]).item()
     weighted = m(inputs, targets)[2]["text"].item()
     assert (weighted - base) * (turn_ce - base) > 0   # the loss moves toward the turn tokens' own CE
+
+
+def test_some_windows_open_at_a_dialogue_start():
+    import numpy as np
+    from nanosdm.dualstream import get_batch
+
+    class FakeStreams:        # 10 dialogues of 100 frames; a frame's token is its index
+        dialogues = [dict(offset=100 * i, frames=100) for i in range(10)]
+
+        def __len__(self):
+            return 1000
+
+        def window(self, start, length):
+            return np.arange(start, start + length)[:, None].repeat(3, 1)
+
+    g = torch.Generator().manual_seed(0)
+    firsts = get_batch(FakeStreams(), 400, 20, g, "cpu", start_frac=0.5)[:, 0, 0]
+    share = (firsts % 100 == 0).float().mean().item()
+    assert 0.4 < share < 0.6                          # half at a start (plus 1% by chance)
+    g = torch.Generator().manual_seed(0)
+    assert ((get_batch(FakeStreams(), 400, 20, g, "cpu")[:, 0, 0] % 100) == 0).float().mean() < 0.05
