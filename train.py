@@ -160,18 +160,19 @@ sft_text_frac = 0.1
 sft_ckpt_interval = 100
 sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
 # --- dpo: preference optimisation on the model's own spoken replies (nanosdm/dpo.py)
-dpo_questions = 320            # training-split spoken questions the sft model answers for the pairs
+dpo_questions = 200            # training-split spoken questions the sft model answers for the pairs
 dpo_samples = 4                # replies sampled per question
 dpo_text_temp = 0.7            # text sampling temperature of those replies (audio: as the evaluation, 0.8)
 dpo_min_margin = 0.1           # replies with the same verdicts pair only if the judge's scores differ this much
 dpo_max_pairs = 2              # pairs per question (best with worst, second best with second worst)
+dpo_history = 40               # frames of history kept before each reply when scoring it (sampled after sft_eval_history)
 dpo_beta = 0.1                 # the DPO paper's (REFERENCE §6)
 dpo_batch_size = 8             # pairs per step
-dpo_max_steps = 150
+dpo_max_steps = 100
 dpo_lr = 1e-4
 dpo_warmup = 10
 dpo_ckpt_interval = 25
-dpo_eval_splits = "unseen_voice,val"   # spoken QA before and after, on these splits
+dpo_eval_splits = "unseen_voice"       # spoken QA before and after on these splits (comma-separated)
 
 presets = {
     "tiny": {},
@@ -336,7 +337,7 @@ def stage_dpo(cfg):
     # the pairs: kept on disk (dpo_pairs.pt, and every verdict readable in dpo_pairs.jsonl)
     path = os.path.join(out, "dpo_pairs.pt")
     info = {k: cfg[k] for k in ("seed", "dpo_questions", "dpo_samples", "dpo_text_temp", "dpo_min_margin",
-                                "dpo_max_pairs", "sft_eval_history")}
+                                "dpo_max_pairs", "dpo_history", "sft_eval_history")}
     pairs = utils.load_checkpoint(path) if os.path.exists(path) else None
     if pairs is None or pairs["info"] != info:
         t0 = time.time()
@@ -349,7 +350,7 @@ def stage_dpo(cfg):
         sample = lambda h, u: [t.cpu() for t in ed.free_run(sft, h.to(dev), u.to(dev), silence.to(dev), temps)]
         pairs, records = dpo.collect_pairs(hist, user, windows, sample,
                                            lambda text, codes, rows: judge(items, windows, text, codes, rows.tolist()),
-                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"])
+                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"], cfg["dpo_history"])
         replies = [v for rec in records for v in rec["replies"]]
         info.update(judge_ok=float(np.mean([v["judge_ok"] for v in replies])),
                     text_ok=float(np.mean([v["text_ok"] for v in replies])), seconds=round(time.time() - t0, 1))

@@ -145,11 +145,14 @@ def pair_up(verdicts, min_margin=0.1, max_pairs=2):
     return pairs
 
 
-def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0.1, max_pairs=2):
+def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0.1, max_pairs=2, keep_history=None):
     """Pairs from the model's own replies. history [Q, H, S] (the real dialogue up to each
     question), user [Q, F, K] (the user's audio from the question on), windows [Q] (frames of
     the reply window, <= F); sample(history, user) -> (text [N, F], codes [N, F, K]) runs the
     model freely; judge(text, codes, question index of each row) -> one verdict dict per row.
+    keep_history: frames of the history kept in the pairs' sequences (None: all). The replies are
+    sampled after the whole history; scoring them after its last frames only costs less per step,
+    and policy and reference see the same (shorter) prompt, which is all the loss needs.
     -> (pairs: dict of tensors, records: per question every reply's verdict and its pairs)."""
     Q, H, S = history.shape
     F_ = user.shape[1]
@@ -159,7 +162,8 @@ def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0
     verdicts = judge(text, codes, qidx)
     # the full sequence of each reply: prompt, then what the model wrote and said while hearing the
     # user; one more frame at the end so the delayed codebooks of the last frame are targets too
-    x = torch.cat([hist, torch.cat([text[..., None], codes, usr], -1)], 1)
+    H = min(H, keep_history or H)
+    x = torch.cat([hist[:, hist.shape[1] - H:], torch.cat([text[..., None], codes, usr], -1)], 1)
     x = torch.cat([x, x[:, -1:]], 1)
     reply = torch.zeros(x.shape[:2], dtype=torch.bool)
     for n in range(len(x)):
@@ -226,10 +230,16 @@ def train(cfg, pairs, stop_step=None):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["dpo_lr"], betas=(0.9, 0.95), weight_decay=0.0)
     max_steps, B, beta = cfg["dpo_max_steps"], min(cfg["dpo_batch_size"], P), cfg["dpo_beta"]
     path = os.path.join(out_dir, "dpo.pt")
-    ckpt = utils.resume(path, model, opt, device, max_steps)
     chosen, rejected = pairs["chosen"].to(device), pairs["rejected"].to(device)
     reply = pairs["reply"].to(device)
-    if ckpt and ckpt["ref_chosen"].shape[0] == P:
+    pairs_id = [P, int(chosen.long().sum()), int(rejected.long().sum())]   # which pairs a checkpoint trained on
+    ckpt = utils.resume(path, model, opt, device, max_steps)
+    if ckpt and ckpt.get("pairs_id") != pairs_id:
+        print(f"{path} was trained on other pairs: starting again from the sft model")
+        model.load_state_dict(load_model(os.path.join(out_dir, "sft.pt"), device).state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["dpo_lr"], betas=(0.9, 0.95), weight_decay=0.0)
+        ckpt = None
+    if ckpt:
         step, history = ckpt["step"], ckpt["history"]
         ref_c, ref_r = ckpt["ref_chosen"].to(device), ckpt["ref_rejected"].to(device)
     else:
@@ -242,7 +252,8 @@ def train(cfg, pairs, stop_step=None):
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
-                                         step=step, history=history, ref_chosen=ref_c.cpu(), ref_rejected=ref_r.cpu()))
+                                         step=step, history=history, ref_chosen=ref_c.cpu(), ref_rejected=ref_r.cpu(),
+                                         pairs_id=pairs_id))
 
     gen = torch.Generator()
     t0 = time.time()
