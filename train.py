@@ -169,6 +169,20 @@ duplex_text_temperature = 0.7  # Moshi's sampling of the text stream ...
 duplex_text_top_k = 25
 duplex_audio_temperature = 0.8  # ... and of the audio
 duplex_audio_top_k = 250
+# --- dpo: preference optimisation on the model's own spoken replies (nanosdm/dpo.py)
+dpo_questions = 200            # training-split spoken questions the sft model answers for the pairs
+dpo_samples = 4                # replies sampled per question
+dpo_text_temp = 0.7            # text sampling temperature of those replies (audio: as the evaluation, 0.8)
+dpo_min_margin = 0.1           # replies with the same verdicts pair only if the judge's scores differ this much
+dpo_max_pairs = 2              # pairs per question (best with worst, second best with second worst)
+dpo_history = 40               # frames of history kept before each reply when scoring it (sampled after sft_eval_history)
+dpo_beta = 0.1                 # the DPO paper's (REFERENCE §6)
+dpo_batch_size = 8             # pairs per step
+dpo_max_steps = 100
+dpo_lr = 1e-4
+dpo_warmup = 10
+dpo_ckpt_interval = 25
+dpo_eval_splits = "unseen_voice"       # spoken QA before and after on these splits (comma-separated)
 
 presets = {
     "tiny": {},
@@ -281,6 +295,11 @@ def stage_duplex(cfg):
     return evaluate_duplex.evaluate_duplex(cfg)
 
 
+def stage_dpo(cfg):
+    from nanosdm import evaluate_dpo
+    return evaluate_dpo.run(cfg)
+
+
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
@@ -292,6 +311,7 @@ STAGES = [
     ("align", stage_align),        # the text LM learns to hear and to speak (single utterances)
     ("sft", stage_sft),            # full-duplex spoken dialogues
     ("duplex", stage_duplex),      # when it speaks: pauses, turn ends, interruptions, backchannels
+    ("dpo", stage_dpo),            # preference optimisation on its own spoken replies, judged by the ear
 ]
 
 

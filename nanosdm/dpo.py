@@ -1,0 +1,294 @@
+"""
+Preference optimisation of the dual-stream model on its own spoken replies (survey §4.2.4, §4.4.3):
+Direct Preference Optimisation, with pairs ranked by the ear (Align-SLM's recipe, no reward model).
+
+    pairs       the model answers a spoken question of the training split N times (sampling); each
+                reply is decoded to audio and judged; the best judged reply of a question is
+                `chosen`, the worst `rejected` (pair_up says exactly when a pair is made)
+    log-prob    log pi(y | x): x = the real dialogue up to the question (teacher-forced) and the
+                user's audio, y = everything the assistant wrote and said in the reply window (its
+                inner-monologue text and its K codebooks); the prompt and the padding after the
+                window count for nothing
+    loss        -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
+                (the DPO paper; ref = the `sft` model, frozen, its log-probs computed once)
+
+The ranking belongs to the stage runner (train.py wires the evaluation module's judge in): a
+component does not import the evaluations. What reaches this file is one verdict per reply:
+
+    judge_ok   the fact-free judge heard the right answer (evaluate_dialogue.judge_wavs)
+    text_ok    the inner monologue holds the right answer (a string match against the world's fact)
+    score      the judge's own graded score: the CTC log-likelihood per character of the right reply
+               under the recognizer's acoustic model alone (ear_score). The character LM, which has
+               read every fact, is never used: it would hear the right answer in any mumble.
+
+Why three, in that order: the `sft` model's speech is speech-like but the judge understands none
+of it (0%), so a pair needs something beside the binary verdict. The text channel is right often
+(27% on held-out voices, ~45% on training questions when sampling), and its speech follows its
+text; among replies with the same verdicts, the one whose audio the ear finds closer to the right
+reply is preferred. No fact-knowing model ranks the speech: only the acoustic model, given the
+reply the world says is right, as the judge itself does.
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanosdm import ctc, utils
+from nanosdm.dualstream import delay, load_model
+
+SILENT_SCORE = -20.0     # ear_score of a clip with nothing in it (far below any real speech, ~-2..-5)
+
+
+# -----------------------------------------------------------------------------
+# the loss
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):
+    """Sequence log-probs [P] under the policy and the reference -> (mean loss, stats). The implicit
+    rewards are beta * (log pi - log ref); the loss asks the chosen one to exceed the rejected one.
+    stats: mean chosen / rejected reward, reward accuracy (a tie counts half: policy = reference
+    gives 0.5, as a coin would) and mean margin, all detached floats."""
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    margin = chosen - rejected
+    loss = -F.logsigmoid(margin).mean()      # logsigmoid: no overflow for large margins
+    with torch.no_grad():
+        acc = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()
+    return loss, dict(chosen=chosen.mean().item(), rejected=rejected.mean().item(),
+                      acc=acc.item(), margin=margin.mean().item())
+
+
+# -----------------------------------------------------------------------------
+# log pi(y | x) of a reply under the dual-stream model
+
+def token_logprobs(model, inputs, targets):
+    """Teacher-forced log-probs of the assistant's targets: [B, T, 1 + K] (text, then codebooks
+    0..K-1), 0 where a target is the initial token a delay left (nothing was predicted there).
+    The same computation as DualStream.forward's losses, per token and unweighted."""
+    logits, h = model(inputs)
+    V, K, card = model.vocab_size, model.n_q, model.card
+    tt = targets[..., 0]
+    text = torch.gather(F.log_softmax(logits, -1), -1, tt.clamp(max=V - 1)[..., None])[..., 0] * (tt < V)
+    B, T = tt.shape
+    codes = targets[..., 1:1 + K]
+    audio_logits = model.depth(h.reshape(B * T, -1), tt.reshape(-1), codes.reshape(B * T, K)).view(B, T, K, card)
+    audio = torch.gather(F.log_softmax(audio_logits, -1), -1, codes.clamp(0, card - 1)[..., None])[..., 0]
+    return torch.cat([text[..., None], audio * (codes < card)], -1)
+
+
+def reply_token_mask(model, reply):
+    """reply [B, T] bool on undelayed frames -> [B, T, 1 + K]: which delayed targets belong to the
+    reply (codebook k of frame f is the target of step f + delays[k])."""
+    K = model.n_q
+    m = reply[..., None].expand(-1, -1, 1 + K).long()
+    return delay(m, model.delays[:1 + K], 0).bool()
+
+
+def sequence_logprob(model, x, reply):
+    """x [B, T, S] undelayed tokens (prompt, reply, padding), reply [B, T] bool (the reply's
+    frames) -> [B] the sum of the log-probs of the assistant's text and audio tokens of the reply.
+    The user's stream is input only: it is never predicted, so never counted."""
+    inputs, targets = model.inputs_targets(x)
+    return (token_logprobs(model, inputs, targets) * reply_token_mask(model, reply)).sum((1, 2))
+
+
+@torch.no_grad()
+def batched_logprob(model, x, reply, batch_size=32):
+    was = model.training
+    model.eval()
+    out = torch.cat([sequence_logprob(model, x[b:b + batch_size].long(), reply[b:b + batch_size])
+                     for b in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the judge's graded score and the pairs
+
+@torch.no_grad()
+def ear_score(asr, wav, text):
+    """Per-character CTC log-likelihood of `text` in `wav` under the recognizer's acoustic model
+    (no language model): how much the audio sounds like that text. SILENT_SCORE for silence."""
+    wav = torch.as_tensor(wav).float()
+    target = ctc.encode_text(" ".join(text.replace(".", " ").split()))
+    if wav.numel() < 400 or wav.abs().max() == 0 or not target:
+        return SILENT_SCORE
+    _, lp = asr.posteriors(wav)
+    lp = lp.float().cpu()
+    nll = F.ctc_loss(lp, torch.tensor(target), torch.tensor([lp.shape[0]]), torch.tensor([len(target)]),
+                     blank=ctc.BLANK, reduction="sum").item()
+    return max(SILENT_SCORE, -nll / len(target))       # inf (too short to say it at all) -> SILENT_SCORE
+
+
+def preference_key(v):
+    """The order of replies: heard right first, then right in the text channel, then the score."""
+    return (bool(v["judge_ok"]), bool(v["text_ok"]), float(v["score"]))
+
+
+def pair_up(verdicts, min_margin=0.1, max_pairs=2):
+    """One question's replies -> [(chosen, rejected)] indices. Replies are ranked by
+    preference_key; the best is paired with the worst, the second best with the second worst, ...
+    (each reply in one pair at most, so no reply dominates the batch). A pair needs a real
+    preference: a better verdict, or the same verdicts and a score higher by min_margin nats per
+    character (closer scores are the judge's noise, not a preference)."""
+    order = sorted(range(len(verdicts)), key=lambda i: preference_key(verdicts[i]), reverse=True)
+    pairs = []
+    for j in range(min(max_pairs, len(order) // 2)):
+        w, l = verdicts[order[j]], verdicts[order[-1 - j]]
+        kw, kl = preference_key(w), preference_key(l)
+        if kw[:2] > kl[:2] or (kw[:2] == kl[:2] and kw[2] - kl[2] >= min_margin):
+            pairs.append((order[j], order[-1 - j]))
+    return pairs
+
+
+def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0.1, max_pairs=2, keep_history=None):
+    """Pairs from the model's own replies. history [Q, H, S] (the real dialogue up to each
+    question), user [Q, F, K] (the user's audio from the question on), windows [Q] (frames of
+    the reply window, <= F); sample(history, user) -> (text [N, F], codes [N, F, K]) runs the
+    model freely; judge(text, codes, question index of each row) -> one verdict dict per row.
+    keep_history: frames of the history kept in the pairs' sequences (None: all). The replies are
+    sampled after the whole history; scoring them after its last frames only costs less per step,
+    and policy and reference see the same (shorter) prompt, which is all the loss needs.
+    -> (pairs: dict of tensors, records: per question every reply's verdict and its pairs)."""
+    Q, H, S = history.shape
+    F_ = user.shape[1]
+    hist, usr = history.repeat_interleave(n_samples, 0), user.repeat_interleave(n_samples, 0)
+    qidx = torch.arange(Q).repeat_interleave(n_samples)
+    text, codes = sample(hist, usr)
+    verdicts = judge(text, codes, qidx)
+    # the full sequence of each reply: prompt, then what the model wrote and said while hearing the
+    # user; one more frame at the end so the delayed codebooks of the last frame are targets too
+    H = min(H, keep_history or H)
+    x = torch.cat([hist[:, hist.shape[1] - H:], torch.cat([text[..., None], codes, usr], -1)], 1)
+    x = torch.cat([x, x[:, -1:]], 1)
+    reply = torch.zeros(x.shape[:2], dtype=torch.bool)
+    for n in range(len(x)):
+        reply[n, H:H + int(windows[qidx[n]])] = True
+    chosen, rejected, records = [], [], []
+    for q in range(Q):
+        rows = list(range(q * n_samples, (q + 1) * n_samples))
+        pq = pair_up([verdicts[r] for r in rows], min_margin, max_pairs)
+        chosen += [rows[w] for w, _ in pq]
+        rejected += [rows[l] for _, l in pq]
+        records.append(dict(replies=[verdicts[r] for r in rows], pairs=pq))
+    c, r = torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long)
+    # int16 on disk: every id (text vocabulary, codebook, initial token) is far below 32768
+    pairs = dict(chosen=x[c].to(torch.int16), rejected=x[r].to(torch.int16), reply=reply[c])
+    return pairs, records
+
+
+def save_pairs(path, pairs, records, info):
+    """pairs as tensors (path, loaded with weights_only=True) and every reply's verdict as
+    readable JSON lines beside it (path with .jsonl): question, answer, what was said and heard."""
+    utils.save_checkpoint(path, dict(pairs, info=info))
+    jsonl = os.path.splitext(path)[0] + ".jsonl"
+    with open(jsonl + ".tmp", "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    os.replace(jsonl + ".tmp", jsonl)
+
+
+# -----------------------------------------------------------------------------
+# stage `dpo`
+
+def plot_rewards(history, path, beta):
+    fig, (ax, ax2) = utils.figure(2, 1, figsize=(7, 5.5), sharex=True)
+    steps = [r["step"] for r in history]
+    k = min(10, len(history))
+    smooth = lambda key: np.convolve([r[key] for r in history], np.ones(k) / k, mode="valid")
+    ax.plot(steps[k - 1:], smooth("chosen"), label="chosen reward", color="tab:green")
+    ax.plot(steps[k - 1:], smooth("rejected"), label="rejected reward", color="tab:red")
+    ax.plot(steps[k - 1:], smooth("margin"), label="margin", color="black", lw=1)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set(ylabel=f"beta x log(pi / ref), beta={beta}", title="stage dpo: implicit rewards (batch means)")
+    ax.legend(fontsize=8)
+    ax2.plot(steps[k - 1:], smooth("acc"), label="reward accuracy", color="tab:blue")
+    ax2.plot(steps[k - 1:], smooth("loss"), label="loss", color="tab:orange")
+    ax2.axhline(math.log(2), color="gray", lw=0.5, ls="--")
+    ax2.set(xlabel="step", ylim=(0, max(1.05, max(r["loss"] for r in history) * 1.05)))
+    ax2.legend(fontsize=8)
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+    utils.save_figure(fig, path, dpi=100)
+
+
+def train(cfg, pairs, stop_step=None):
+    """Stage `dpo`: the `sft` model (policy, trained) against itself (reference, frozen, its
+    log-probs of every pair computed once and kept in the checkpoint) on `pairs`. Resumes from
+    out/<preset>/dpo.pt. Returns the figures (empty when stopped early by stop_step)."""
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    P = len(pairs["chosen"])
+    if P == 0:
+        raise ValueError("stage dpo: no preference pairs (every reply judged alike); sample more "
+                         "(--dpo_questions, --dpo_samples) or lower --dpo_min_margin")
+    torch.manual_seed(cfg["seed"])
+    model = load_model(os.path.join(out_dir, "sft.pt"), device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["dpo_lr"], betas=(0.9, 0.95), weight_decay=0.0)
+    max_steps, B, beta = cfg["dpo_max_steps"], min(cfg["dpo_batch_size"], P), cfg["dpo_beta"]
+    path = os.path.join(out_dir, "dpo.pt")
+    chosen, rejected = pairs["chosen"].to(device), pairs["rejected"].to(device)
+    reply = pairs["reply"].to(device)
+    pairs_id = [P, int(chosen.long().sum()), int(rejected.long().sum())]   # which pairs a checkpoint trained on
+    ckpt = utils.resume(path, model, opt, device, max_steps)
+    if ckpt and ckpt.get("pairs_id") != pairs_id:
+        print(f"{path} was trained on other pairs: starting again from the sft model")
+        model.load_state_dict(load_model(os.path.join(out_dir, "sft.pt"), device).state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["dpo_lr"], betas=(0.9, 0.95), weight_decay=0.0)
+        ckpt = None
+    if ckpt:
+        step, history = ckpt["step"], ckpt["history"]
+        ref_c, ref_r = ckpt["ref_chosen"].to(device), ckpt["ref_rejected"].to(device)
+    else:
+        step, history = 0, []
+        t = time.time()
+        ref_c, ref_r = batched_logprob(model, chosen, reply), batched_logprob(model, rejected, reply)
+        print(f"dpo: reference log-probs of {P} pairs in {time.time() - t:.1f}s "
+              f"(chosen {ref_c.mean():.1f}, rejected {ref_r.mean():.1f} nats a reply)")
+    print(f"dpo: {P} pairs, {max_steps} steps of {B} pairs, beta {beta}, lr {cfg['dpo_lr']}")
+
+    def save():
+        utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
+                                         step=step, history=history, ref_chosen=ref_c.cpu(), ref_rejected=ref_r.cpu(),
+                                         pairs_id=pairs_id))
+
+    gen = torch.Generator()
+    t0 = time.time()
+    pbar = tqdm(total=max_steps, initial=step, desc="dpo", dynamic_ncols=True)
+    while step < max_steps and (stop_step is None or step < stop_step):
+        lr = utils.cosine_lr(step, max_steps, cfg["dpo_lr"], cfg["dpo_warmup"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # pass through the pairs epoch by epoch, the order a function of the epoch: resumable
+        epoch, pos = divmod(step, -(-P // B))
+        gen.manual_seed(cfg["seed"] * 1_000_003 + epoch)
+        perm = torch.randperm(P, generator=gen)
+        idx = perm[pos * B:(pos + 1) * B].to(device)
+        both = torch.cat([chosen[idx], rejected[idx]]).long()
+        lp = sequence_logprob(model, both, torch.cat([reply[idx], reply[idx]]))
+        loss, stats = dpo_loss(lp[:len(idx)], lp[len(idx):], ref_c[idx], ref_r[idx], beta)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        history.append(dict(step=step, loss=round(loss.item(), 5), **{k: round(v, 5) for k, v in stats.items()}))
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{stats['acc']:.2f}", margin=f"{stats['margin']:.2f}")
+        if step % cfg["dpo_ckpt_interval"] == 0 or step == max_steps:
+            save()
+    pbar.close()
+    if step < max_steps:
+        return {}
+    train_s = time.time() - t0
+    plot_rewards(history, os.path.join(out_dir, "plots", "dpo_rewards.png"), beta)
+    # the final policy on every pair (not batch means over a moving model)
+    pc, pr = batched_logprob(model, chosen, reply), batched_logprob(model, rejected, reply)
+    _, final = dpo_loss(pc, pr, ref_c, ref_r, beta)
+    return {"dpo_loss_start": history[0]["loss"], "dpo_loss_end": round(float(np.mean([r["loss"] for r in history[-10:]])), 4),
+            "dpo_reward_acc": round(final["acc"], 4), "dpo_margin": round(final["margin"], 4),
+            "dpo_reward_chosen": round(final["chosen"], 4), "dpo_reward_rejected": round(final["rejected"], 4),
+            "dpo_pairs": P, "dpo_train_seconds": round(train_s, 1)}
