@@ -82,3 +82,42 @@ def test_respond_streams_text_units_and_audio(model):
     states = omni.answer_states(model, [full])[0]
     assert out["units"] == model.decoder.units(states[None])[0]
     assert len(out["wav"]) % 1280 == 0 and (out["first_audio_s"] is not None) == (len(out["wav"]) > 0)
+
+
+def test_sample_omni_wav_in_reply_out(tmp_path):
+    """sample.py --model=omni on a tiny fake run: the question in, reply.wav (stereo) and reply.json out."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import numpy as np
+    from test_dualstream import make_tiny_run
+    from nanosdm import audio, utils
+    from nanosdm.asr import ASR
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = make_tiny_run(tmp_path)
+    out_dir = cfg["out_dir"]
+    torch.manual_seed(0)
+    asr = ASR(n_layer=1, n_head=2, d_model=16)
+    utils.save_checkpoint(os.path.join(out_dir, "asr.pt"), dict(model=asr.state_dict(), config=asr.config))
+    lm = utils.load_checkpoint(os.path.join(out_dir, "text.pt"))
+    model = omni.Omni(lm["config"], 16, 3, 32, 10, 4, 1, 2, 16)
+    model.lm.load_state_dict(lm["model"])
+    utils.save_checkpoint(os.path.join(out_dir, "omni.pt"), dict(model=model.state_dict(), config=model.config))
+    voc = Vocoder(n_units=10, latent_dim=8, dim=16, kernel=3, dur_layers=1, frame_layers=1, latent_layers=1)
+    utils.save_checkpoint(os.path.join(out_dir, "vocoder.pt"), dict(model=voc.state_dict(), config=voc.config))
+    os.makedirs(tmp_path / "runs", exist_ok=True)
+    os.symlink(out_dir, tmp_path / "runs" / "tiny")
+    t = np.arange(16000) / 16000
+    audio.save_wav(tmp_path / "q.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    out = tmp_path / "r.wav"
+    p = subprocess.run([sys.executable, os.path.join(root, "sample.py"), f"--out_root={tmp_path / 'runs'}", "--device=cpu",
+                        "--model=omni", "--wav", str(tmp_path / "q.wav"), f"--out={out}", "--max_new_tokens=6"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    wav = np.stack([audio.load_wav(out, channel=c).numpy() for c in (0, 1)])
+    assert wav.shape[1] >= 16000 and np.abs(wav[1, :10000]).max() > 0.2     # channel 1: the question
+    with open(tmp_path / "r.json") as f:
+        reply = json.load(f)
+    assert {"text", "words", "onset_s", "rtf"} <= set(reply)
+    assert os.path.exists(tmp_path / "r.png")
