@@ -43,6 +43,11 @@ from nanosdm.tokenizer import ASSISTANT, BOS, EOS, UNK, USER
 CONTEXT_TURNS = 6         # earlier turns in the prompt (the cascade baseline keeps as many)
 QUESTION_TAIL = 800       # samples kept after a user turn's end (50 ms), as the cascade does
 SPEECH = UNK              # the id that stands where speech embeddings go (never read: replaced)
+# what the adapter checkpoint depends on (λ or the decoder's size can change without retraining it),
+# and what only the evaluation reads
+ADAPTER_KEYS = ("seed", "omni_k", "omni_adapter_hidden", "omni_tune_lm", "omni_lm_lr_mult", "omni_batch_size",
+                "omni_adapter_steps", "omni_lr", "omni_warmup")
+EVAL_KEYS = ("omni_omega", "omni_ckpt_interval")
 
 
 # -----------------------------------------------------------------------------
@@ -321,29 +326,32 @@ def _resumable(path, model, train_keys, device):
     if not os.path.exists(path):
         return False
     ckpt = utils.load_checkpoint(path, device)
-    if ckpt.get("finished") and ckpt["config"] == model.config and ckpt.get("train_keys") == train_keys:
-        model.load_state_dict(ckpt["model"])
+    if ckpt.get("finished") and ckpt.get("train_keys") == train_keys:
+        model.load_state_dict(ckpt["model"], strict=False)
         return True
     return False
 
 
-def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_step, train_keys):
-    """The shared training loop of both phases: warmup + cosine LR, resumable checkpoints, tqdm."""
+def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_step, train_keys, saved=""):
+    """The shared training loop of both phases: warmup + cosine LR, resumable checkpoints, tqdm.
+    train_keys: the configuration this phase depends on (a checkpoint of another is not resumed);
+    saved: the prefix of the parameters the checkpoint holds ("" = all)."""
     device = cfg["device"]
     ckpt = None
     if os.path.exists(path):
         ckpt = utils.load_checkpoint(path, device)
-        if ckpt["config"] != model.config or ckpt.get("train_keys") != train_keys or ckpt.get("finished"):
+        if ckpt.get("train_keys") != train_keys or ckpt.get("finished"):
             ckpt = None
     step = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], strict=False)
         opt.load_state_dict(ckpt["optimizer"])
         step, history[:] = ckpt["step"], ckpt["history"]
         print(f"omni {name}: resuming from step {step}")
 
     def save(finished=False):
-        utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
+        state = {key: value for key, value in model.state_dict().items() if key.startswith(saved)}
+        utils.save_checkpoint(path, dict(model=state, optimizer=opt.state_dict(), config=model.config,
                                          step=step, history=history, train_keys=train_keys, finished=finished, **extra))
 
     gen = torch.Generator()
@@ -392,11 +400,11 @@ def train(cfg, stop_step=None):
     examples = [make_example(it, k, block) for it in items]
     print(f"omni: {len(items)} spoken exchanges ({sum(u is not None for u in unit_targets)} with answer units), "
           f"prepared in {time.time() - t0:.0f}s")
-    keys = lambda prefix: {key: cfg[key] for key in sorted(cfg) if key.startswith(prefix)}
     B = cfg["omni_batch_size"]
 
     # (1) the adapter: the LM hears; only the answer is scored
-    adapter_keys = keys("omni_")
+    adapter_keys = {key: cfg[key] for key in ADAPTER_KEYS}
+    decoder_keys = {key: cfg[key] for key in sorted(cfg) if (key.startswith("omni_") and key not in EVAL_KEYS) or key == "seed"}
     for p in model.parameters():
         p.requires_grad_(False)
     groups = [dict(params=list(model.adapter.parameters()), lr_mult=1.0)]
@@ -418,7 +426,7 @@ def train(cfg, stop_step=None):
     if not _resumable(adapter_path, model, adapter_keys, device):
         opt = torch.optim.AdamW(groups, lr=cfg["omni_lr"], betas=(0.9, 0.98), weight_decay=0.0)
         if not _loop("adapter", cfg["omni_adapter_steps"], cfg, model, opt, cfg["omni_lr"], adapter_loss,
-                     adapter_path, adapter_history, {}, stop_step, adapter_keys):
+                     adapter_path, adapter_history, {}, stop_step, adapter_keys, saved=("lm.", "adapter.")):
             return {}
     adapter_history = utils.load_checkpoint(adapter_path, device)["history"]
     adapter_seconds = time.time() - t1
@@ -443,9 +451,9 @@ def train(cfg, stop_step=None):
     model.train()
     t2 = time.time()
     opt = torch.optim.AdamW(model.decoder.parameters(), lr=cfg["omni_dec_lr"], betas=(0.9, 0.98), weight_decay=0.0)
-    if not _resumable(decoder_path, model, keys("omni_"), device):
+    if not _resumable(decoder_path, model, decoder_keys, device):
         if not _loop("decoder", cfg["omni_decoder_steps"], cfg, model, opt, cfg["omni_dec_lr"], decoder_loss,
-                     decoder_path, decoder_history, dict(units_per_token_max=ratio), stop_step, keys("omni_")):
+                     decoder_path, decoder_history, dict(units_per_token_max=ratio), stop_step, decoder_keys):
             return {}
     decoder_history = utils.load_checkpoint(decoder_path, device)["history"]
     plot_training(adapter_history, decoder_history, os.path.join(out_dir, "plots", "omni_loss.png"))
