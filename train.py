@@ -182,6 +182,7 @@ vocoder_mel_weight = 0.2       # the codec's log-mel loss (dB) on the decoded au
 vocoder_ckpt_interval = 200
 vocoder_eval_turns = 150       # held-out assistant turns resynthesized for the evaluation
 # --- omni (nanosdm/omni.py, ctc.py): LLaMA-Omni's way, speech adapter -> text LM -> CTC speech decoder
+omni_extra_exchanges = 6000    # synthesized spoken questions beyond the corpus's 703 exchanges (0: corpus only)
 omni_k = 3                     # ASR encoder frames (30 ms) concatenated per LM position: 90 ms
 omni_adapter_hidden = 512
 omni_tune_lm = False           # also tune the text LM's blocks in (1) (embedding and head stay frozen)
