@@ -41,6 +41,7 @@ from nanosdm.textlm import TextLM
 from nanosdm.tokenizer import ASSISTANT, BOS, EOS, UNK, USER
 
 CONTEXT_TURNS = 6         # earlier turns in the prompt (the cascade baseline keeps as many)
+SYNTH_CHUNK = 512         # synthesized questions encoded at a time
 QUESTION_TAIL = 800       # samples kept after a user turn's end (50 ms), as the cascade does
 SPEECH = UNK              # the id that stands where speech embeddings go (never read: replaced)
 # what the adapter checkpoint depends on (λ or the decoder's size can change without retraining it),
@@ -71,7 +72,7 @@ def encode_speech(asr, wavs, batch_size=32):
         n = conv_lengths(flen)
         h = asr.transformer(h, attn_mask=torch.arange(h.shape[1], device=dev)[None] < n[:, None])
         for j, i in enumerate(rows):
-            out[i] = h[j, :int(n[j])].float().cpu()
+            out[i] = h[j, :int(n[j])].float().cpu().clone()   # not a view that keeps the whole batch
     return out
 
 
@@ -247,10 +248,14 @@ def synthetic_exchanges(cfg, asr, tok, n):
         groups.append(exs)
         jobs += [dict(text=ex["question"], **voice) for ex in exs]
     peaks = [rng.uniform(0.25, 0.9) for _ in jobs]
-    wavs = [torch.from_numpy(w * p / max(1e-4, float(np.abs(w).max()))).float()
-            for (w, _, _), p in zip(tqdm(espeak.synthesize_many(jobs, cfg.get("workers") or None), total=len(jobs),
-                                         desc="omni: synthetic questions", leave=False), peaks)]
-    feats = iter(encode_speech(asr, wavs))
+    feats, wavs = [], []
+    for (w, _, _), p in zip(tqdm(espeak.synthesize_many(jobs, cfg.get("workers") or None), total=len(jobs),
+                                 desc="omni: synthetic questions", leave=False), peaks):
+        wavs.append(torch.from_numpy(w * p / max(1e-4, float(np.abs(w).max()))).float())
+        if len(wavs) == SYNTH_CHUNK:    # keep the encoder's frames, not hours of audio
+            feats += encode_speech(asr, wavs)
+            wavs = []
+    feats = iter(feats + encode_speech(asr, wavs))
     out = []
     for exs in groups:
         context = []
