@@ -9,12 +9,15 @@ Talk to trained nanosdm checkpoints.
     python sample.py --wav question.wav --out=answers/r1.wav  # ... or hears any wav (any rate, mixed to mono)
     python sample.py --scenario=interrupt --seed=3            # a full-duplex scenario: pause, turn, interrupt,
                                                               # backchannel or silence (stage duplex's kinds)
+    python sample.py --model=omni --say "what colour is the kotan?"   # LLaMA-Omni's way (stage omni), half duplex
 
 --say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
 frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
 They write reply.wav (stereo 16 kHz: channel 0 the model, channel 1 the user, as Moshi), reply.json
 (`text`, `words` as [word, start_s, end_s], `onset_s`, `rtf`) and reply.png beside it.
 --scenario writes scenario_<kind>.wav / .json (events, where the model spoke, the verdict) / .png (timeline).
+--model=omni hears the whole question, then answers (greedy text; the speech decoder streams units
+after each token and the vocoder speaks every --omega units); the same reply.wav / .json / .png.
 
 The defaults sample like Moshi's text stream (temperature 0.7, top-k 25); --temperature=0 is greedy.
 """
@@ -43,7 +46,9 @@ parser.add_argument("--out", default="reply.wav", help="where --say/--wav write 
 parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
 parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
                     help="play one full-duplex scenario (duplex.py) to the model: wav, json and timeline out")
-parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt")
+parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt, "
+                    "or omni: LLaMA-Omni's way (stage omni)")
+parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
 parser.add_argument("--data_root", default="data")
 parser.add_argument("--audio_temperature", type=float, default=0.8)
 parser.add_argument("--audio_top_k", type=int, default=250)
@@ -76,6 +81,8 @@ def main():
         return
     if args.scenario is not None:
         return scenario(out_dir, device)
+    if (args.say is not None or args.wav is not None) and args.model == "omni":
+        return converse_omni(out_dir, device)
     if args.say is not None or args.wav is not None:
         return converse(out_dir, device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
@@ -162,6 +169,54 @@ def converse(out_dir, device):
     plot_reply(out["wav"], wav, words, os.path.splitext(args.out)[0] + ".png")
     print(f"model: {result['text']!r} (onset {result['onset_s']} s after the question, real-time factor "
           f"{result['rtf']}); wrote {args.out} and {json_path}")
+
+
+def converse_omni(out_dir, device):
+    """Half duplex, LLaMA-Omni's way: the whole question through the frozen ear and the adapter,
+    then the text answer with its speech streamed beside it. The reply starts where its first
+    audio was ready (the question's end + the measured compute)."""
+    import json
+    import time
+    from nanosdm import audio, omni
+    from nanosdm.asr import ASR
+    from nanosdm.codec import Codec
+    from nanosdm.vocoder import FRAME_MS, Vocoder, duration_frames
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    asr, codec = ASR.load(os.path.join(out_dir, "asr.pt"), device), Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    model, voc = omni.load_model(os.path.join(out_dir, "omni.pt"), device), Vocoder.load(os.path.join(out_dir, "vocoder.pt"), device)
+    heard = user_input(out_dir)
+    t0 = time.time()
+    feats = omni.encode_speech(asr, [heard])[0]
+    example = omni.build_example([("speech", feats)], model.config["k"])
+    out = omni.respond(model, example, voc, codec, args.omega, args.max_new_tokens, t0=t0)
+    seconds = time.time() - t0
+    onset = out["first_audio_s"] or 0.0
+    start = len(heard) / audio.SAMPLE_RATE + onset
+    # word times from the vocoder's durations: token i ends where the units emitted up to it end
+    units = torch.tensor(out["units"], dtype=torch.long)
+    frames = torch.cumsum(duration_frames(voc.durations(units[None].to(device))[0][0]).cpu(), 0).tolist() if len(units) else []
+    end_of = lambda n: start + (frames[n - 1] if n else 0) * FRAME_MS / 1000
+    words, prev = [], 0
+    for tid, n in zip(out["tokens"], out["units_at"]):
+        piece = tok.sp.id_to_piece(tid)
+        if piece.startswith("\u2581") or not words:
+            words.append([piece.lstrip("\u2581"), round(end_of(prev), 2), round(end_of(n), 2)])
+        else:
+            words[-1][0] += piece
+            words[-1][2] = round(end_of(n), 2)
+        prev = n
+    n = int(start * audio.SAMPLE_RATE)
+    reply = torch.cat([torch.zeros(n), out["wav"].float()])
+    user = torch.nn.functional.pad(heard, (0, len(reply) - len(heard)))
+    result = dict(text=tok.decode(out["tokens"]), words=words, onset_s=round(onset, 3),
+                  rtf=round(seconds / max(len(out["wav"]) / audio.SAMPLE_RATE, 1e-9), 3), units=len(out["units"]))
+    audio.save_wav(args.out, torch.stack([reply, user]))
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    plot_reply(reply, user, words, os.path.splitext(args.out)[0] + ".png")
+    print(f"omni: {result['text']!r} ({result['units']} units; first audio {result['onset_s']} s after the question, "
+          f"real-time factor {result['rtf']}); wrote {args.out} and {json_path}")
 
 
 def load_dual(out_dir, device):

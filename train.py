@@ -183,6 +183,38 @@ dpo_lr = 1e-4
 dpo_warmup = 10
 dpo_ckpt_interval = 25
 dpo_eval_splits = "unseen_voice"       # spoken QA before and after on these splits (comma-separated)
+# --- vocoder (nanosdm/vocoder.py): deduplicated units -> durations -> the codec's latent -> its decoder
+vocoder_dim = 128
+vocoder_kernel = 5             # causal taps at 50 Hz (100 ms) in the duration and frame networks
+vocoder_dur_layers = 3
+vocoder_frame_layers = 2
+vocoder_latent_layers = 2
+vocoder_batch_size = 16
+vocoder_segment_frames = 24    # codec frames per training crop (1.92 s)
+vocoder_max_steps = 600 
+vocoder_lr = 2e-3
+vocoder_warmup = 50
+vocoder_mel_weight = 0.2       # the codec's log-mel loss (dB) on the decoded audio, beside the latent MSE
+vocoder_ckpt_interval = 200
+vocoder_eval_turns = 150       # held-out assistant turns resynthesized for the evaluation
+# --- omni (nanosdm/omni.py, ctc.py): LLaMA-Omni's way, speech adapter -> text LM -> CTC speech decoder
+omni_extra_exchanges = 6000    # synthesized spoken questions beyond the corpus's 703 exchanges (0: corpus only)
+omni_k = 3                     # ASR encoder frames (30 ms) concatenated per LM position: 90 ms
+omni_adapter_hidden = 512
+omni_tune_lm = True            # also tune the text LM's blocks in (1), embedding and head frozen (600 steps: QA 14% vs 7-10% frozen, retention 100% both)
+omni_lm_lr_mult = 0.1          # their LR, relative to omni_lr
+omni_batch_size = 16
+omni_adapter_steps = 600
+omni_lr = 1e-3
+omni_warmup = 30
+omni_lambda = 25               # upsampling of the text states (LLaMA-Omni: 25); must reach units / tokens
+omni_dec_layers = 2
+omni_dec_heads = 4
+omni_dec_d_model = 128
+omni_decoder_steps = 600
+omni_dec_lr = 1e-3
+omni_ckpt_interval = 100
+omni_omega = 10                # units per vocoder chunk: the first audio waits for this many
 
 presets = {
     "tiny": {},
@@ -300,6 +332,18 @@ def stage_dpo(cfg):
     return evaluate_dpo.run(cfg)
 
 
+def stage_vocoder(cfg):
+    from nanosdm import evaluate_omni, vocoder
+    metrics = vocoder.train(cfg)
+    return dict(metrics, **evaluate_omni.evaluate_vocoder(cfg)) if metrics else metrics
+
+
+def stage_omni(cfg):
+    from nanosdm import evaluate_omni, omni
+    metrics = omni.train(cfg)
+    return dict(metrics, **evaluate_omni.evaluate_omni(cfg)) if metrics else metrics
+
+
 STAGES = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
@@ -312,6 +356,8 @@ STAGES = [
     ("sft", stage_sft),            # full-duplex spoken dialogues
     ("duplex", stage_duplex),      # when it speaks: pauses, turn ends, interruptions, backchannels
     ("dpo", stage_dpo),            # preference optimisation on its own spoken replies, judged by the ear
+    ("vocoder", stage_vocoder),    # LLaMA-Omni's way: units -> durations -> the codec's latent -> audio
+    ("omni", stage_omni),          # ... speech adapter -> the text LM -> CTC speech decoder -> the vocoder
 ]
 
 

@@ -9,7 +9,7 @@ the same collapse applied to the best frame labels (greedy) or to a few running 
 This file holds the alphabet, the loss written out, greedy and prefix beam decoding, and a
 character n-gram LM that the beam can fuse with the acoustic scores (shallow fusion). The
 recognizer of stage `asr` (asr.py) is built on them; LLaMA-Omni's speech decoder, CTC over units
-instead of characters, reuses the decoding.
+instead of characters, reuses the decoding (SpeechDecoderCTC, at the end).
 """
 import collections
 import math
@@ -17,6 +17,10 @@ import re
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanosdm.transformer import Transformer
 
 
 # -----------------------------------------------------------------------------
@@ -174,3 +178,77 @@ class CharLM:
         lm = cls([], state["order"])
         lm.counts = state["counts"]
         return lm
+
+
+# -----------------------------------------------------------------------------
+# LLaMA-Omni's speech decoder: CTC over speech units, read off the text LM's hidden states
+
+def upsample(states, lengths, lam, target_lengths=None):
+    """Repeat every state lam times: [B, N, D] -> [B, lam N, D] (state i fills positions lam i ..
+    lam i + lam - 1), lengths -> lam lengths. CTC can only emit as many symbols as it has
+    positions, so with target_lengths (units per row) lam x text tokens must reach the units."""
+    out_lengths = lengths * lam
+    if target_lengths is not None:
+        short = (out_lengths < target_lengths).nonzero()
+        if len(short):
+            i = int(short[0])
+            n, u = int(lengths[i]), int(target_lengths[i])
+            raise ValueError(f"lambda={lam} x {n} text tokens = {lam * n} positions < {u} units: CTC cannot "
+                             f"emit them; raise lambda to at least {math.ceil(u / max(n, 1))}")
+    return states.repeat_interleave(lam, dim=1), out_lengths
+
+
+def collapse(ids, blank):
+    """Frame labels -> units: merge repeats, drop blanks ([7, 7, b, 7, 3, 3] -> [7, 7, 3])."""
+    out, prev = [], blank
+    for k in ids:
+        if k != prev and k != blank:
+            out.append(k)
+        prev = k
+    return out
+
+
+class SpeechDecoderCTC(nn.Module):
+    """The LLM's hidden states of its answer tokens -> a projection -> upsampled lam times by
+    repetition -> a small causal transformer -> linear to n_units + 1 (the blank, last id), trained
+    with CTC against the deduplicated units of the spoken answer. It is non-autoregressive: all the
+    units of the states so far come out of one pass, so it runs beside the LLM as the text is
+    written. Causal attention makes the frames of the first tokens independent of the later ones:
+    streamed units equal offline units."""
+
+    def __init__(self, in_dim, n_units, lam=25, n_layer=2, n_head=4, d_model=128, max_tokens=64):
+        super().__init__()
+        self.config = dict(in_dim=in_dim, n_units=n_units, lam=lam, n_layer=n_layer, n_head=n_head,
+                           d_model=d_model, max_tokens=max_tokens)
+        self.lam, self.blank = lam, n_units
+        self.proj = nn.Linear(in_dim, d_model)
+        self.transformer = Transformer(n_layer, n_head, d_model, causal=True, max_seq_len=lam * max_tokens)
+        self.head = nn.Linear(d_model, n_units + 1)
+
+    def forward(self, states, lengths, target_lengths=None):
+        """states [B, N, in_dim] (rows padded after lengths) -> (log-probs [B, lam N, n_units + 1], lengths)."""
+        x, out_lengths = upsample(self.proj(states), lengths, self.lam, target_lengths)
+        return F.log_softmax(self.head(self.transformer(x)).float(), -1), out_lengths
+
+    def loss(self, states, lengths, targets):
+        """CTC loss per unit, averaged over rows. targets: a list of unit-id tensors (deduplicated)."""
+        tlen = torch.tensor([len(t) for t in targets])
+        lp, out_lengths = self(states, lengths, tlen.to(lengths.device))
+        return F.ctc_loss(lp.transpose(0, 1), torch.cat(list(targets)).long(), out_lengths.cpu(), tlen,
+                          blank=self.blank, reduction="mean", zero_infinity=True)
+
+    @torch.no_grad()
+    def units(self, states, lengths=None):
+        """Greedy: states [B, N, in_dim] -> a list of unit-id lists (collapsed)."""
+        lengths = lengths if lengths is not None else torch.full((len(states),), states.shape[1], device=states.device)
+        lp, out_lengths = self(states, lengths)
+        return greedy_decode(lp, out_lengths, blank=self.blank)
+
+    @torch.no_grad()
+    def stream(self, states, emitted):
+        """LLaMA-Omni's streaming rule, after each new text token: decode all the states so far
+        ([N, in_dim], batch 1) greedily, collapse, and return the units not emitted yet
+        (emitted: how many were). Rerunning the whole prefix costs little: the decoder is small
+        and answers are short."""
+        units = self.units(states[None])[0]
+        return units[emitted:]

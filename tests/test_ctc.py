@@ -95,3 +95,51 @@ def test_forward_algorithm_matches_f_ctc_loss():
         ref = F.ctc_loss(lp[:, None], torch.tensor([target]), torch.tensor([12]), torch.tensor([len(target)]),
                          reduction="sum")
         assert ctc.ctc_nll(lp, target).item() == pytest.approx(ref.item(), rel=1e-9)
+
+
+# -----------------------------------------------------------------------------
+# LLaMA-Omni's speech decoder: CTC over units
+
+def test_upsample_lengths_and_the_lambda_error():
+    states = torch.randn(2, 3, 4)
+    up, lengths = ctc.upsample(states, torch.tensor([3, 2]), 5)
+    assert up.shape == (2, 15, 4) and lengths.tolist() == [15, 10]
+    assert torch.equal(up[:, 5:10], states[:, 1:2].expand(-1, 5, -1))     # state i fills lam i .. lam i + lam - 1
+    ctc.upsample(states, torch.tensor([3, 2]), 5, target_lengths=torch.tensor([15, 10]))   # exactly enough
+    with pytest.raises(ValueError, match="lambda=5 x 2 text tokens = 10 positions < 11 units"):
+        ctc.upsample(states, torch.tensor([3, 2]), 5, target_lengths=torch.tensor([4, 11]))
+
+
+def test_collapse():
+    assert ctc.collapse([7, 7, 9, 7, 3, 3, 9], blank=9) == [7, 7, 3]
+    assert ctc.collapse([9, 9], blank=9) == [] and ctc.collapse([1, 2, 2, 1], blank=9) == [1, 2, 1]
+
+
+def test_streamed_units_equal_offline_units():
+    torch.manual_seed(0)
+    dec = ctc.SpeechDecoderCTC(in_dim=8, n_units=6, lam=4, n_layer=1, n_head=2, d_model=16).eval()
+    # random weights emit few units; a large head makes the greedy path busy
+    torch.nn.init.normal_(dec.head.weight, std=2.0)
+    states = torch.randn(9, 8)
+    offline = dec.units(states[None])[0]
+    streamed = []
+    for i in range(1, len(states) + 1):           # after each new text token
+        streamed += dec.stream(states[:i], len(streamed))
+    assert streamed == offline and len(offline) > 5
+
+
+def test_short_training_lowers_the_ctc_loss():
+    torch.manual_seed(0)
+    dec = ctc.SpeechDecoderCTC(in_dim=8, n_units=6, lam=4, n_layer=1, n_head=2, d_model=16)
+    states = torch.randn(4, 5, 8)
+    lengths = torch.tensor([5, 5, 4, 3])
+    targets = [torch.tensor(t) for t in ([1, 2, 3, 4, 5, 1, 2], [0, 1, 0, 1], [5, 4, 3], [2, 2, 2, 0])]
+    opt = torch.optim.AdamW(dec.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = dec.loss(states, lengths, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

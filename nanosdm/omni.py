@@ -1,0 +1,547 @@
+"""
+Stage `omni`: LLaMA-Omni's way (seed §4.1 "Parallel Generation", §4.3): keep the text LLM as it
+is, let it hear through a speech adapter, and let a small CTC decoder turn its hidden states into
+speech units while it writes its text answer.
+
+    user's speech -> the ASR's encoder (frozen; 30 ms frames, its top layer)
+      -> speech adapter: k frames side by side (k x 30 ms), a 2-layer MLP into the LM's embeddings
+    prompt = BOS  USER <context speech> EOS  ASSISTANT <context text> EOS ...  USER <question speech> EOS  ASSISTANT
+      -> the text LM writes its answer, token by token (its blocks frozen, or tuned: omni_tune_lm)
+      -> the hidden state of each answer token -> SpeechDecoderCTC (ctc.py): upsampled lam times,
+         2 causal layers, CTC over the units + blank -> deduplicated units
+      -> every Ω units, the vocoder (vocoder.py) speaks them
+
+Training, in LLaMA-Omni's two stages on the same exchanges: (1) the adapter (and optionally the
+LM's blocks) on spoken questions -> text answers, cross-entropy on the answer; (2) the speech
+decoder with everything before it frozen, CTC against the units of the assistant's spoken answer.
+The exchanges are SpokenWorld's training dialogues: earlier turns are the context, the user's
+turns as speech, the assistant's as text (what it said), as in a half-duplex chat.
+
+Streaming (respond): after each new text token the decoder reruns on all answer states so far,
+greedily, and the units not yet emitted go to the vocoder, which speaks whenever Ω are waiting.
+The first audio therefore needs only the first few text tokens.
+
+    model = load_model("out/tiny/omni.pt")
+    feats = encode_speech(asr, [wav])                 # the frozen ear
+    out = respond(model, prompt_parts, voc, codec)    # text tokens, units, audio, timings
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanosdm import data, utils
+from nanosdm.ctc import SpeechDecoderCTC
+from nanosdm.textlm import TextLM
+from nanosdm.tokenizer import ASSISTANT, BOS, EOS, UNK, USER
+
+CONTEXT_TURNS = 6         # earlier turns in the prompt (the cascade baseline keeps as many)
+SYNTH_CHUNK = 512         # synthesized questions encoded at a time
+QUESTION_TAIL = 800       # samples kept after a user turn's end (50 ms), as the cascade does
+SPEECH = UNK              # the id that stands where speech embeddings go (never read: replaced)
+# what the adapter checkpoint depends on (λ or the decoder's size can change without retraining it),
+# and what only the evaluation reads
+ADAPTER_KEYS = ("seed", "omni_extra_exchanges", "omni_k", "omni_adapter_hidden", "omni_tune_lm", "omni_lm_lr_mult", "omni_batch_size",
+                "omni_adapter_steps", "omni_lr", "omni_warmup")
+EVAL_KEYS = ("omni_omega", "omni_ckpt_interval")
+
+
+# -----------------------------------------------------------------------------
+# the ear: the ASR's encoder, frozen
+
+@torch.no_grad()
+def encode_speech(asr, wavs, batch_size=32):
+    """Waveforms -> the ASR encoder's top layer, one [frames, D] tensor each (33 per second).
+    The ASR's own forward pass without its character head; batched with its padding mask, so a
+    clip gives the same frames alone or in a batch."""
+    from nanosdm.asr import conv_lengths, features, pad_batch
+    dev = asr.head.weight.device
+    out = [None] * len(wavs)
+    order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        x, lengths = pad_batch([wavs[i].float() for i in rows])
+        feat, flen = features(x.to(dev), lengths.to(dev))
+        valid = torch.arange(feat.shape[-1], device=dev)[None, None] < flen[:, None, None]
+        h = F.gelu(asr.conv2(F.gelu(asr.conv1(feat)) * valid)).transpose(1, 2)
+        n = conv_lengths(flen)
+        h = asr.transformer(h, attn_mask=torch.arange(h.shape[1], device=dev)[None] < n[:, None])
+        for j, i in enumerate(rows):
+            out[i] = h[j, :int(n[j])].float().cpu().clone()   # not a view that keeps the whole batch
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the speech adapter
+
+def downsampled_length(n, k):
+    """Positions an input of n encoder frames takes in the LM after concatenating k frames."""
+    return math.ceil(n / k)
+
+
+class SpeechAdapter(nn.Module):
+    """k consecutive encoder frames side by side (the last group zero-padded), then a 2-layer MLP
+    into the LM's embedding space (LLaMA-Omni: k = 5 on Whisper's 50 Hz; here 3 on 33 Hz)."""
+
+    def __init__(self, in_dim, out_dim, k=3, hidden=512):
+        super().__init__()
+        self.config = dict(in_dim=in_dim, out_dim=out_dim, k=k, hidden=hidden)
+        self.k = k
+        self.mlp = nn.Sequential(nn.Linear(k * in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x, lengths):
+        """x [B, T, in_dim] (padded rows), lengths [B] -> ([B, ceil(T / k), out_dim], new lengths)."""
+        B, T, D = x.shape
+        x = F.pad(x, (0, 0, 0, -T % self.k)).reshape(B, -1, self.k * D)
+        return self.mlp(x), torch.div(lengths + self.k - 1, self.k, rounding_mode="floor")
+
+
+# -----------------------------------------------------------------------------
+# the model: text LM + adapter + CTC speech decoder
+
+class Omni(nn.Module):
+    def __init__(self, lm_config, enc_dim, k, adapter_hidden, n_units, lam, dec_layers, dec_heads, dec_d_model):
+        super().__init__()
+        self.config = dict(lm_config=lm_config, enc_dim=enc_dim, k=k, adapter_hidden=adapter_hidden, n_units=n_units,
+                           lam=lam, dec_layers=dec_layers, dec_heads=dec_heads, dec_d_model=dec_d_model)
+        self.lm = TextLM(**lm_config)
+        d = lm_config["d_model"]
+        self.adapter = SpeechAdapter(enc_dim, d, k, adapter_hidden)
+        self.decoder = SpeechDecoderCTC(d, n_units, lam, dec_layers, dec_heads, dec_d_model)
+
+    @property
+    def device(self):
+        return self.lm.head.weight.device
+
+    def embed(self, ids, is_speech, segments):
+        """ids [B, L] with SPEECH where is_speech; segments: the speech segments' encoder frames in
+        reading order (row by row, left to right) -> input embeddings [B, L, D]."""
+        x = self.lm.embed(ids)
+        if segments:
+            lengths = torch.tensor([len(s) for s in segments], device=self.device)
+            padded = nn.utils.rnn.pad_sequence([s.to(self.device) for s in segments], batch_first=True)
+            a, n = self.adapter(padded, lengths)
+            valid = torch.arange(a.shape[1], device=self.device)[None] < n[:, None]
+            x = x.masked_scatter(is_speech[..., None], a[valid].to(x.dtype))
+        return x
+
+    def forward(self, batch):
+        """-> (hidden states [B, L, D], logits [B, L, vocab])."""
+        h = self.lm.transformer(self.embed(batch["ids"], batch["is_speech"], batch["segments"]))
+        return h, self.lm.head(h).float()
+
+
+def build_example(parts, k, answer=None):
+    """A prompt as token ids: parts = [("speech", frames [T, D]) | ("user"/"assistant", token ids)],
+    the speech ones spoken by the user. -> dict(ids, is_speech, segments, targets, answer_pos): the
+    answer's tokens (and its EOS) are the only targets; answer_pos are the answer tokens' positions."""
+    ids, speech, segments = [BOS], [False], []
+    for kind, x in parts:
+        if kind == "speech":
+            n = downsampled_length(len(x), k)
+            ids += [USER] + [SPEECH] * n + [EOS]
+            speech += [False] + [True] * n + [False]
+            segments.append(x)
+        else:
+            role = USER if kind == "user" else ASSISTANT
+            ids += [role] + list(x) + [EOS]
+            speech += [False] * (len(x) + 2)
+    ids.append(ASSISTANT)
+    speech.append(False)
+    n_prompt = len(ids)
+    answer = list(answer or [])
+    ids += answer
+    speech += [False] * len(answer)
+    targets = [-1] * (n_prompt - 1) + answer + [EOS] if answer else [-1] * n_prompt
+    return dict(ids=ids, is_speech=speech, segments=segments, targets=targets,
+                answer_pos=list(range(n_prompt, n_prompt + len(answer))))
+
+
+def collate(examples, device):
+    """Right-padded batch (causal attention: padding after a row's end is never attended)."""
+    L = max(len(e["ids"]) for e in examples)
+    pad = lambda key, value: torch.tensor([e[key] + [value] * (L - len(e[key])) for e in examples], device=device)
+    return dict(ids=pad("ids", EOS), is_speech=pad("is_speech", False), targets=pad("targets", -1),
+                segments=[s for e in examples for s in e["segments"]], answer_pos=[e["answer_pos"] for e in examples])
+
+
+def trim_context(parts, k, block_size, answer_len):
+    """Drop the oldest context turns until prompt and answer fit the LM's block."""
+    size = lambda p: 1 + sum(downsampled_length(len(x), k) + 2 if kind == "speech" else len(x) + 2 for kind, x in p)
+    while len(parts) > 1 and size(parts) + 1 + answer_len + 1 > block_size:
+        parts = parts[1:]
+    return parts
+
+
+# -----------------------------------------------------------------------------
+# data: SpokenWorld exchanges, the user's turns as speech, the assistant's as text
+
+def exchanges(split):
+    """Every user question (or telling) of a data.SpeechSplit with the reply after it and the
+    turns before it: [(dialogue index, question turn, reply turn or None, context turns)]."""
+    out = []
+    for i, d in enumerate(split.dialogues):
+        turns = [tr for tr in d["turns"] if tr["kind"] in ("question", "answer")]
+        for j, tr in enumerate(turns):
+            if tr["speaker"] == "user" and tr["kind"] == "question":
+                reply = next((u for u in turns[j + 1:] if u["speaker"] == "assistant"), None)
+                out.append((i, tr, reply, turns[max(0, j - CONTEXT_TURNS):j]))
+    return out
+
+
+def user_audio(wav, turn):
+    return wav[data.USER, int(turn["start"] * 16000):int(turn["end"] * 16000) + QUESTION_TAIL]
+
+
+def prompt_parts(tok, context, feats):
+    """Context turns -> parts for build_example; feats: id(turn) -> encoder frames of user turns."""
+    return [("speech", feats[id(tr)]) if tr["speaker"] == "user" else ("assistant", tok.encode(tr["text"]))
+            for tr in context]
+
+
+def spoken_exchanges(cfg, split_name, asr, tok, complete_only=True):
+    """Encoder frames of every user turn of a split, and its exchanges as (parts, question frames,
+    answer tokens, question turn, reply turn, dialogue index)."""
+    sp = data.SpeechSplit(cfg["data_dir"], split_name)
+    items = exchanges(sp)
+    wanted = {}
+    for i, q, _, ctx in items:
+        for tr in ctx + [q]:
+            if tr["speaker"] == "user":
+                wanted[id(tr)] = (i, tr)
+    wavs, keys = [], list(wanted)
+    for key in keys:
+        i, tr = wanted[key]
+        wavs.append(user_audio(sp.dialogue(i)[0], tr))
+    feats = dict(zip(keys, encode_speech(asr, wavs)))
+    out = []
+    for i, q, reply, ctx in items:
+        if complete_only and (reply is None or reply.get("interrupted")):
+            continue
+        out.append(dict(parts=prompt_parts(tok, ctx, feats), question=feats[id(q)], turn=q, reply=reply, dialogue=i,
+                        answer=tok.encode(reply["text"]) if reply is not None else None))
+    return out
+
+
+def synthetic_exchanges(cfg, asr, tok, n):
+    """n more training exchanges than the corpus holds: the corpus's own generator (its spoken
+    creatures, training phrasings and training voices, never a text-only fact or an unseen voice)
+    in pseudo-dialogues of 2-6 exchanges, only the user's questions synthesized (eSpeak renders
+    hours a minute). Without them the adapter memorised the corpus's 703 exchanges (train loss
+    0.27) and answered 4% of held-out spoken questions. The assistant's turns are text (context)."""
+    import json
+    import random
+    from nanosdm import espeak
+    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
+        voices = json.load(f)["seen_voices"]
+    rng = random.Random(cfg["seed"] + 13)
+    groups, jobs = [], []
+    while len(jobs) < n:
+        voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
+        exs = data.random_exchanges(rng, world, rng.randint(2, 6), held_out=False)
+        groups.append(exs)
+        jobs += [dict(text=ex["question"], **voice) for ex in exs]
+    peaks = [rng.uniform(0.25, 0.9) for _ in jobs]
+    feats, wavs = [], []
+    for (w, _, _), p in zip(tqdm(espeak.synthesize_many(jobs, cfg.get("workers") or None), total=len(jobs),
+                                 desc="omni: synthetic questions", leave=False), peaks):
+        wavs.append(torch.from_numpy(w * p / max(1e-4, float(np.abs(w).max()))).float())
+        if len(wavs) == SYNTH_CHUNK:    # keep the encoder's frames, not hours of audio
+            feats += encode_speech(asr, wavs)
+            wavs = []
+    feats = iter(feats + encode_speech(asr, wavs))
+    out = []
+    for exs in groups:
+        context = []
+        for ex in exs:
+            q = next(feats)
+            answer = tok.encode(ex["reply"])
+            out.append(dict(parts=context[-CONTEXT_TURNS:], question=q, answer=answer, reply=None, turn=None, dialogue=None))
+            context += [("speech", q), ("assistant", answer)]
+    return out
+
+
+def make_example(item, k, block_size, with_answer=True):
+    answer = item["answer"] if with_answer else None
+    parts = trim_context(item["parts"], k, block_size, len(answer or []) + 32)
+    return build_example(parts + [("speech", item["question"])], k, answer)
+
+
+# -----------------------------------------------------------------------------
+# streaming generation: text, units and audio as they come
+
+@torch.no_grad()
+def respond(model, example, voc=None, codec=None, omega=10, max_tokens=40, t0=None):
+    """Greedy text answer to a prompt (build_example without answer), with the speech decoder
+    streaming units after each token and the vocoder speaking every omega units (when given).
+    -> dict(tokens, units, wav, first_audio_s (from t0), units_at [units emitted after each token])."""
+    t0 = time.time() if t0 is None else t0
+    lm = model.lm
+    batch = collate([example], model.device)
+    L = len(example["ids"])
+    cache = lm.transformer.new_kv_cache(1, min(L + max_tokens + 1, lm.config["block_size"]), model.device)
+    h = lm.transformer(model.embed(batch["ids"], batch["is_speech"], batch["segments"]), kv_cache=cache)
+    logits = lm.head(h[:, -1]).float()
+    tokens, states, units, waiting, wav, units_at = [], [], [], [], [], []
+    first_audio = None
+    state = voc.new_state(codec) if voc is not None else None
+    while len(tokens) < max_tokens and cache.length < cache.max_len:
+        nxt = int(logits.argmax(-1))
+        if nxt == EOS:
+            break
+        tokens.append(nxt)
+        h = lm.transformer(lm.embed(torch.tensor([[nxt]], device=model.device)), kv_cache=cache)
+        logits = lm.head(h[:, -1]).float()
+        states.append(h[0, -1])
+        new = model.decoder.stream(torch.stack(states), len(units))
+        units += new
+        waiting += new
+        units_at.append(len(units))
+        while voc is not None and len(waiting) >= omega:
+            out, state = voc.stream(torch.tensor(waiting[:omega]), state, codec)
+            waiting = waiting[omega:]
+            if len(out) and first_audio is None:
+                first_audio = time.time() - t0
+            wav.append(out)
+    if voc is not None:
+        out, state = voc.stream(torch.tensor(waiting, dtype=torch.long), state, codec, last=True)
+        if len(out) and first_audio is None:
+            first_audio = time.time() - t0
+        wav.append(out)
+    return dict(tokens=tokens, units=units, units_at=units_at, first_audio_s=first_audio,
+                wav=torch.cat(wav).cpu() if wav else torch.zeros(0))
+
+
+@torch.no_grad()
+def answer_states(model, examples, batch_size=32):
+    """Teacher-forced hidden states of every example's answer tokens: a list of [n, D] tensors."""
+    model.eval()
+    out = []
+    for b in range(0, len(examples), batch_size):
+        chunk = examples[b:b + batch_size]
+        batch = collate(chunk, model.device)
+        h, _ = model(batch)
+        out += [h[j, e["answer_pos"]].float().cpu() for j, e in enumerate(chunk)]
+    return out
+
+
+def load_model(path, device="cpu"):
+    ckpt = utils.load_checkpoint(path, device)
+    model = Omni(**ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# -----------------------------------------------------------------------------
+# the stage: (1) the adapter, (2) the speech decoder, on the same exchanges
+
+def reply_units(cfg, units, split="train"):
+    """(dialogue id, reply text) -> the deduplicated units of that complete assistant answer
+    (the vocoder stage's cached units of the same turns)."""
+    from nanosdm.units import dedup
+    from nanosdm.vocoder import assistant_turns, unit_frames
+    turns = assistant_turns(cfg["data_dir"], split)
+    frames = unit_frames(units, [w for w, _ in turns], cfg, f"units_{split}_assistant")
+    return {(tr["dialogue"], tr["text"]): dedup(f.long())[0] for (_, tr), f in zip(turns, frames)}
+
+
+def check_lambda(lam, n_tokens, n_units):
+    """Every answer must fit: lam x its text tokens >= its units (else CTC cannot emit them)."""
+    worst = max(range(len(n_tokens)), key=lambda i: n_units[i] / max(n_tokens[i], 1))
+    if lam * n_tokens[worst] < n_units[worst]:
+        raise ValueError(f"omni_lambda={lam}: an answer of {n_tokens[worst]} text tokens has {n_units[worst]} units, "
+                         f"more than lambda x tokens = {lam * n_tokens[worst]}; set --omni_lambda="
+                         f"{math.ceil(n_units[worst] / n_tokens[worst])} or more")
+    return n_units[worst] / n_tokens[worst]
+
+
+def _resumable(path, model, train_keys, device):
+    """A finished checkpoint of this very configuration: load it and return True."""
+    if not os.path.exists(path):
+        return False
+    ckpt = utils.load_checkpoint(path, device)
+    if ckpt.get("finished") and ckpt.get("train_keys") == train_keys:
+        model.load_state_dict(ckpt["model"], strict=False)
+        return True
+    return False
+
+
+def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_step, train_keys, saved=""):
+    """The shared training loop of both phases: warmup + cosine LR, resumable checkpoints, tqdm.
+    train_keys: the configuration this phase depends on (a checkpoint of another is not resumed);
+    saved: the prefix of the parameters the checkpoint holds ("" = all)."""
+    device = cfg["device"]
+    ckpt = None
+    if os.path.exists(path):
+        ckpt = utils.load_checkpoint(path, device)
+        if ckpt.get("train_keys") != train_keys or ckpt.get("finished"):
+            ckpt = None
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"], strict=False)
+        opt.load_state_dict(ckpt["optimizer"])
+        step, history[:] = ckpt["step"], ckpt["history"]
+        print(f"omni {name}: resuming from step {step}")
+
+    def save(finished=False):
+        state = {key: value for key, value in model.state_dict().items() if key.startswith(saved)}
+        utils.save_checkpoint(path, dict(model=state, optimizer=opt.state_dict(), config=model.config,
+                                         step=step, history=history, train_keys=train_keys, finished=finished, **extra))
+
+    gen = torch.Generator()
+    pbar = tqdm(total=steps, initial=step, desc=f"omni {name}", dynamic_ncols=True)
+    while step < steps and (stop_step is None or step < stop_step):
+        for g in opt.param_groups:
+            g["lr"] = utils.cosine_lr(step, steps, lr * g.get("lr_mult", 1.0), cfg["omni_warmup"])
+        gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # batches depend on the step only: resumable
+        loss = loss_fn(gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        step += 1
+        history.append([step, round(loss.item(), 4)])
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % cfg["omni_ckpt_interval"] == 0 and step < steps:
+            save()
+    pbar.close()
+    save(finished=step >= steps)
+    return step >= steps
+
+
+def train(cfg, stop_step=None):
+    """Stage `omni`: the adapter on spoken questions -> text answers (the LM's blocks tuned or
+    not), then the CTC speech decoder with everything before it frozen. Returns training figures
+    (evaluate_omni.evaluate_omni measures the model)."""
+    from nanosdm.asr import ASR
+    from nanosdm.tokenizer import Tokenizer
+    from nanosdm.units import Units
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    t0 = time.time()
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
+    units = Units.load(os.path.join(out_dir, "units.pt"), device)
+    lm_ckpt = utils.load_checkpoint(os.path.join(out_dir, "text.pt"), device)
+    k, block = cfg["omni_k"], lm_ckpt["config"]["block_size"]
+    model = Omni(lm_ckpt["config"], asr.config["d_model"], k, cfg["omni_adapter_hidden"], units.k, cfg["omni_lambda"],
+                 cfg["omni_dec_layers"], cfg["omni_dec_heads"], cfg["omni_dec_d_model"]).to(device)
+    model.lm.load_state_dict(lm_ckpt["model"])
+    items = spoken_exchanges(cfg, "train", asr, tok)
+    targets = reply_units(cfg, units)
+    sp_ids = [d["id"] for d in data.SpeechSplit(cfg["data_dir"], "train").dialogues]
+    unit_targets = [targets.get((sp_ids[it["dialogue"]], it["reply"]["text"])) for it in items]
+    n_corpus = len(items)
+    if cfg["omni_extra_exchanges"] > 0:
+        items += synthetic_exchanges(cfg, asr, tok, cfg["omni_extra_exchanges"])
+        unit_targets += [None] * (len(items) - n_corpus)   # the decoder learns from the corpus's spoken answers
+    examples = [make_example(it, k, block) for it in items]
+    print(f"omni: {n_corpus} spoken exchanges of the corpus + {len(items) - n_corpus} synthesized "
+          f"({sum(u is not None for u in unit_targets)} with answer units), prepared in {time.time() - t0:.0f}s")
+    B = cfg["omni_batch_size"]
+
+    # (1) the adapter: the LM hears; only the answer is scored
+    adapter_keys = {key: cfg[key] for key in ADAPTER_KEYS}
+    decoder_keys = {key: cfg[key] for key in sorted(cfg) if (key.startswith("omni_") and key not in EVAL_KEYS) or key == "seed"}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = [dict(params=list(model.adapter.parameters()), lr_mult=1.0)]
+    if cfg["omni_tune_lm"]:
+        groups.append(dict(params=list(model.lm.transformer.parameters()), lr_mult=cfg["omni_lm_lr_mult"]))
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    adapter_path, adapter_history = os.path.join(out_dir, "omni_adapter.pt"), []
+
+    def adapter_loss(gen):
+        rows = torch.randint(len(examples), (B,), generator=gen).tolist()
+        batch = collate([examples[r] for r in rows], device)
+        _, logits = model(batch)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1), ignore_index=-1)
+
+    model.train()
+    t1 = time.time()
+    if not _resumable(adapter_path, model, adapter_keys, device):
+        opt = torch.optim.AdamW(groups, lr=cfg["omni_lr"], betas=(0.9, 0.98), weight_decay=0.0)
+        if not _loop("adapter", cfg["omni_adapter_steps"], cfg, model, opt, cfg["omni_lr"], adapter_loss,
+                     adapter_path, adapter_history, {}, stop_step, adapter_keys, saved=("lm.", "adapter.")):
+            return {}
+    adapter_history = utils.load_checkpoint(adapter_path, device)["history"]
+    adapter_seconds = time.time() - t1
+
+    # (2) the speech decoder on the frozen model's answer states
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.decoder.parameters():
+        p.requires_grad_(True)
+    keep = [i for i, u in enumerate(unit_targets) if u is not None and len(examples[i]["answer_pos"])]
+    states = answer_states(model, [examples[i] for i in keep])
+    unit_targets = [unit_targets[i] for i in keep]
+    ratio = check_lambda(cfg["omni_lambda"], [len(s) for s in states], [len(u) for u in unit_targets])
+    decoder_path, decoder_history = os.path.join(out_dir, "omni.pt"), []
+
+    def decoder_loss(gen):
+        rows = torch.randint(len(states), (B,), generator=gen).tolist()
+        x = nn.utils.rnn.pad_sequence([states[r] for r in rows], batch_first=True).to(device)
+        lengths = torch.tensor([len(states[r]) for r in rows], device=device)
+        return model.decoder.loss(x, lengths, [unit_targets[r] for r in rows])
+
+    model.train()
+    t2 = time.time()
+    opt = torch.optim.AdamW(model.decoder.parameters(), lr=cfg["omni_dec_lr"], betas=(0.9, 0.98), weight_decay=0.0)
+    if not _resumable(decoder_path, model, decoder_keys, device):
+        if not _loop("decoder", cfg["omni_decoder_steps"], cfg, model, opt, cfg["omni_dec_lr"], decoder_loss,
+                     decoder_path, decoder_history, dict(units_per_token_max=ratio), stop_step, decoder_keys):
+            return {}
+    decoder_history = utils.load_checkpoint(decoder_path, device)["history"]
+    plot_training(adapter_history, decoder_history, os.path.join(out_dir, "plots", "omni_loss.png"))
+    last = lambda h: round(float(np.mean([v for _, v in h[-50:]])), 4)
+    return dict(omni_train_exchanges=len(items), omni_train_exchanges_corpus=n_corpus, omni_train_answers_with_units=len(states),
+                omni_adapter_train_loss=last(adapter_history), omni_decoder_train_ctc=last(decoder_history),
+                omni_decoder_first_ctc=decoder_history[0][1], omni_units_per_token_max=round(ratio, 2),
+                omni_adapter_seconds=round(adapter_seconds, 1), omni_decoder_seconds=round(time.time() - t2, 1),
+                omni_adapter_params_m=round(sum(p.numel() for p in model.adapter.parameters()) / 1e6, 3),
+                omni_decoder_params_m=round(sum(p.numel() for p in model.decoder.parameters()) / 1e6, 3))
+
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def plot_training(adapter_history, decoder_history, path):
+    fig, axes = utils.figure(1, 2, figsize=(9, 3.5))
+    for ax, history, title in ((axes[0], adapter_history, "(1) adapter: answer cross-entropy"),
+                               (axes[1], decoder_history, "(2) speech decoder: CTC per unit")):
+        steps, values = zip(*history)
+        k = min(20, len(values))
+        ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"))
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+    utils.save_figure(fig, path, dpi=100)
+
+
+@torch.no_grad()
+def plot_alignment(model, state, pieces, target, path):
+    """The CTC decoder's posteriors over the upsampled states of one answer: a row per unit that
+    occurs (blank on top), a column per position, the text token each block of lam positions
+    comes from written under it, and the greedy units over their positions."""
+    lam, blank = model.decoder.lam, model.decoder.blank
+    lp, _ = model.decoder(state[None].to(model.device), torch.tensor([len(state)], device=model.device))
+    probs = lp[0].exp().cpu()
+    best = probs.argmax(-1)
+    rows = [blank] + sorted(set(target.tolist()) | set(best[best != blank].tolist()))
+    fig, ax = utils.figure(figsize=(min(18, 2 + 0.06 * len(probs)), 6))
+    ax.imshow(probs[:, rows].T.numpy(), origin="lower", aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), ["blank"] + [str(u) for u in rows[1:]], fontsize=5)
+    for i, piece in enumerate(pieces):
+        ax.axvline(i * lam - 0.5, color="tab:blue", lw=0.6)
+        ax.text(i * lam + lam / 2, len(rows) - 0.4, piece, ha="center", va="bottom", fontsize=9, color="tab:blue",
+                clip_on=False)
+    ax.set(xlabel=f"upsampled text states (lambda = {lam} positions per token)", ylabel="unit (blank at the bottom)")
+    ax.set_title(f"CTC posteriors: {len(target)} units of the spoken answer over its {len(pieces)} text tokens", pad=18)
+    utils.save_figure(fig, path)

@@ -1,0 +1,123 @@
+"""LLaMA-Omni's way: the adapter's lengths, the prompt layout, the lambda check, streaming generation."""
+import pytest
+import torch
+
+from nanosdm import omni
+from nanosdm.codec import Codec
+from nanosdm.tokenizer import ASSISTANT, BOS, EOS, USER
+from nanosdm.vocoder import Vocoder
+
+LM = dict(vocab_size=40, n_layer=1, n_head=2, d_model=16, block_size=96, dropout=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return omni.Omni(LM, enc_dim=6, k=3, adapter_hidden=32, n_units=10, lam=4, dec_layers=1, dec_heads=2,
+                     dec_d_model=16).eval()
+
+
+def test_adapter_downsampled_lengths():
+    adapter = omni.SpeechAdapter(6, 16, k=3, hidden=32)
+    out, lengths = adapter(torch.randn(2, 10, 6), torch.tensor([10, 7]))
+    assert out.shape == (2, 4, 16) and lengths.tolist() == [4, 3]
+    assert [omni.downsampled_length(n, 3) for n in (1, 3, 4, 9, 10)] == [1, 1, 2, 3, 4]
+    # frames 0..2 make position 0: a change in frame 3 leaves it alone
+    x = torch.randn(1, 10, 6)
+    y = x.clone()
+    y[0, 3] += 1
+    assert torch.equal(adapter(x, torch.tensor([10]))[0][0, 0], adapter(y, torch.tensor([10]))[0][0, 0])
+
+
+def test_prompt_layout_and_targets():
+    speech = torch.randn(7, 6)                        # 7 frames -> 3 positions
+    ex = omni.build_example([("speech", torch.randn(4, 6)), ("assistant", [11, 12]), ("speech", speech)], 3, [20, 21])
+    ids = ex["ids"]
+    assert ids[:2] == [BOS, USER] and ids[4] == EOS and ids[5:9] == [ASSISTANT, 11, 12, EOS]
+    assert ids[9] == USER and sum(ex["is_speech"]) == 2 + 3 and ids[13:] == [EOS, ASSISTANT, 20, 21]
+    assert ex["answer_pos"] == [15, 16]
+    # only the answer and its EOS are targets, each at the position before it
+    scored = [(p, t) for p, t in enumerate(ex["targets"]) if t >= 0]
+    assert scored == [(14, 20), (15, 21), (16, EOS)]
+
+
+def test_speech_embeddings_land_on_their_positions(model):
+    a, b = torch.randn(4, 6), torch.randn(7, 6)
+    ex = omni.build_example([("speech", a), ("speech", b)], 3, [20])
+    batch = omni.collate([ex, omni.build_example([("speech", b)], 3)], "cpu")
+    x = model.embed(batch["ids"], batch["is_speech"], batch["segments"])
+    adapted_b = model.adapter(b[None], torch.tensor([7]))[0][0]
+    where = batch["is_speech"][0].nonzero()[:, 0]
+    assert torch.allclose(x[0, where[2:]], adapted_b, atol=1e-6)
+    assert torch.allclose(x[1, batch["is_speech"][1]], adapted_b, atol=1e-6)
+    assert torch.equal(x[0, 0], model.lm.embed.weight[BOS])
+
+
+def test_the_lambda_check():
+    assert omni.check_lambda(4, [3, 5], [12, 10]) == 4.0
+    with pytest.raises(ValueError, match="--omni_lambda=5"):
+        omni.check_lambda(4, [3, 5], [13, 10])
+
+
+def test_respond_streams_text_units_and_audio(model):
+    torch.manual_seed(0)
+    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, kernel=3, latent_dim=8, n_q=2,
+                  codebook_size=16).eval()
+    voc = Vocoder(n_units=10, latent_dim=8, dim=16, kernel=3, dur_layers=1, frame_layers=1, latent_layers=1).eval()
+    torch.nn.init.normal_(model.decoder.head.weight, std=2.0)   # a busy random decoder
+    ex = omni.build_example([("speech", torch.randn(9, 6))], 3)
+    out = omni.respond(model, ex, voc, codec, omega=3, max_tokens=6)
+    assert 1 <= len(out["tokens"]) <= 6 and EOS not in out["tokens"]
+    assert out["units_at"] == sorted(out["units_at"]) and out["units_at"][-1] == len(out["units"])
+    # the streamed units are the offline units of the same answer, teacher-forced
+    full = omni.build_example([("speech", ex["segments"][0])], 3, out["tokens"])
+    states = omni.answer_states(model, [full])[0]
+    assert out["units"] == model.decoder.units(states[None])[0]
+    assert len(out["wav"]) % 1280 == 0 and (out["first_audio_s"] is not None) == (len(out["wav"]) > 0)
+
+
+def test_sample_omni_wav_in_reply_out(tmp_path):
+    """sample.py --model=omni on a tiny fake run: the question in, reply.wav (stereo) and reply.json out."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import numpy as np
+    from test_dualstream import make_tiny_run
+    from nanosdm import audio, utils
+    from nanosdm.asr import ASR
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = make_tiny_run(tmp_path)
+    out_dir = cfg["out_dir"]
+    torch.manual_seed(0)
+    asr = ASR(n_layer=1, n_head=2, d_model=16)
+    utils.save_checkpoint(os.path.join(out_dir, "asr.pt"), dict(model=asr.state_dict(), config=asr.config))
+    lm = utils.load_checkpoint(os.path.join(out_dir, "text.pt"))
+    model = omni.Omni(lm["config"], 16, 3, 32, 10, 4, 1, 2, 16)
+    model.lm.load_state_dict(lm["model"])
+    utils.save_checkpoint(os.path.join(out_dir, "omni.pt"), dict(model=model.state_dict(), config=model.config))
+    voc = Vocoder(n_units=10, latent_dim=8, dim=16, kernel=3, dur_layers=1, frame_layers=1, latent_layers=1)
+    utils.save_checkpoint(os.path.join(out_dir, "vocoder.pt"), dict(model=voc.state_dict(), config=voc.config))
+    os.makedirs(tmp_path / "runs", exist_ok=True)
+    os.symlink(out_dir, tmp_path / "runs" / "tiny")
+    t = np.arange(16000) / 16000
+    audio.save_wav(tmp_path / "q.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    out = tmp_path / "r.wav"
+    p = subprocess.run([sys.executable, os.path.join(root, "sample.py"), f"--out_root={tmp_path / 'runs'}", "--device=cpu",
+                        "--model=omni", "--wav", str(tmp_path / "q.wav"), f"--out={out}", "--max_new_tokens=6"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    wav = np.stack([audio.load_wav(out, channel=c).numpy() for c in (0, 1)])
+    assert wav.shape[1] >= 16000 and np.abs(wav[1, :10000]).max() > 0.2     # channel 1: the question
+    with open(tmp_path / "r.json") as f:
+        reply = json.load(f)
+    assert {"text", "words", "onset_s", "rtf"} <= set(reply)
+    assert os.path.exists(tmp_path / "r.png")
