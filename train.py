@@ -291,18 +291,21 @@ def stage_text(cfg):
 
 
 def stage_units(cfg):
-    from nanosdm import units
-    return units.train(cfg)
+    from nanosdm import evaluate, units
+    metrics = units.train(cfg)
+    return dict(metrics, **evaluate.evaluate_units_checkpoint(cfg)) if metrics else metrics
 
 
 def stage_codec(cfg):
-    from nanosdm import codec
-    return codec.train(cfg)
+    from nanosdm import codec, evaluate
+    metrics = codec.train(cfg)
+    return dict(metrics, **evaluate.evaluate_codec_checkpoint(cfg)) if metrics else metrics
 
 
 def stage_asr(cfg):
-    from nanosdm import asr
-    return asr.train(cfg)
+    from nanosdm import asr, evaluate
+    metrics = asr.train(cfg)
+    return dict(metrics, **evaluate.evaluate_asr_checkpoint(cfg)) if metrics else metrics
 
 
 def stage_speech(cfg):

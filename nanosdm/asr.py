@@ -310,7 +310,7 @@ def epoch_batches(lengths, batch_size, seed, epoch):
 # training (stage `asr`; evaluate.evaluate_asr measures it)
 
 def train(cfg, stop_step=None):
-    """Train (or resume) the recognizer, then evaluate it; returns the metrics for report.json.
+    """Train (or resume) the recognizer; returns its training figures for report.json.
     stop_step stops early as if the run were killed there (for the resume test)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
     clips = load_clips(cfg["data_dir"], "train", trim=True)
@@ -390,9 +390,7 @@ def train(cfg, stop_step=None):
     metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
     if audio_seconds:
         metrics["asr_train_audio_x_realtime"] = round(audio_seconds / train_seconds, 1)
-    from nanosdm import evaluate   # here, not at the top: evaluate.py imports this file
-    metrics.update(evaluate.evaluate_asr(model, cfg))
-    return metrics
+    return metrics    # the stage runner then calls evaluate.evaluate_asr on the saved checkpoint
 
 
 def text_corpus(data_dir):

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, evaluate, utils
+from nanosdm import audio, utils
 from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -429,7 +429,7 @@ def get_batch(pcm, index, batch_size, length, gen):
 # the stage
 
 def train(cfg, stop_step=None, teacher=None):
-    """Train (or resume) the codec, evaluate it on unseen voices, return the metrics. stop_step stops
+    """Train (or resume) the codec, return its training figures. stop_step stops
     early as if killed there; teacher replaces the units encoder (a function wav -> 50 Hz features)."""
     from nanosdm.data import SpeechSplit
     device, out_dir = cfg["device"], cfg["out_dir"]
@@ -530,9 +530,8 @@ def train(cfg, stop_step=None, teacher=None):
     if step < max_steps:
         save()
         return {}
-    model.eval()
-    metrics = evaluate.evaluate_codec(model, cfg, teacher)
-    metrics.update(codec_params_m=round(n_params / 1e6, 3),
+    # the stage runner then calls evaluate.evaluate_codec on the saved checkpoint
+    metrics = dict(codec_params_m=round(n_params / 1e6, 3),
                    codec_train_mel_db=round(float(np.mean([m for _, m in history["mel"][-50:]])), 3))
     plot_training(history, os.path.join(out_dir, "plots", "codec_loss.png"))
     return metrics

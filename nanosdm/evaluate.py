@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, ctc, units
+from nanosdm import asr, audio, ctc, units, utils
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -317,4 +317,35 @@ def evaluate_asr(model, cfg):
     else:
         print(f"asr: no codec checkpoint at {codec_path}; codec intelligibility not measured")
     asr.plot_posteriors(model, wavs[0], refs[0], os.path.join(cfg["out_dir"], "plots", "asr_posteriors.png"))
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+# from checkpoints: the stage runner trains a component, then calls these (components never import this file)
+
+def evaluate_codec_checkpoint(cfg):
+    from nanosdm.codec import Codec
+    model = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
+    teacher, units_path = None, os.path.join(cfg["out_dir"], "units.pt")
+    if cfg["codec_distill_weight"] > 0 and os.path.exists(units_path):
+        teacher = units.Units.load(units_path, cfg["device"]).features
+    return evaluate_codec(model, cfg, teacher)
+
+
+def evaluate_asr_checkpoint(cfg):
+    return evaluate_asr(asr.ASR.load(os.path.join(cfg["out_dir"], "asr.pt"), cfg["device"]), cfg)
+
+
+def evaluate_units_checkpoint(cfg):
+    """Unit quality on the user turns of unseen voices, learned units next to MFCC k-means, and
+    the two pictures."""
+    path = os.path.join(cfg["out_dir"], "units.pt")
+    model = units.Units.load(path, cfg["device"])
+    mfcc_centroids = utils.load_checkpoint(path)["mfcc_centroids"]
+    wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
+    quality, ids, labels, inventory = evaluate_units(model, mfcc_centroids, wavs, phones)
+    metrics = {f"units_{key}": round(value, 4) for key, value in quality.items()}
+    plot_dir = os.path.join(cfg["out_dir"], "plots")
+    units.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
+    units.plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
     return metrics

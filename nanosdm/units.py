@@ -357,9 +357,8 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
 
 def train(cfg, stop_step=None):
     """The units stage: iteration 1 (MFCC k-means), masked prediction, iteration 2 (k-means on a
-    middle layer), then unit quality on unseen voices next to MFCC k-means. stop_step: stop there
-    as if killed (to test resuming)."""
-    from nanosdm import evaluate   # here, not at the top: evaluate.py imports this file
+    middle layer); returns the training figures (unit quality is measured by evaluate.py).
+    stop_step: stop there as if killed (to test resuming)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
     path = os.path.join(out_dir, "units.pt")
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
@@ -426,19 +425,11 @@ def train(cfg, stop_step=None):
     train_hours = len(targets) / FRAME_RATE / 3600
     del feats, stream, targets
 
-    # unit quality on the user turns of unseen voices
-    units = Units.load(path, device)
-    wavs, phones, _ = load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
-    quality, ids, labels, inventory = evaluate.evaluate_units(units, mfcc_centroids, wavs, phones)
-    metrics = dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
-                   units_train_seconds=round(train_seconds, 1),
-                   units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),
-                   units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4))
-    metrics.update({f"units_{key}": round(value, 4) for key, value in quality.items()})
-    plot_dir = os.path.join(out_dir, "plots")
-    plot_cooccurrence(ids, labels, inventory, k, metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
-    plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
-    return metrics
+    # unit quality on unseen voices: the stage runner calls evaluate.evaluate_units_checkpoint next
+    return dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
+                units_train_seconds=round(train_seconds, 1),
+                units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),
+                units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4))
 
 
 # -----------------------------------------------------------------------------

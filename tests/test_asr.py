@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanosdm import asr, audio, ctc, espeak, utils
+from nanosdm import asr, audio, ctc, espeak, evaluate, utils
 
 SR = audio.SAMPLE_RATE
 
@@ -162,6 +162,7 @@ def test_stage_resumes_and_reports(tmp_path, capsys):
     assert ckpt["step"] == 3 and len(ckpt["history"]["train"]) == 3
     metrics = asr.train(cfg)
     assert "resuming from" in capsys.readouterr().out
+    metrics.update(evaluate.evaluate_asr_checkpoint(cfg))    # what the stage runner does next
     assert utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["step"] == 6
     for key in ("asr_cer", "asr_wer", "asr_wer_beam", "asr_wer_lm", "asr_wer_heldout_phrasing", "asr_train_loss"):
         assert isinstance(metrics[key], float) and metrics[key] >= 0

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import codec, espeak  # noqa: E402
+from nanosdm import codec, espeak, evaluate  # noqa: E402
 from nanosdm.codec import FRAME, Codec  # noqa: E402
 
 TINY = dict(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, kernel=3, latent_dim=8,
@@ -193,6 +193,7 @@ def test_stage_trains_resumes_and_reports(tmp_path, spoken, speech, capsys):
     assert codec.train(cfg, stop_step=5) == {}                       # "killed" at step 5
     assert torch.load(tmp_path / "out" / "codec.pt", weights_only=True)["step"] == 5
     metrics = codec.train(cfg)
+    metrics.update(evaluate.evaluate_codec_checkpoint(cfg))  # what the stage runner does next
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "training without semantic distillation" in printed
     assert metrics["codec_bitrate_bps"] == 12.5 * 2 * 4

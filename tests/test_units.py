@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from nanosdm import units
+from nanosdm import evaluate, units
 
 
 def test_span_mask_covers_the_intended_fraction():
@@ -94,6 +94,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert partial["step"] == 3 and not partial["finished"]
     metrics = units.train(cfg)                                     # resumes at step 3
+    metrics.update(evaluate.evaluate_units_checkpoint(cfg))        # what the stage runner does next
     final = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert final["finished"] and final["step"] == 6 and [h[0] for h in final["history"]] == list(range(6))
     for system in ("mfcc", "hubert"):
