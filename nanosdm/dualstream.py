@@ -282,10 +282,7 @@ class DualStream(nn.Module):
 
 
 def load_model(path, device="cpu"):
-    ckpt = utils.load_checkpoint(path, device)
-    model = DualStream(**ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return utils.load_model(DualStream, path, device)
 
 
 # -----------------------------------------------------------------------------

@@ -332,10 +332,7 @@ def answer_states(model, examples, batch_size=32):
 
 
 def load_model(path, device="cpu"):
-    ckpt = utils.load_checkpoint(path, device)
-    model = Omni(**ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return utils.load_model(Omni, path, device)
 
 
 # -----------------------------------------------------------------------------

@@ -87,10 +87,7 @@ class TextLM(nn.Module):
 
 
 def load_model(path, device="cpu"):
-    ckpt = utils.load_checkpoint(path, device)
-    model = TextLM(**ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return utils.load_model(TextLM, path, device)
 
 
 # -----------------------------------------------------------------------------

@@ -82,6 +82,14 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def load_model(cls, path, device="cpu"):
+    """A model saved as dict(config=..., model=state_dict): rebuilt from its config, weights in, eval mode."""
+    ckpt = load_checkpoint(path, device)
+    model = cls(**ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
 def update_report(out_dir, metrics):
     """Merge metrics (name -> number) into out_dir/report.json, a flat JSON object."""
     path = os.path.join(out_dir, "report.json")

@@ -162,10 +162,7 @@ class Vocoder(nn.Module):
 
     @classmethod
     def load(cls, path, device="cpu"):
-        ckpt = utils.load_checkpoint(path, device)
-        model = cls(**ckpt["config"]).to(device)
-        model.load_state_dict(ckpt["model"])
-        return model.eval()
+        return utils.load_model(cls, path, device)
 
 
 # -----------------------------------------------------------------------------

@@ -10,12 +10,7 @@ from nanosdm.vocoder import Vocoder
 LM = dict(vocab_size=40, n_layer=1, n_head=2, d_model=16, block_size=96, dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,7 @@ TINY_CODEC = dict(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, 
                   n_q=2, codebook_size=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
