@@ -140,3 +140,11 @@ def test_scenarios_put_their_events_where_the_record_says(world, kind):
         assert ev["silence_end"] - ev["silence_start"] == pytest.approx(duplex.SILENCE_S, abs=0.01)
         assert rms(user, ev["silence_start"], end) < 1e-3 and rms(model, ev["silence_start"] + 0.05, end) < 1e-3
         assert rms(model, ev["silence_start"] - 0.5, ev["silence_start"]) > 0.01      # it has just answered
+
+
+def test_an_unknown_scenario_kind_is_named():
+    with pytest.raises(ValueError, match="unknown scenario kind 'chat'.*pause, turn"):
+        duplex.scenario("chat", 0, data.make_world(5, 0.0, seed=0), ["en-us+m3"])
+    from nanosdm.evaluate_duplex import score
+    with pytest.raises(ValueError, match="unknown scenario kind"):
+        score("chat", {}, [])
