@@ -76,10 +76,20 @@ def save_checkpoint(path, obj):
     os.replace(tmp, path)
 
 
+class CorruptCheckpoint(RuntimeError):
+    pass
+
+
 def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path} (run the stage that writes it first)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated zip, a file that is not a checkpoint, a pickled object
+        # save_checkpoint never leaves a half-written file, so this one was damaged or replaced afterwards
+        raise CorruptCheckpoint(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
+                                f"it is truncated or not a nanosdm checkpoint: delete it (or restore a copy) and "
+                                f"rerun the stage that writes it, which then trains from scratch") from None
 
 
 def load_model(cls, path, device="cpu"):
