@@ -108,3 +108,14 @@ def test_mel_filterbank_covers_band():
     fb = audio.mel_filterbank(400, 40, 16000)
     assert fb.shape == (40, 201)
     assert (fb.sum(0)[5:195] > 0).all() and math.isclose(fb.max().item(), 1.0, rel_tol=0.1)
+
+
+def test_a_stretch_of_a_file_is_read_alone(tmp_path):
+    x = np.stack([np.linspace(0, 0.5, 32000), -np.linspace(0, 0.5, 32000)]).astype(np.float32)
+    audio.save_wav(tmp_path / "d.wav", x)
+    whole = audio.load_wav(tmp_path / "d.wav", channel=1)
+    part = audio.load_wav(tmp_path / "d.wav", channel=1, start=0.5, end=1.25)
+    assert part.shape == (12000,) and torch.equal(part, whole[8000:20000])
+    assert audio.load_wav(tmp_path / "d.wav", start=1.5).shape == (8000,)
+    with pytest.raises(audio.AudioError, match="no samples"):
+        audio.load_wav(tmp_path / "d.wav", start=3.0)
