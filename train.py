@@ -33,6 +33,9 @@ data_text_only_frac = 0.15     # entities whose facts appear in text only, never
 data_text_docs = 20000         # text-corpus documents (facts and dialogues)
 data_dialogues = 130           # spoken training dialogues (~1 hour for tiny)
 data_eval_dialogues = 16       # dialogues in each spoken evaluation split
+speech_data = "spokenworld"    # the speech units, codec, asr, speech, align and sft train on (nanosdm/realdata.py):
+                               # spokenworld | librispeech:PATH | moshi:PATH | a mix: kind[:PATH]:WEIGHT,...
+speech_eval_data = ""          # the corpus of the _real figures (e.g. librispeech:PATH/test-clean); "": held-out speakers
 # --- tokenizer (nanosdm/tokenizer.py)
 tokenizer_vocab_size = 1024    # SentencePiece BPE pieces, special ids included
 tokenizer_extra_text = ""      # comma-separated plain-text files to train the tokenizer on as well

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, realdata, utils
 from nanosdm.ctc import (BLANK, CHARS, VOCAB_SIZE, CharLM, decode_ids, encode_text, greedy_decode,
                          normalize_text, prefix_beam_search)
 from nanosdm.transformer import Transformer
@@ -43,6 +43,7 @@ N_FFT = 400               # 25 ms analysis windows
 N_MELS = 80
 SUBSAMPLE = 3             # encoder frames every 30 ms (33 Hz): see the top of the file
 MIN_SAMPLES = N_FFT       # one analysis window: anything shorter holds no speech
+MAX_TRAIN_S = 30.0        # longest training clip of a real corpus: 1000 encoder frames (max_seq_len 1024)
 
 
 def pad_batch(wavs):
@@ -313,13 +314,18 @@ def train(cfg, stop_step=None):
     """Train (or resume) the recognizer; returns its training figures for report.json.
     stop_step stops early as if the run were killed there (for the resume test)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
-    clips = load_clips(cfg["data_dir"], "train", trim=True)
-    n_corpus = len(clips)
-    if cfg["asr_scrambled_turns"]:
-        vocabulary = sorted({w for _, t in clips for w in t.split()})
-        clips += scrambled_clips(cfg["data_dir"], vocabulary, cfg["asr_scrambled_turns"], seed, cfg.get("workers") or None)
-    lengths = [len(w) for w, _ in clips]
-    targets = [encode_text(t) for _, t in clips]
+    if realdata.is_default(cfg):
+        clips = load_clips(cfg["data_dir"], "train", trim=True)
+        n_corpus = len(clips)
+        if cfg["asr_scrambled_turns"]:
+            vocabulary = sorted({w for _, t in clips for w in t.split()})
+            clips += scrambled_clips(cfg["data_dir"], vocabulary, cfg["asr_scrambled_turns"], seed, cfg.get("workers") or None)
+        lengths = [len(w) for w, _ in clips]
+        targets = [encode_text(t) for _, t in clips]
+    else:   # the speech_data setting's corpora, read from disk batch by batch; no scrambled turns
+        speech = realdata.Speech(cfg)   # (they undo SpokenWorld's templates; real transcripts have none)
+        clips = realdata.Clips(speech, MAX_TRAIN_S * audio.SAMPLE_RATE, MIN_SAMPLES, seed, trim_end)
+        n_corpus, lengths, targets = len(clips), clips.lengths, clips.targets
     B, max_steps = cfg["asr_batch_size"], cfg["asr_max_steps"]
     n_batches = len(epoch_batches(lengths, B, seed, 0))
     hours = sum(lengths) / audio.SAMPLE_RATE / 3600
@@ -382,7 +388,8 @@ def train(cfg, stop_step=None):
 
     # the spelling prior for beam search: a character n-gram LM of the corpus's text (the text
     # stage's data, not the transcripts of the speech), saved with the recognizer
-    lm = CharLM(text_corpus(cfg["data_dir"]), cfg["asr_lm_order"])
+    lm = CharLM(text_corpus(cfg["data_dir"]) if realdata.is_default(cfg) else realdata.lm_texts(cfg, speech),
+                cfg["asr_lm_order"])
     model.attach_lm(lm, cfg["asr_lm_weight"], cfg["asr_char_bonus"])
     save(lm)
     model.eval()

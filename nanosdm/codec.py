@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, realdata, utils
 from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -413,7 +413,10 @@ def turn_index(split):
 
 
 def get_batch(pcm, index, batch_size, length, gen):
-    """batch_size crops of `length` samples; turns drawn in proportion to their length."""
+    """batch_size crops of `length` samples; turns drawn in proportion to their length.
+    index None: pcm is a realdata.Crops, which draws from the user's corpora."""
+    if index is None:
+        return pcm.get_batch(batch_size, length, gen)
     rows = index[torch.multinomial(torch.from_numpy(index[:, 1]).double(), batch_size, True, generator=gen).numpy()]
     u = torch.rand(batch_size, generator=gen, dtype=torch.float64).numpy()
     starts = rows[:, 0] - length // 4 + (u * (rows[:, 1] + length // 2 - length).clip(0)).astype(np.int64)
@@ -449,8 +452,11 @@ def train(cfg, stop_step=None, teacher=None):
     print(f"codec: {n_params / 1e6:.2f}M parameters, {model.n_q} x {cfg['codec_codebook_size']} codes at "
           f"{model.frame_rate} Hz = {model.bitrate:g} bps" + (", adversarial" if adversarial else ""))
 
-    split = SpeechSplit(cfg["data_dir"], "train")
-    index = turn_index(split)
+    if realdata.is_default(cfg):
+        split = SpeechSplit(cfg["data_dir"], "train")
+        pcm, index = split.pcm, turn_index(split)
+    else:   # the speech_data setting's corpora, read from disk batch by batch
+        pcm, index = realdata.Crops(realdata.Speech(cfg)), None
     B, frames, max_steps = cfg["codec_batch_size"], cfg["codec_segment_frames"], cfg["codec_max_steps"]
 
     path = os.path.join(out_dir, "codec.pt")
@@ -473,7 +479,7 @@ def train(cfg, stop_step=None, teacher=None):
             gen.manual_seed(cfg["seed"] * 7919 + 1)
             n_batches = max(cfg["codec_init_batches"], math.ceil(2 * model.quantizer.size / (B * frames)))
             with torch.no_grad():
-                pool = torch.cat([model.encode_latent(get_batch(split.pcm, index, B, frames * FRAME, gen).to(device),
+                pool = torch.cat([model.encode_latent(get_batch(pcm, index, B, frames * FRAME, gen).to(device),
                                                       model.encoder_state(B))[0].flatten(0, 1) for _ in range(n_batches)])
             model.quantizer.init_kmeans(pool, B * frames, seed=cfg["seed"])
             pbar.write(f"step {step}: codebooks initialised by k-means on {len(pool)} latent vectors")
@@ -481,7 +487,7 @@ def train(cfg, stop_step=None, teacher=None):
         for g in opt.param_groups + (opt_d.param_groups if adversarial else []):
             g["lr"] = lr
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # batches depend on the step only: resumable
-        x = get_batch(split.pcm, index, B, frames * FRAME, gen).to(device)
+        x = get_batch(pcm, index, B, frames * FRAME, gen).to(device)
         n_q = model.n_q                                    # quantizer dropout: sometimes fewer codebooks
         if torch.rand((), generator=gen) < cfg["codec_quantizer_dropout"]:
             n_q = int(torch.randint(1, model.n_q + 1, (), generator=gen))

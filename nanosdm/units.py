@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, realdata, utils
 from nanosdm.kmeans import assign, kmeans
 from nanosdm.transformer import Transformer
 
@@ -250,7 +250,7 @@ def get_batch(stream, targets, batch_size, crop_frames, gen):
 @torch.no_grad()
 def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen):
     """Features of block `layer` for up to max_frames frames of the stream, in random chunks."""
-    n_chunks = len(stream) // (chunk_frames * HOP)
+    n_chunks = max(1, len(stream) // (chunk_frames * HOP))   # a short stream: one chunk, all of it
     order = torch.randperm(n_chunks, generator=gen)[:max(1, max_frames // chunk_frames)]
     feats = []
     for c in tqdm(order.tolist(), desc="units: features", leave=False):
@@ -364,8 +364,13 @@ def train(cfg, stop_step=None):
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
     assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
     t0 = time.time()
-    wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
-    stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+    if realdata.is_default(cfg):
+        wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
+        stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+    else:   # the speech_data setting's corpora, drawn once to a file beside the checkpoint, memory-mapped
+        stream, spans, texts = realdata.utterance_stream(cfg, os.path.join(out_dir, "units_speech.bin"),
+                                                         cfg["units_max_train_hours"], HOP, seed)
+        wavs = (stream[o:o + n].float() / 32768.0 for o, n in spans)
     print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech")
 
     model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
