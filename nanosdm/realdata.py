@@ -104,14 +104,17 @@ def normalize(text):
 # -----------------------------------------------------------------------------
 # listing: every single utterance of a corpus, nothing read yet
 
-def _samples(path):
-    """About how many 16 kHz samples a wav holds, from its header (0 when it cannot be read:
-    the reader reports the file when it is drawn)."""
+def _samples(item):
+    """How many 16 kHz samples a wav holds, from its header; a file that cannot be read gets
+    n = 0 and its reason under "error" (Speech reports and skips it)."""
     try:
-        sr, x = scipy.io.wavfile.read(path, mmap=True)
-        return int(len(x) * SAMPLE_RATE / sr)
-    except Exception:
-        return 0
+        sr, x = scipy.io.wavfile.read(item["path"], mmap=True)
+        return dict(item, n=int(len(x) * SAMPLE_RATE / sr))
+    except Exception as e:   # mmap refuses some valid formats (24-bit): let load_wav decide
+        try:
+            return dict(item, n=len(audio.load_wav(item["path"])))
+        except Exception as e2:
+            return dict(item, n=0, error=str(e2) or str(e))
 
 
 def list_items(source, data_dir=None, split="train"):
@@ -122,7 +125,7 @@ def list_items(source, data_dir=None, split="train"):
     items = []
     if kind == "librispeech":
         for it in data.librispeech_items(root, missing_ok=True):
-            items.append(dict(it, channel=None, start=None, end=None, words=None, n=_samples(it["path"])))
+            items.append(_samples(dict(it, channel=None, start=None, end=None, words=None)))
     elif kind == "moshi":
         for d in data.moshi_dialogues(root):
             for i, tr in enumerate(d["turns"]):
@@ -267,6 +270,11 @@ class Speech:
             print(f"speech_data: {len(self.heldout)} utterances of {eval_setting} held out for evaluation")
         n_files = len({it["path"] for _, items in parts for it in items} | {it["path"] for it in self.heldout})
         self.reader = Reader(n_files)
+        for it in [it for _, items in parts for it in items] + self.heldout:   # headers that failed to read
+            if "error" in it and it["path"] not in self.reader.bad:
+                self.reader.skip(it["path"], it["error"])
+        parts = [(w, [it for it in items if "error" not in it]) for w, items in parts]
+        self.heldout = [it for it in self.heldout if "error" not in it]
         self.mix = Mix(parts, self.reader)
 
     def heldout_wavs(self, limit, min_samples=0):

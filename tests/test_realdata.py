@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.io.wavfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -115,16 +116,19 @@ def test_a_corrupt_file_is_skipped_and_named(corpora, tmp_path, capsys):
     root = tmp_path / "ls"
     shutil.copytree(corpora["librispeech"], root)
     cfg = dict(speech_data=f"librispeech:{root}", seed=0)
-    bad = realdata.Speech(cfg).mix.parts[0][1][0]["path"]          # a training file
-    open(bad, "wb").write(b"RIFF....not a wav at all")
+    bad, nan = (it["path"] for it in realdata.Speech(cfg).mix.parts[0][1][:2])   # two training files
+    open(bad, "wb").write(b"RIFF....not a wav at all")         # found when the corpus is listed
+    scipy.io.wavfile.write(nan, SR, np.full(8000, np.nan, np.float32))   # found when it is read
     speech = realdata.Speech(cfg)
     clips = realdata.Clips(speech, 30 * SR, 400, seed=0)
     texts = [clips[i][1] for i in range(len(clips))]              # every clip readable: the bad one replaced
     assert len(texts) == len(clips) and all(texts)
     for i in range(len(clips)):                                   # and its target follows the replacement
         assert clips.targets[i] == realdata.ctc.encode_text(clips[i][1])
-    assert f"skipped {bad}: not a readable wav file" in capsys.readouterr().out
-    assert list(speech.reader.bad) == [bad]                       # counted once, however often drawn
+    out = capsys.readouterr().out
+    assert f"skipped {bad}: not a readable wav file" in out and f"skipped {nan}: every sample is NaN" in out
+    assert sorted(speech.reader.bad) == sorted([bad, nan])        # each counted once, however often drawn
+    assert out.count(f"skipped {nan}") == 1
     # too many bad files: the stage stops and names them
     reader = realdata.Reader(n_files=10)
     for i in range(realdata.MAX_BAD_FILES):
