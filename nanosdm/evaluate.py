@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, ctc, units, utils
+from nanosdm import asr, audio, ctc, textlm, units, utils
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -349,3 +349,17 @@ def evaluate_units_checkpoint(cfg):
     units.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
     units.plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
     return metrics
+
+
+def evaluate_text_checkpoint(cfg):
+    """The text LM's question answering on held-out phrasings: seen facts and text-only facts
+    (greedy answer, cut at EOS)."""
+    from nanosdm.tokenizer import Tokenizer
+    model = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
+    tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    t0 = time.time()
+    replies = textlm.answer_questions(model, tok, items, cfg["device"])
+    print(f"QA on {len(items)} held-out questions in {time.time() - t0:.1f}s; e.g. "
+          f"{items[0]['question']!r} -> {replies[0]!r} (answer {items[0]['answer']!r})")
+    return textlm.qa_metrics(items, replies)
