@@ -254,7 +254,7 @@ def train(cfg, stop_step=None):
     if step < max_steps:  # stopped as if killed: nothing saved since the last checkpoint
         return {}
 
-    utils.check_replicas(model)
+    utils.report_replicas(model, "text")
     plot_losses(history, os.path.join(out_dir, "plots", "text_loss.png"))
     # question answering is measured by evaluate.evaluate_text_checkpoint, on the saved checkpoint
     return {"text_val_loss": history["val"][-1][1], "text_train_loss": history["train"][-1][1],

@@ -114,6 +114,12 @@ def mean_over_ranks(x):
     return float(t) / world_size()
 
 
+def report_replicas(module, name):
+    """Under torchrun, every rank says how far its weights are from rank 0's (check_replicas)."""
+    if ddp_active():
+        print(f"ddp rank {rank()}: {name} weights equal rank 0's (max difference {check_replicas(module):g})")
+
+
 def broadcast_module(module):
     """Rank 0's weights and buffers on every rank: replicas start identical whatever each computed."""
     if ddp_active():
