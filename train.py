@@ -446,6 +446,8 @@ def why_stale(cfg, name, markers):
     for r in reads:
         if markers.get(r) is not None and marker["reads"].get(r, "legacy") != markers[r]["stamp"]:
             return f"its input {r!r} was rebuilt"
+        if markers.get(r) is not None and why_stale(cfg, r, markers):   # an input of an input: out of date too
+            return f"its input {r!r} is out of date"
     return ""
 
 
