@@ -402,7 +402,8 @@ STAGES = [
     ("units", train_units, eval_units, ["data"], [], ["units.pt"]),
     ("codec", train_codec, eval_codec, ["data", "units"], [], ["codec.pt"]),   # distils codebook 0 toward the units
     ("asr", train_asr, eval_asr, ["data", "codec"], [], ["asr.pt"]),           # judges the codec's audio too
-    ("speech", build_speech, None, ["data", "tokenizer", "codec"], ["dual_"], []),   # both channels to codes
+    ("speech", build_speech, None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
+     ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
     ("align", train_align, eval_align, ["text", "speech", "asr"], ["dual_"], ["align.pt"]),   # hear and speak
     ("sft", train_sft, eval_sft, ["align", "asr"], ["dual_"], ["sft.pt"]),      # full-duplex spoken dialogues
     ("duplex", None, eval_duplex, ["sft", "asr"], [], []),                     # when it speaks
