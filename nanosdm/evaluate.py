@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, ctc, realdata, units, utils
+from nanosdm import asr, audio, codec, ctc, realdata, textlm, units, utils
+from nanosdm.codec import Codec
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -181,7 +182,6 @@ def codec_quality(model, clips, teacher=None):
     """Clips through the codec (and codec2, when pycodec2 is installed), delay-aligned: log-mel
     distance, SI-SNR, codebook usage, distillation cosine. -> (metrics, outputs, bitrates,
     aligned outputs, codes, usage, code counts)."""
-    from nanosdm import codec   # here, not at the top: codec.py imports this file
     codes = [model.encode(w[None]) for w in clips]
     outs, bps = {"codec": [model.decode(c)[0].cpu() for c in codes]}, {"codec": model.bitrate}
     try:
@@ -215,7 +215,6 @@ def evaluate_codec(model, cfg, teacher=None):
     """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
     distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
     plots and a few wavs."""
-    from nanosdm import codec   # here, not at the top: codec.py imports this file
     from nanosdm.data import SpeechSplit
     turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
              if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
@@ -316,9 +315,8 @@ def evaluate_asr(model, cfg):
 
     codec_path = os.path.join(cfg["out_dir"], "codec.pt")
     if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
-        from nanosdm.codec import Codec   # here, not at the top: codec.py imports this file
-        codec = Codec.load(codec_path, cfg["device"])
-        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
+        codec_model = Codec.load(codec_path, cfg["device"])
+        decoded = [codec_roundtrip(codec_model, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
         codec_hyps = model.transcribe(decoded)
         metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
                        asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
@@ -334,7 +332,6 @@ def evaluate_asr(model, cfg):
 # from checkpoints: the stage runner trains a component, then calls these (components never import this file)
 
 def _codec_and_teacher(cfg):
-    from nanosdm.codec import Codec
     model = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
     teacher, units_path = None, os.path.join(cfg["out_dir"], "units.pt")
     if cfg["codec_distill_weight"] > 0 and os.path.exists(units_path):
@@ -356,6 +353,20 @@ def evaluate_asr_checkpoint(cfg):
     if not realdata.is_default(cfg):
         metrics.update(evaluate_asr_real(model, cfg))
     return metrics
+
+
+def evaluate_text_checkpoint(cfg):
+    """The text LM's question answering on held-out phrasings: seen facts and text-only facts
+    (greedy answer, cut at EOS)."""
+    from nanosdm.tokenizer import Tokenizer
+    model = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
+    tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    t0 = time.time()
+    replies = textlm.answer_questions(model, tok, items, cfg["device"])
+    print(f"QA on {len(items)} held-out questions in {time.time() - t0:.1f}s; e.g. "
+          f"{items[0]['question']!r} -> {replies[0]!r} (answer {items[0]['answer']!r})")
+    return textlm.qa_metrics(items, replies)
 
 
 # -----------------------------------------------------------------------------
@@ -407,9 +418,8 @@ def evaluate_asr_real(model, cfg):
                "asr_eval_clips": len(refs)}
     codec_path = os.path.join(cfg["out_dir"], "codec.pt")
     if os.path.exists(codec_path):
-        from nanosdm.codec import Codec
-        codec = Codec.load(codec_path, cfg["device"])
-        codec_hyps = model.transcribe([codec_roundtrip(codec, w) for w in wavs])
+        codec_model = Codec.load(codec_path, cfg["device"])
+        codec_hyps = model.transcribe([codec_roundtrip(codec_model, w) for w in wavs])
         metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4))
     print(f"asr on {len(refs)} held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']}: "
           f"CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} greedy, WER {metrics['asr_wer_lm']:.2%} "
