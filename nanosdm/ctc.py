@@ -113,7 +113,7 @@ def normalize_transcript(text):
     straightened, hyphens and dashes between words, apostrophes kept only inside a word
     ("don't", not "'tis'" quotes), every other symbol gone. What is left of the alphabet is
     letters, the apostrophe and single spaces: never digits (normalize_text keeps those)."""
-    text = unicodedata.normalize("NFKD", str(text).lower()).translate(UNICODE_PUNCT)
+    text = unicodedata.normalize("NFKD", str(text)).lower().translate(UNICODE_PUNCT)
     text = "".join(c for c in text if not unicodedata.combining(c))
     for symbol, words in SYMBOL_WORDS.items():
         text = text.replace(symbol, words)
@@ -172,8 +172,10 @@ def forced_align(log_probs, targets, blank=BLANK):
     lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
     targets = [int(i) for i in targets]
     T, L = lp.shape[0], len(targets)
-    if blank in targets:
-        raise ValueError(f"forced_align: the targets hold the blank id {blank}")
+    bad = sorted({i for i in targets if i == blank or not 0 <= i < lp.shape[1]})
+    if bad:
+        raise ValueError(f"forced_align: target ids {bad} are the blank ({blank}) or outside the "
+                         f"{lp.shape[1]} symbols of the log-probs (normalise the transcript first)")
     # a symbol needs a frame, and a doubled symbol ("ll") a blank frame between its two
     need = L + sum(a == b for a, b in zip(targets, targets[1:]))
     if need > T:
