@@ -444,6 +444,7 @@ def train(cfg, stop_step=None):
     path = os.path.join(out_dir, "asr.pt")
     ckpt = utils.resume(path, model, opt, device, max_steps)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save(lm=None):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -467,20 +468,24 @@ def train(cfg, stop_step=None):
         gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: resumable
         feat, flen = features(add_echo(x, xlen, gen).to(device), xlen.to(device))
         feat = spec_augment(feat, flen, gen)
+        feat, flen = utils.shard((feat, flen))              # this rank's share of the batch
+        rows = utils.shard(torch.as_tensor(rows)).tolist()
         with utils.autocast(device):
             loss = model.loss(feat, flen, [targets[i] for i in rows])
         loss.backward()
+        utils.all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(params, cfg["asr_grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         audio_seconds += float(xlen.sum()) / audio.SAMPLE_RATE
-        history["train"].append([step, round(loss.item(), 4)])
+        history["train"].append([step, round(utils.mean_over_ranks(loss.item()), 4)])
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", audio_x=f"{audio_seconds / (time.time() - t0):.0f}")
         if step % cfg["asr_ckpt_interval"] == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, "asr")
     train_seconds = time.time() - t0
     if step < max_steps:
         save()
