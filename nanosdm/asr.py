@@ -20,6 +20,7 @@ the codec's intelligibility figure. The error rates and that evaluation live in 
 
     asr = ASR.load("out/tiny/asr.pt")
     text = asr.transcribe(wav)           # [T] at 16 kHz -> str; beam=8 adds the LM
+    align_words(asr, wav, "He paid $42.")  # -> [("he", 0.03, 0.21), ("paid", ...), ("forty", ...), ...]
 """
 import os
 import time
