@@ -9,9 +9,9 @@ the same collapse applied to the best frame labels (greedy) or to a few running 
 This file holds the alphabet (and normalize_transcript, which writes any transcript in it), the
 loss written out, forced alignment (the best path through a known transcript: when each symbol
 was said), greedy and prefix beam decoding, and a character n-gram LM that the beam can fuse
-with the acoustic scores (shallow fusion). The
-recognizer of stage `asr` (asr.py) is built on them; LLaMA-Omni's speech decoder, CTC over units
-instead of characters, reuses the decoding (SpeechDecoderCTC, at the end).
+with the acoustic scores (shallow fusion). The recognizer of stage `asr` (asr.py) is built on
+them; LLaMA-Omni's speech decoder, CTC over units instead of characters, reuses the decoding
+(SpeechDecoderCTC, at the end).
 """
 import collections
 import math
