@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from nanosdm import utils
+from nanosdm import realdata, utils
 from nanosdm.depth import Depth, sample_logits
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer
@@ -377,7 +377,7 @@ def train(cfg, stage, stop_step=None):
     device, out_dir = cfg["device"], cfg["out_dir"]
     p = lambda key: cfg[f"{stage}_{key}"]
     speech_dir = os.path.join(out_dir, "speech")
-    streams = Streams(speech_dir, "align" if stage == "align" else "train")
+    streams = realdata.streams(cfg, stage, speech_dir)   # split align or train (and the user's: realdata.py)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanosdm import ctc, data, evaluate, textlm
+from nanosdm import ctc, data, evaluate, realdata, textlm
 from nanosdm.dualstream import load_model
 from nanosdm.speech import FRAME_S, Streams, encode_channels, read_text_stream
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
@@ -207,7 +207,14 @@ def evaluate_align(cfg):
     wer, examples = user_wer(model, codec, tok, cfg)
     print("align: the model's transcription of unseen-voice user turns, e.g.\n"
           + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
-    return {"align_user_wer": round(wer, 4)}
+    metrics = {"align_user_wer": round(wer, 4)}
+    heldout = os.path.join(out_dir, "speech", "align_real_heldout_text.bin")
+    if not realdata.is_default(cfg) and os.path.exists(heldout) and os.path.getsize(heldout):
+        wer, examples = user_wer(model, codec, tok, cfg, split="align_real_heldout")   # the user's own speakers
+        metrics["align_user_wer_real"] = round(wer, 4)
+        print(f"align: WER {wer:.2%} on held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']}, e.g. "
+              f"ref {examples[0][0]!r} hyp {examples[0][1]!r}")
+    return metrics
 
 
 def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):

@@ -98,7 +98,7 @@ def is_default(cfg):
 
 def normalize(text):
     """A transcript in the recognizer's alphabet (case, punctuation and numerals handled)."""
-    return getattr(ctc, "normalize_transcript", ctc.normalize_text)(text)
+    return ctc.normalize_transcript(text)
 
 
 # -----------------------------------------------------------------------------
@@ -242,17 +242,14 @@ class Mix:
 class Speech:
     """The single utterances of a setting: a Mix of the training items, the held-out items of the
     user's corpora (for the _real figures) and one Reader counting bad files.
-    two_channel: the dialogue corpora only (spokenworld, moshi), their weights renormalised."""
+    kinds: only these kinds of corpora, their weights renormalised."""
 
-    def __init__(self, cfg, two_channel=False):
-        sources = parse(cfg.get("speech_data", "spokenworld"))
-        if two_channel:
-            sources = [s for s in sources if s["kind"] in TWO_CHANNEL]
-            if not sources:
-                raise ValueError(f"speech_data={cfg['speech_data']!r} has no two-channel corpus (spokenworld or moshi)")
-            total = sum(s["weight"] for s in sources)
-            sources = [dict(s, weight=s["weight"] / total) for s in sources]
-        self.sources = sources
+    def __init__(self, cfg, kinds=KINDS):
+        sources = [s for s in parse(cfg.get("speech_data", "spokenworld")) if s["kind"] in kinds]
+        if not sources:
+            raise ValueError(f"speech_data={cfg['speech_data']!r} has no corpus of kind {' or '.join(kinds)}")
+        total = sum(s["weight"] for s in sources)
+        self.sources = sources = [dict(s, weight=s["weight"] / total) for s in sources]
         eval_setting = cfg.get("speech_eval_data") or ""
         parts, self.heldout = [], []
         for s in sources:
@@ -266,7 +263,8 @@ class Speech:
                   f"{len(train)} utterances ({sum(it['n'] for it in train) / SAMPLE_RATE / 3600:.2f} h) for "
                   f"training, {len(held)} held out ({len({it['speaker'] for it in held})} speakers or dialogues)")
         if eval_setting:
-            self.heldout = [it for s in parse(eval_setting) if s["kind"] != "spokenworld" for it in list_items(s)]
+            self.heldout = [it for s in parse(eval_setting) if s["kind"] in kinds and s["kind"] != "spokenworld"
+                            for it in list_items(s)]
             print(f"speech_data: {len(self.heldout)} utterances of {eval_setting} held out for evaluation")
         n_files = len({it["path"] for _, items in parts for it in items} | {it["path"] for it in self.heldout})
         self.reader = Reader(n_files)
@@ -388,3 +386,156 @@ def lm_texts(cfg, speech):
         from nanosdm.asr import text_corpus
         texts += text_corpus(cfg["data_dir"])
     return texts
+
+
+# -----------------------------------------------------------------------------
+# stage `speech` and the dual-stream stages: the user's corpora as codes, beside SpokenWorld's
+
+REAL_EVAL_TURNS = 160      # held-out utterances of split align_real_heldout (evaluate_dialogue.user_wer reads 160)
+PER_DIALOGUE = 8           # single utterances per pseudo-dialogue of split align_real (as speech.align_dialogues)
+
+
+def _weight(cfg, kinds, kind="spokenworld"):
+    """The share of `kind` among the corpora of the given kinds (renormalised)."""
+    sources = [s for s in parse(cfg["speech_data"]) if s["kind"] in kinds]
+    total = sum(s["weight"] for s in sources)
+    return sum(s["weight"] for s in sources if s["kind"] == kind) / total if total else 0.0
+
+
+def write_speech(cfg, out, codec, tok):
+    """Stage `speech` for the user's corpora, beside SpokenWorld's splits:
+      real, real_heldout              the two-channel dialogues (moshi), for sft
+      align_real, align_real_heldout  single utterances with word timings in pseudo-dialogues, for
+                                      align: a Moshi turn brings its timings; a LibriSpeech utterance
+                                      gets them from forced alignment with out/<preset>/asr.pt
+    Returns {speech_frames_<split>: frames}."""
+    from nanosdm import speech as sp
+    metrics = {}
+    moshi = [s for s in parse(cfg["speech_data"]) if s["kind"] == "moshi"]
+    if moshi:   # whole dialogues, held out by dialogue
+        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in data.moshi_dialogues(s["path"])]
+        train, held = split_heldout(dialogues)
+        if cfg.get("speech_eval_data"):
+            train, held = dialogues, [d for s in parse(cfg["speech_eval_data"]) if s["kind"] == "moshi"
+                                      for d in data.moshi_dialogues(s["path"])]
+        reader = Reader(len(dialogues) + len(held))
+        for split, part in (("real", train), ("real_heldout", held)):
+            w = sp.StreamWriter(out, split)
+            for d in part:
+                wavs = [reader.read(dict(path=d["path"], channel=c, start=None, end=None)) for c in (data.ASSISTANT, data.USER)]
+                if any(x is None for x in wavs):
+                    continue
+                text, codes = sp.encode_dialogue(codec, tok, torch.stack(wavs), d["turns"], cfg)
+                w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
+            metrics[f"speech_frames_{split}"] = w.close()
+    real_kinds = tuple(k for k in KINDS if k != "spokenworld")
+    if not any(s["kind"] in real_kinds for s in parse(cfg["speech_data"])):
+        return metrics
+    speech = Speech(cfg, real_kinds)
+    timings = _aligner(cfg)
+    n = round((cfg["align_user_turns"] + cfg["align_assistant_turns"]) * (1 - _weight(cfg, KINDS)))
+    user_share = cfg["align_user_turns"] / max(1, cfg["align_user_turns"] + cfg["align_assistant_turns"])
+    rng = random.Random(cfg["seed"] + 11)
+    for split, items in (("align_real", speech.mix.sequence(max(1, n), cfg["seed"])),
+                         ("align_real_heldout", speech.heldout[:REAL_EVAL_TURNS])):
+        w, group, untimed = sp.StreamWriter(out, split), [], 0
+
+        def flush():
+            stereo, turns = sp._place(group, rng)
+            for tr in turns:   # what evaluate_dialogue.user_wer transcribes
+                tr["kind"] = "question" if tr["speaker"] == "user" else "answer"
+            text, codes = sp.encode_dialogue(codec, tok, stereo, turns, cfg)
+            w.add(dict(id=f"{split}-{w.offset}", turns=turns), text, codes)
+            group.clear()
+
+        for item in items:
+            wav = speech.reader.read(item)
+            if wav is None:
+                continue
+            words = item["words"] or timings(wav, item["text"])
+            if not words:
+                untimed += 1
+                continue
+            ch = data.USER if split.endswith("heldout") or rng.random() < user_share else data.ASSISTANT
+            group.append((ch, " ".join(word for word, _, _ in words), wav.numpy(), words))
+            if len(group) == PER_DIALOGUE:
+                flush()
+        if group:
+            flush()
+        metrics[f"speech_frames_{split}"] = w.close()
+        if untimed:
+            print(f"speech: {untimed} utterances of {split} skipped: no word timings ({timings.why})")
+    return metrics
+
+
+def _aligner(cfg):
+    """wav, text -> [[word, start, end]] by CTC forced alignment with the trained recognizer, or
+    a function that returns None (and says why) when there is none."""
+    from nanosdm import asr
+    path = os.path.join(cfg["out_dir"], "asr.pt")
+    if not os.path.exists(path):
+        def none(wav, text):
+            return None
+        none.why = f"a LibriSpeech-style corpus has none, and forced alignment needs {path}: run --stage=asr first"
+        return none
+    model = asr.ASR.load(path, cfg["device"])
+
+    def align(wav, text):
+        try:
+            return [list(w) for w in asr.align_words(model, wav, text)]
+        except (ValueError, audio.AudioError) as e:
+            align.why = f"forced alignment failed, e.g. {e}"
+            return None
+    align.why = "forced alignment failed"
+    return align
+
+
+class MixedStreams:
+    """Several splits' streams (speech.Streams) as one, each drawn in its stated share.
+    dualstream.get_batch picks window starts uniformly over len(self): each part owns a stretch
+    of that range in proportion to its weight, and a start in it is scaled onto the part's frames."""
+
+    def __init__(self, parts):
+        self.parts = [(w, s) for w, s in parts if w > 0]
+        total = sum(len(s) for _, s in self.parts)
+        self.spans, self.dialogues, self.starts, at = [], [], {}, 0
+        for w, s in self.parts:
+            n = max(1, round(w * total))
+            self.spans.append((at, n))
+            for d in s.dialogues:   # a dialogue's first frame keeps an exact address (dual_start_frac)
+                v = at + d["offset"] * n // len(s)
+                self.starts[v] = d["offset"]
+                self.dialogues.append(dict(d, offset=v))
+            at += n
+        self.n = at
+
+    def __len__(self):
+        return self.n
+
+    def window(self, start, length):
+        p = next(i for i, (at, n) in enumerate(self.spans) if start < at + n or i == len(self.spans) - 1)
+        at, n = self.spans[p]
+        s = self.parts[p][1]
+        local = self.starts.get(start, (start - at) * len(s) // n) if start >= at else 0
+        return s.window(min(local, len(s) - length), length)
+
+
+def streams(cfg, stage, speech_dir):
+    """What stage `align` or `sft` trains on: SpokenWorld's split (align, train) and, under a
+    non-default setting, the user's (align_real, real) in the setting's proportions."""
+    from nanosdm.speech import Streams
+    sw_split = "align" if stage == "align" else "train"
+    if is_default(cfg):
+        return Streams(speech_dir, sw_split)
+    kinds = KINDS if stage == "align" else TWO_CHANNEL
+    w = _weight(cfg, kinds)
+    real_split = "align_real" if stage == "align" else "real"
+    bin_path = os.path.join(speech_dir, f"{real_split}_text.bin")
+    real = Streams(speech_dir, real_split) if os.path.exists(bin_path) and os.path.getsize(bin_path) else None
+    if real is None or len(real) <= cfg["dual_context"] + 1:
+        why = ("the setting has no two-channel corpus" if stage == "sft" and not any(
+            s["kind"] == "moshi" for s in parse(cfg["speech_data"])) else f"split {real_split} is missing or too short")
+        print(f"{stage}: trains on SpokenWorld's split {sw_split} only: {why}")
+        return Streams(speech_dir, sw_split)
+    print(f"{stage}: SpokenWorld's {sw_split} {w:.0%}, the user's {real_split} {1 - w:.0%}")
+    return real if w == 0 else MixedStreams([(w, Streams(speech_dir, sw_split)), (1 - w, real)])

@@ -193,3 +193,85 @@ def test_asr_trains_and_reports_real_figures(corpora, tmp_path, kind):
     for key in ("asr_cer_real", "asr_wer_real", "asr_wer_lm_real"):
         assert real[key] >= 0, key
     assert real["asr_eval_clips_real"] == (2 if kind == "librispeech" else 3)   # a speaker's 2 files, a dialogue's 3 turns
+
+
+def test_mixed_streams_draw_windows_in_proportion():
+    from nanosdm.dualstream import get_batch
+
+    class FakeStreams:        # dialogues of 100 frames; a frame's token is its part's tag + its index
+        def __init__(self, n, tag):
+            self.n, self.tag = n, tag
+            self.dialogues = [dict(offset=100 * i, frames=100) for i in range(n // 100)]
+
+        def __len__(self):
+            return self.n
+
+        def window(self, start, length):
+            assert 0 <= start <= self.n - length
+            return (self.tag + np.arange(start, start + length))[:, None].repeat(3, 1)
+
+    mixed = realdata.MixedStreams([(0.2, FakeStreams(5000, 0)), (0.8, FakeStreams(500, 10**6))])
+    g = torch.Generator().manual_seed(0)
+    first = get_batch(mixed, 4000, 20, g, "cpu")[:, 0, 0]
+    assert (first >= 10**6).float().mean().item() == pytest.approx(0.8, abs=0.03)   # the small part, 80% of windows
+    first = get_batch(mixed, 400, 20, g, "cpu", start_frac=1.0)[:, 0, 0]
+    assert ((first % 10**6) % 100 == 0).all()                  # a dialogue's first frame stays exact
+
+
+# -----------------------------------------------------------------------------
+# stage speech writes the user's corpora as codes; align and sft train on them beside SpokenWorld's
+
+def dual_run(root, setting):
+    """make_tiny_run's text LM, codec and SpokenWorld streams, with the setting changed."""
+    from test_dualstream import make_tiny_run
+    cfg = make_tiny_run(root)
+    cfg.update(ASR, speech_data=setting, align_user_turns=6, align_assistant_turns=2, align_max_steps=2,
+               sft_batch_size=2, sft_max_steps=2, sft_ckpt_interval=2, sft_warmup=1)
+    return cfg
+
+
+def codec_and_tok(cfg):
+    from nanosdm.codec import Codec
+    from nanosdm.tokenizer import Tokenizer
+    return (Codec.load(os.path.join(cfg["out_dir"], "codec.pt")),
+            Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model")))
+
+
+def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
+    from nanosdm import dualstream, evaluate_dialogue, speech
+    cfg = dual_run(tmp_path, f"spokenworld:0.5,moshi:{corpora['moshi']}:0.5")
+    out = os.path.join(cfg["out_dir"], "speech")
+    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))
+    assert {"speech_frames_real", "speech_frames_real_heldout", "speech_frames_align_real",
+            "speech_frames_align_real_heldout"} <= set(metrics) and metrics["speech_frames_real"] > cfg["dual_context"]
+    real = speech.Streams(out, "real")
+    assert len(real.dialogues) == 1 and real.dialogues[0]["id"] in DIALOGUES   # the other dialogue is held out
+    held = speech.Streams(out, "align_real_heldout")
+    assert all(tr["speaker"] == "user" for d in held.dialogues for tr in d["turns"])
+    assert "align_text_loss" in dualstream.train(cfg, "align")
+    assert "sft_text_loss" in dualstream.train(cfg, "sft")
+    printed = capsys.readouterr().out
+    assert "align: SpokenWorld's align 50%, the user's align_real 50%" in printed
+    assert "sft: SpokenWorld's train 50%, the user's real 50%" in printed
+    model = dualstream.load_model(os.path.join(cfg["out_dir"], "align.pt"))
+    wer, pairs = evaluate_dialogue.user_wer(model, *codec_and_tok(cfg), cfg, split="align_real_heldout")
+    assert wer >= 0 and [r for r, _ in pairs] == [tr["text"] for d in held.dialogues for tr in d["turns"]]
+
+
+def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, capsys):
+    from nanosdm import dualstream, speech
+    cfg = dual_run(tmp_path, f"librispeech:{corpora['librispeech']}")
+    out = os.path.join(cfg["out_dir"], "speech")
+    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))     # no recognizer yet: no timings
+    assert "skipped: no word timings" in capsys.readouterr().out and metrics["speech_frames_align_real"] == 0
+    asr.train(cfg)                                                     # the recognizer aligns the transcripts
+    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))
+    assert metrics["speech_frames_align_real"] > 0 and "speech_frames_real" not in metrics   # no dialogues
+    d = speech.Streams(out, "align_real").dialogues[0]
+    words = [w for tr in d["turns"] for w, _, _ in tr["words"]]
+    assert set(words) <= {w for _, texts in SPEAKERS.values() for t in texts for w in t.lower().split()}
+    assert "align_text_loss" in dualstream.train(cfg, "align")
+    assert "sft_text_loss" in dualstream.train(cfg, "sft")             # SpokenWorld's dialogues: nothing else has two channels
+    printed = capsys.readouterr().out
+    assert "align: SpokenWorld's align 0%, the user's align_real 100%" in printed
+    assert "sft: trains on SpokenWorld's split train only: the setting has no two-channel corpus" in printed
