@@ -42,7 +42,7 @@ def load_wav(path, sr=SAMPLE_RATE, channel=None, start=None, end=None):
     except (ValueError, EOFError, OSError) as e:
         raise AudioError(f"{path}: not a readable wav file ({e})") from None
     if part:
-        x = x[int((start or 0) * file_sr): None if end is None else int(end * file_sr)]
+        x = x[round((start or 0) * file_sr): None if end is None else round(end * file_sr)]
     x = _to_float(x, path)
     if x.ndim == 2:
         if channel is None:

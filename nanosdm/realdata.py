@@ -205,19 +205,26 @@ class Mix:
         self.weights = torch.tensor([w for w, _ in self.parts], dtype=torch.float64)
         self.reader = reader
 
+    def pick(self, gen):
+        """(part index, item) at random, nothing read: a part by its weight, an item of it uniformly."""
+        p = int(torch.multinomial(self.weights, 1, generator=gen))
+        items = self.parts[p][1]
+        return p, items[int(torch.randint(len(items), (), generator=gen))]
+
+    def drop(self, p, item):
+        """An item whose file failed to load leaves the mix."""
+        self.parts[p][1].remove(item)
+        if not self.parts[p][1]:
+            raise RuntimeError(f"speech_data: every file of corpus {p} of the mix failed to load")
+
     def sample(self, gen):
-        """(part index, item, wav) at random: a part by its weight, an item of it uniformly; a bad
-        file is dropped from its part and another drawn."""
+        """(part index, item, wav) at random (pick), read; a bad file is dropped and another drawn."""
         while True:
-            p = int(torch.multinomial(self.weights, 1, generator=gen))
-            items = self.parts[p][1]
-            i = int(torch.randint(len(items), (), generator=gen))
-            wav = self.reader.read(items[i])
+            p, item = self.pick(gen)
+            wav = self.reader.read(item)
             if wav is not None and len(wav) > 0:
-                return p, items[i], wav
-            items.pop(i)
-            if not items:
-                raise RuntimeError(f"speech_data: every file of corpus {p} of the mix failed to load")
+                return p, item, wav
+            self.drop(p, item)
 
     def sequence(self, n, seed):
         """n items, round(weight * n) from each part (each part's items in a shuffled order, again
@@ -324,16 +331,28 @@ class Crops:
         self.speech = speech
 
     def get_batch(self, batch_size, length, gen):
-        out = torch.zeros(batch_size, length)
-        for b in range(batch_size):
-            _, _, wav = self.speech.mix.sample(gen)
-            if len(wav) >= length:
-                s = int(torch.randint(len(wav) - length + 1, (), generator=gen))
-                out[b] = wav[s:s + length]
-            else:   # a short utterance somewhere in silence
-                s = int(torch.randint(length - len(wav) + 1, (), generator=gen))
-                out[b, s:s + len(wav)] = wav
+        """[batch_size, length] float: only each crop's stretch of its file is read."""
+        out, mix, b = torch.zeros(batch_size, length), self.speech.mix, 0
+        while b < batch_size:
+            p, item = mix.pick(gen)
+            s = int(torch.randint(max(1, item["n"] - length + 1), (), generator=gen))
+            wav = mix.reader.read(_stretch(item, s, min(item["n"], s + length)))
+            if wav is None or len(wav) == 0:
+                mix.drop(p, item)
+                continue
+            wav = wav[:length]
+            o = int(torch.randint(length - len(wav) + 1, (), generator=gen))   # a short one somewhere in silence
+            out[b, o:o + len(wav)] = wav
+            b += 1
         return out
+
+
+def _stretch(item, s, e):
+    """The item cut to its samples s..e (16 kHz)."""
+    if "memmap" in item:
+        return dict(item, memmap=(item["memmap"][0] + s, item["memmap"][0] + e))
+    base = item["start"] or 0.0
+    return dict(item, start=base + s / SAMPLE_RATE, end=base + e / SAMPLE_RATE)
 
 
 class Clips:

@@ -275,3 +275,29 @@ def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, cap
     printed = capsys.readouterr().out
     assert "align: SpokenWorld's align 0%, the user's align_real 100%" in printed
     assert "sft: trains on SpokenWorld's split train only: the setting has no two-channel corpus" in printed
+
+
+def test_codec_crops_read_only_their_stretch(corpora):
+    speech = realdata.Speech(dict(speech_data=f"moshi:{corpora['moshi']}"))
+    item = speech.mix.parts[0][1][0]
+    whole = speech.reader.read(item)
+    part = speech.reader.read(realdata._stretch(item, 1000, 5000))
+    assert torch.allclose(part, whole[1000:5000], atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = realdata.Crops(speech).get_batch(3, 8000, g)
+    assert x.shape == (3, 8000) and (x.abs().amax(1) > 0.05).all()
+
+
+def test_the_default_setting_takes_the_old_path(tmp_path, monkeypatch):
+    """With speech_data=spokenworld no stage touches realdata's readers: the figures stay the old ones."""
+    from test_asr import write_mini_corpus
+
+    def refuse(*a, **k):
+        raise AssertionError("realdata called under the default setting")
+    for name in ("Speech", "utterance_stream", "write_speech", "MixedStreams"):
+        monkeypatch.setattr(realdata, name, refuse)
+    write_mini_corpus(tmp_path / "data")
+    cfg = dict(ASR, device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
+               speech_data="spokenworld", speech_eval_data="", asr_scrambled_turns=2)
+    asr.train(cfg)
+    assert "asr_wer_real" not in evaluate.evaluate_asr_checkpoint(cfg)
