@@ -262,8 +262,6 @@ class Speech:
         for s in sources:
             items = list_items(s, cfg.get("data_dir"))
             train, held = (items, []) if s["kind"] == "spokenworld" or eval_setting else split_heldout(items)
-            for it in train + held:
-                it["corpus"] = f"{s['kind']}:{s['path']}" if s["path"] else s["kind"]
             parts.append((s["weight"], train))
             self.heldout += held
             print(f"speech_data: {s['kind']}{':' + s['path'] if s['path'] else ''} weight {s['weight']:.2f}: "
@@ -364,6 +362,7 @@ class Clips:
         self.speech, self.trim = speech, trim
         keep = lambda it: min_samples <= it["n"] <= max_samples and normalize(it["text"])
         self.pools = [[it for it in items if keep(it)] for _, items in speech.mix.parts]
+        self.pool_of = {id(it): k for k, pool in enumerate(self.pools) for it in pool}
         self.items = [it for it in speech.mix.sequence(sum(map(len, self.pools)), seed) if keep(it)]
         if not self.items:
             raise RuntimeError("speech_data: no utterance of a usable length with a transcript")
@@ -380,8 +379,9 @@ class Clips:
             if wav is not None:
                 pcm = (wav * 32768.0).round().clamp(-32768, 32767).short()
                 return (self.trim(pcm) if self.trim else pcm), normalize(self.items[i]["text"])
-            pool = next(p for p in self.pools if self.items[i] in p)
-            pool.remove(self.items[i])
+            pool = self.pools[self.pool_of[id(self.items[i])]]
+            if self.items[i] in pool:   # (an item can come twice in an epoch)
+                pool.remove(self.items[i])
             if not pool:
                 raise RuntimeError("speech_data: every file of a corpus failed to load")
             self.items[i] = self.rng.choice(pool)
@@ -535,7 +535,7 @@ class MixedStreams:
         p = next(i for i, (at, n) in enumerate(self.spans) if start < at + n or i == len(self.spans) - 1)
         at, n = self.spans[p]
         s = self.parts[p][1]
-        local = self.starts.get(start, (start - at) * len(s) // n) if start >= at else 0
+        local = self.starts.get(start, (start - at) * len(s) // n)
         return s.window(min(local, len(s) - length), length)
 
 

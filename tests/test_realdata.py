@@ -301,3 +301,15 @@ def test_the_default_setting_takes_the_old_path(tmp_path, monkeypatch):
                speech_data="spokenworld", speech_eval_data="", asr_scrambled_turns=2)
     asr.train(cfg)
     assert "asr_wer_real" not in evaluate.evaluate_asr_checkpoint(cfg)
+
+
+def test_a_bad_file_drawn_twice_in_an_epoch_is_replaced_both_times(corpora, tmp_path):
+    import shutil
+    root = tmp_path / "ls"
+    shutil.copytree(corpora["librispeech"], root)
+    speech = realdata.Speech(dict(speech_data=f"librispeech:{root}"))
+    bad = speech.mix.parts[0][1][0]
+    scipy.io.wavfile.write(bad["path"], SR, np.full(8000, np.nan, np.float32))
+    clips = realdata.Clips(speech, 30 * SR, 400, seed=0)
+    clips.items = [bad, bad] + clips.items[2:]
+    assert clips[0][1] and clips[1][1] and clips.items[0] is not bad and clips.items[1] is not bad
