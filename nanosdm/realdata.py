@@ -24,7 +24,7 @@ dash of an utterance id) or of the dialogues (Moshi: who speaks is not known acr
 of `speech_eval_data` when it is set (e.g. LibriSpeech's test-clean). SpokenWorld keeps its own
 evaluation splits.
 
-Audio is listed up front (paths, transcripts, timings; nothing read) and read from disk with
+Corpora are listed up front (paths, transcripts, timings, wav headers) and audio is read with
 audio.load_wav when a batch needs it, so a corpus larger than memory works. A file that fails to
 load is reported by path, skipped and counted; a stage fails only when more than MAX_BAD_SHARE of
 a setting's files (and more than MAX_BAD_FILES) fail.
