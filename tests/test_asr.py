@@ -185,7 +185,8 @@ def test_stage_resumes_and_reports(tmp_path, capsys):
     refs, wavs = [t for _, t in clips], [w.float() / 32768 for w, _ in clips]
     assert refs == ["the kotan is red", "your name is ana"]
     hyps = model.transcribe(wavs)
-    assert metrics["asr_wer"] == round(evaluate.wer(refs, hyps), 4) and metrics["asr_cer"] == round(evaluate.cer(refs, hyps), 4)
+    assert metrics["asr_wer"] == round(evaluate.wer(refs, hyps), 4)
+    assert metrics["asr_cer"] == round(evaluate.cer(refs, hyps), 4)
     history = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["history"]["train"]
     assert metrics["asr_train_loss"] == pytest.approx(sum(l for _, l in history) / 6, abs=1e-4)  # all 6 steps
     # and they are scored as hand-counted: a recognizer that drops "ana" makes 1 word error in 8
