@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, ctc, units, utils
+from nanosdm import asr, audio, codec, ctc, textlm, units, utils
+from nanosdm.codec import Codec
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -181,7 +182,6 @@ def evaluate_codec(model, cfg, teacher=None):
     """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
     distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
     plots and a few wavs."""
-    from nanosdm import codec   # here, not at the top: codec.py imports this file
     from nanosdm.data import SpeechSplit
     turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
              if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
@@ -306,9 +306,8 @@ def evaluate_asr(model, cfg):
 
     codec_path = os.path.join(cfg["out_dir"], "codec.pt")
     if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
-        from nanosdm.codec import Codec   # here, not at the top: codec.py imports this file
-        codec = Codec.load(codec_path, cfg["device"])
-        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
+        codec_model = Codec.load(codec_path, cfg["device"])
+        decoded = [codec_roundtrip(codec_model, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
         codec_hyps = model.transcribe(decoded)
         metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
                        asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
@@ -349,3 +348,17 @@ def evaluate_units_checkpoint(cfg):
     units.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
     units.plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
     return metrics
+
+
+def evaluate_text_checkpoint(cfg):
+    """The text LM's question answering on held-out phrasings: seen facts and text-only facts
+    (greedy answer, cut at EOS)."""
+    from nanosdm.tokenizer import Tokenizer
+    model = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
+    tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    t0 = time.time()
+    replies = textlm.answer_questions(model, tok, items, cfg["device"])
+    print(f"QA on {len(items)} held-out questions in {time.time() - t0:.1f}s; e.g. "
+          f"{items[0]['question']!r} -> {replies[0]!r} (answer {items[0]['answer']!r})")
+    return textlm.qa_metrics(items, replies)

@@ -333,6 +333,7 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
         if cfg["units_warp"] > 0:
             mel = warp_mel(mel, cfg["units_warp"], gen)
         tgt, mask = tgt.to(device), mask.to(device)
+        mel, tgt, mask = utils.shard((mel, tgt, mask))     # this rank's share of the batch
         for group in opt.param_groups:
             group["lr"] = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
         with utils.autocast(device):
@@ -342,10 +343,11 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
             loss = loss + cfg["units_unmasked_weight"] * masked_loss(logits, tgt, ~mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["units_grad_clip"])
         opt.step()
-        acc = (logits.argmax(-1) == tgt)[mask].float().mean().item()
-        history.append([step, loss.item(), acc])
+        acc = utils.mean_over_ranks((logits.argmax(-1) == tgt)[mask].float().mean().item())
+        history.append([step, utils.mean_over_ranks(loss.item()), acc])
         step += 1
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", masked_acc=f"{acc:.3f}")
@@ -411,7 +413,9 @@ def train(cfg, stop_step=None):
             history=history, train_keys=train_keys, finished=centroids is not None, layer=layer,
             centroids=centroids, target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
 
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
     step, history = train_encoder(model, opt, stream, targets, cfg, step, history, save, stop_step)
+    utils.report_replicas(model, "units")
     if step < cfg["units_max_steps"]:
         save(step)
         return None

@@ -200,3 +200,95 @@ def test_stage_resumes_and_reports(tmp_path, capsys):
     # the character LM travels with the recognizer
     model = asr.ASR.load(str(tmp_path / "out" / "asr.pt"))
     assert model.lm is not None and model.lm.order == cfg["asr_lm_order"] and model.lm_weight == cfg["asr_lm_weight"]
+
+
+# -----------------------------------------------------------------------------
+# forced alignment: word timings from a known transcript
+
+class PlannedASR(torch.nn.Module):
+    """Stands in for a trained recognizer: whatever it hears, it emits the planned frame labels
+    ('-' blank, '_' space), nearly one-hot."""
+
+    def __init__(self, frames):
+        super().__init__()
+        self.frames = frames
+        self.head = torch.nn.Linear(1, 1)   # frame_log_probs reads the device from the head
+
+    def forward(self, feat, flen):
+        lengths = asr.conv_lengths(flen)
+        p = torch.full((len(feat), int(lengths.max()), ctc.VOCAB_SIZE), 1e-4)
+        for t, c in enumerate(self.frames[:p.shape[1]]):
+            p[:, t, ctc.BLANK if c == "-" else 1 if c == "_" else ids(c)[0]] = 1.0
+        return (p / p.sum(-1, keepdim=True)).log(), lengths
+
+
+def planned_clip(frames):
+    """A waveform with exactly len(frames) recognizer frames."""
+    n = (len(frames) - 1) * asr.SUBSAMPLE * asr.HOP
+    wav = 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(0))
+    assert len(asr.frame_log_probs(PlannedASR(frames), wav)) == len(frames)
+    return wav
+
+
+def test_align_words_turns_frames_into_seconds():
+    frames = "--hh-ii--_-tthheerree---"     # 24 frames of 30 ms
+    wav, model = planned_clip(frames), PlannedASR(frames)
+    # a word starts one frame before its first character's first frame, ends with its last one's last
+    expect = [("hi", 0.03, 0.21), ("there", 0.30, 0.63)]
+    assert asr.align_words(model, wav, "Hi, THERE!") == pytest.approx(expect)
+    # at another sample rate the times stay in seconds
+    wav8k = torch.from_numpy(audio.resample(wav.numpy(), SR, 8000))
+    assert asr.align_words(model, wav8k, "hi there", sr=8000) == pytest.approx(expect)
+    # numerals are normalised into the words that are aligned
+    frames = "-ff-oorrttyy_ttwwoo--"
+    assert [w for w, _, _ in asr.align_words(PlannedASR(frames), planned_clip(frames), "42.")] == ["forty", "two"]
+    # alignment_errors: exact against the planned timings; a reference numeral cannot be scored word by word
+    res = asr.alignment_errors(PlannedASR("--hh-ii--_-tthheerree---"), [(wav, expect), (wav, [("42", 0.0, 0.5)])])
+    assert res["align_ms"] == pytest.approx(0.0, abs=1e-6) and res["align_words"] == 2 and res["align_skipped"] == 1
+
+
+def test_align_words_on_speech_is_ordered_and_within_the_clip():
+    # an untrained recognizer: the timings mean little, but they must always be well formed
+    torch.manual_seed(0)
+    model = asr.ASR(n_layer=1, n_head=2, d_model=32, dropout=0.0).eval()
+    wav = torch.from_numpy(espeak.synthesize("The 3 kotans live in Lomar, don't they?", voice="en-us")[0])
+    got = asr.align_words(model, wav, "The 3 kotans live in Lomar, don't they?")
+    assert [w for w, _, _ in got] == "the three kotans live in lomar don't they".split()
+    times = [t for _, s, e in got for t in (s, e)]
+    assert times == sorted(times) and times[0] >= 0 and times[-1] <= len(wav) / SR
+    assert all(e > s for _, s, e in got)
+
+
+def test_long_clips_are_aligned_in_overlapping_windows():
+    torch.manual_seed(0)
+    model = asr.ASR(n_layer=1, n_head=2, d_model=32, dropout=0.0, max_seq_len=64).eval()
+    wav = 0.1 * torch.randn(3 * SR, generator=torch.Generator().manual_seed(1))   # 101 frames > max_seq_len
+    lp = asr.frame_log_probs(model, wav, window_s=0.9, overlap_s=0.3)          # windows of 30 frames, step 20
+    assert lp.shape == (101, ctc.VOCAB_SIZE) and torch.isfinite(lp).all()
+    # the first window's frames up to the middle of its overlap come from that window alone
+    step = asr.SUBSAMPLE * asr.HOP
+    first = asr.frame_log_probs(model, wav[:30 * step + asr.N_FFT], window_s=60)
+    assert torch.allclose(lp[:25], first[:25], atol=1e-5)
+    last = asr.frame_log_probs(model, wav[80 * step:], window_s=60)            # the last window starts at frame 80
+    assert torch.allclose(lp[85:], last[5:], atol=1e-5)                        # after the middle of 80..90
+    # a short clip in one window is the plain forward pass
+    short = wav[:SR]
+    assert torch.allclose(asr.frame_log_probs(model, short), model.posteriors(short)[1], atol=1e-6)
+    # too long for one pass without windows: the transformer says so
+    with pytest.raises(ValueError, match="max_seq_len"):
+        asr.frame_log_probs(model, wav, window_s=60)
+
+
+def test_align_words_errors_name_the_transcript():
+    frames = "--hh-ii--_-tthheerree---"
+    wav, model = planned_clip(frames), PlannedASR(frames)
+    too_long = "hi there " * 5
+    with pytest.raises(ValueError, match=r"'hi there hi there.*' \(44 symbols\) does not fit 0\.69 s of audio "
+                                         r"\(24 frames of 30 ms\).*44 symbols need at least 44 frames"):
+        asr.align_words(model, wav, too_long)
+    with pytest.raises(ValueError, match="holds no word"):
+        asr.align_words(model, wav, " ... ?! ")
+    with pytest.raises(audio.AudioError, match="too short"):
+        asr.align_words(model, wav[:100], "hi")
+    with pytest.raises(audio.AudioError, match="mono"):
+        asr.align_words(model, torch.zeros(2, 8000), "hi")
