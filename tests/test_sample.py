@@ -61,7 +61,7 @@ def text_run(tmp_path_factory):
     it answers every colour question: runs/tiny/{tokenizer.model, text.pt}."""
     import train
     from test_textlm import write_world
-    from nanosdm import textlm, tokenizer, utils
+    from nanosdm import evaluate, textlm, tokenizer, utils
     root = tmp_path_factory.mktemp("text")
     cfg = train.parse_config([
         "--text_n_layer=2", "--text_n_head=2", "--text_d_model=64", "--text_block_size=32", "--text_batch_size=8",
@@ -71,7 +71,8 @@ def text_run(tmp_path_factory):
     write_world(cfg["data_dir"])
     utils.seed_everything(cfg["seed"])
     tokenizer.build(cfg)
-    metrics = textlm.train(cfg)
+    textlm.train(cfg)
+    metrics = evaluate.evaluate_text_checkpoint(cfg)          # what the stage runner does next
     assert metrics["text_qa_acc_seen"] == 1.0, metrics       # else the answers below test the training, not sample.py
     facts = {it["question"]: it["reply"] for it in data_items(root / "data" / "qa_eval.jsonl")}
     words = {w.strip(".?") for line in open(root / "data" / "text_train.jsonl") for w in line.split()}
