@@ -145,5 +145,6 @@ def test_wav_in_reply_out(run):
 
 def test_a_bad_wav_is_named(run):
     (run / "empty.wav").write_bytes(b"")
-    p = sample(run, "--wav", str(run / "empty.wav"))
-    assert p.returncode != 0 and "empty.wav" in p.stderr and "empty" in p.stderr
+    with pytest.raises(SystemExit) as e:                          # a message: exit status 1, the message on stderr
+        sample_here(run / "runs", "--wav", str(run / "empty.wav"))
+    assert isinstance(e.value.code, str) and str(run / "empty.wav") in e.value.code and "empty" in e.value.code
