@@ -317,7 +317,7 @@ def align_words(model, wav, text, sr=audio.SAMPLE_RATE):
         first, last = spans[k], spans[k + len(word) - 1]
         start = min(max((first[0] + WORD_START_FRAMES) * FRAME_S, 0.0), duration)
         end = min(max((last[1] + WORD_END_FRAMES) * FRAME_S, start), duration)
-        out.append((word, round(start, 3), round(end, 3)))
+        out.append((word, start, end))          # not rounded: a rounded end could pass the clip's end
         k += len(word) + 1
     return out
 

@@ -42,7 +42,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     out = ddp.stdout + ddp.stderr
     assert "2 ranks (torchrun)" in out
     for r in (0, 1):                                   # both ranks end with rank 0's weights, exactly
-        assert f"ddp rank {r}: weights equal rank 0's (max difference 0)" in out, out[-3000:]
+        assert f"ddp rank {r}: text weights equal rank 0's (max difference 0)" in out, out[-3000:]
     a = utils.load_checkpoint(str(one / "out" / "tiny" / "text.pt"))
     b = utils.load_checkpoint(str(two / "out" / "tiny" / "text.pt"))
     assert a["step"] == b["step"] == 6
