@@ -38,7 +38,7 @@ import numpy as np
 import scipy.io.wavfile
 import torch
 
-from nanosdm import audio, ctc, data
+from nanosdm import audio, ctc, data, utils
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 KINDS = ("spokenworld", "librispeech", "moshi")
@@ -302,6 +302,8 @@ def utterance_stream(cfg, path, max_hours=0.0, multiple=1, seed=0):
     speech = Speech(cfg)
     n = sum(len(items) for _, items in speech.mix.parts)
     spans, texts, offset = [], [], 0
+    if utils.rank():   # data parallel: every rank draws the same stream, each into its own file
+        path = f"{os.path.splitext(path)[0]}.rank{utils.rank()}.bin"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         for item in speech.mix.sequence(n, seed):
