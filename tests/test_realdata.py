@@ -226,7 +226,7 @@ def dual_run(root, setting):
     from test_dualstream import make_tiny_run
     cfg = make_tiny_run(root)
     cfg.update(ASR, speech_data=setting, align_user_turns=6, align_assistant_turns=2, align_max_steps=2,
-               sft_batch_size=2, sft_max_steps=2, sft_ckpt_interval=2, sft_warmup=1)
+               sft_batch_size=2, sft_max_steps=2, sft_ckpt_interval=2, sft_warmup=1, sft_eval_history=8)
     return cfg
 
 
@@ -256,6 +256,13 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
     model = dualstream.load_model(os.path.join(cfg["out_dir"], "align.pt"))
     wer, pairs = evaluate_dialogue.user_wer(model, *codec_and_tok(cfg), cfg, split="align_real_heldout")
     assert wer >= 0 and [r for r, _ in pairs] == [tr["text"] for d in held.dialogues for tr in d["turns"]]
+    sft = dualstream.load_model(os.path.join(cfg["out_dir"], "sft.pt"))
+    onsets = evaluate_dialogue.evaluate_sft_real(cfg, sft, *codec_and_tok(cfg))
+    turns = speech.Streams(out, "real_heldout").dialogues[0]["turns"]
+    answered = [(a, b) for a, b in zip(turns, turns[1:]) if a["speaker"] == "user" and b["speaker"] == "assistant"]
+    assert onsets["sft_onset_turns_real"] == len(answered) >= 1
+    assert onsets["sft_onset_corpus_ms_real"] == round(1000 * float(np.median([b["start"] - a["end"] for a, b in answered])))
+    assert {"sft_onset_text_ms_real", "sft_onset_audio_ms_real"} <= set(onsets)
 
 
 def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, capsys):
