@@ -102,7 +102,7 @@ def normalize(text):
 
 
 # -----------------------------------------------------------------------------
-# listing: every single utterance of a corpus, nothing read yet
+# listing: every single utterance of a corpus (wav headers read, no audio)
 
 def _samples(item):
     """How many 16 kHz samples a wav holds, from its header; a file that cannot be read gets

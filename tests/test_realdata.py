@@ -93,6 +93,9 @@ def test_listing_and_heldout_speakers(corpora):
     assert t["words"][0][0] == "i" and 0 < t["words"][0][1] < 0.2      # timings relative to the turn
     _, held = realdata.split_heldout(turns)
     assert len({t["speaker"] for t in held}) == 1                     # a whole dialogue held out
+    # speech_eval_data: all of the named corpus is held out, all of speech_data trains
+    speech = realdata.Speech(dict(speech_data=f"moshi:{corpora['moshi']}", speech_eval_data=f"librispeech:{corpora['librispeech']}"))
+    assert len(speech.mix.parts[0][1]) == 5 and [it["id"] for it in speech.heldout] == [it["id"] for it in items]
 
 
 def test_a_mix_draws_in_the_stated_proportions():
