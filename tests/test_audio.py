@@ -100,6 +100,8 @@ def test_log_mel_and_mfcc_shapes_and_values():
     m = audio.mfcc(batch)
     assert m.shape == (2, 39, 101)
     assert torch.isfinite(m).all()
+    c0 = (m[0, 0] - m[1, 0])[5:-5]          # 20 dB quieter: the energy coefficient drops by one constant
+    assert c0.mean() > 1 and c0.std() < 0.05 * c0.mean()
     # deltas of a constant signal vanish
     assert audio.deltas(torch.ones(3, 50)).abs().max() == 0
 

@@ -70,7 +70,7 @@ def test_short_training_lowers_the_loss_and_answers(cfg):
     first = ckpt["history"]["train"][0][1]
     assert abs(first - math.log(ckpt["config"]["vocab_size"])) < 0.3
     assert metrics["text_val_loss"] < first - 2.0, (first, metrics)
-    assert {"text_qa_acc_seen", "text_qa_acc_textonly"} <= set(metrics)
+    assert metrics["text_val_loss"] == ckpt["history"]["val"][-1][1] and metrics["text_train_loss"] == ckpt["history"]["train"][-1][1]
     assert os.path.exists(os.path.join(cfg["out_dir"], "plots", "text_loss.png"))
     # the model has learned the world's facts, and sample.py-style greedy answers give them
     assert metrics["text_qa_acc_seen"] >= 0.5, metrics
