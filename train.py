@@ -396,19 +396,21 @@ def build_speech(cfg):
     return speech.build(cfg)
 
 
+SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/realdata.py)
+
 # name, train/build, evaluate, the stages it reads, the settings that shape it beyond its own
 # <name>_* keys, the outputs --retrain deletes first (so it starts from scratch)
 STAGES = [
     ("data", build_data, None, [], [], []),
     ("tokenizer", build_tokenizer, None, ["data"], [], ["tokenizer.model"]),
     ("text", train_text, eval_text, ["data", "tokenizer"], [], ["text.pt"]),   # the text LLM first (§4.2.1)
-    ("units", train_units, eval_units, ["data"], [], ["units.pt"]),
-    ("codec", train_codec, eval_codec, ["data", "units"], [], ["codec.pt"]),   # distils codebook 0 toward the units
-    ("asr", train_asr, eval_asr, ["data", "codec"], [], ["asr.pt"]),           # judges the codec's audio too
+    ("units", train_units, eval_units, ["data"], SPEECH_KEYS, ["units.pt"]),
+    ("codec", train_codec, eval_codec, ["data", "units"], SPEECH_KEYS, ["codec.pt"]),   # distils codebook 0 toward the units
+    ("asr", train_asr, eval_asr, ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),           # judges the codec's audio too
     ("speech", build_speech, None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
      ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
-    ("align", train_align, eval_align, ["text", "speech", "asr"], ["dual_"], ["align.pt"]),   # hear and speak
-    ("sft", train_sft, eval_sft, ["align", "asr"], ["dual_"], ["sft.pt"]),      # full-duplex spoken dialogues
+    ("align", train_align, eval_align, ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),   # hear and speak
+    ("sft", train_sft, eval_sft, ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),      # full-duplex spoken dialogues
     ("duplex", None, eval_duplex, ["sft", "asr"], [], []),                     # when it speaks
     ("dpo", train_dpo, eval_dpo, ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),   # preference optimisation
     ("vocoder", train_vocoder, eval_vocoder, ["units", "codec", "asr"], [], ["vocoder.pt"]),   # LLaMA-Omni's way
@@ -436,9 +438,17 @@ def read_marker(out_dir, name):
     return marker
 
 
+def stage_reads(cfg, name):
+    """The stages whose outputs this one reads (the table's list, and the recognizer for the speech
+    stage when it aligns a real corpus's utterances with it)."""
+    reads = STAGES[[s[0] for s in STAGES].index(name)][3]
+    return reads + ["asr"] if name == "speech" and cfg["speech_data"] != "spokenworld" else reads
+
+
 def why_stale(cfg, name, markers):
     """Why the stage must run again ("" if its marker is current): its settings changed, or an input was rebuilt."""
-    _, _, _, reads, extra, _ = STAGES[[s[0] for s in STAGES].index(name)]
+    _, _, _, _, extra, _ = STAGES[[s[0] for s in STAGES].index(name)]
+    reads = stage_reads(cfg, name)
     marker = markers.get(name)
     if marker is None:
         return "not run yet"
@@ -477,19 +487,25 @@ def main(argv):
         raise SystemExit(f"unknown stage {cfg['stage']!r} (stages: {', '.join(names)})")
     if retrain and cfg["stage"] == "all":
         raise SystemExit("--retrain goes with one stage: --stage=NAME --retrain")
+    from nanosdm import realdata
+    for key in SPEECH_KEYS:            # a bad corpus setting is refused now, not when a stage first reads it
+        try:
+            cfg[key] and realdata.parse(cfg[key])
+        except ValueError as e:
+            raise SystemExit(f"--{key}={cfg[key]}: {e}") from None
     main_rank = utils.is_main()
     log = print if main_rank else (lambda *a, **k: None)
     log(f"nanosdm: preset={cfg['preset']} device={cfg['device']} out={cfg['out_dir']}"
         + (f", {utils.world_size()} ranks (torchrun)" if utils.world_size() > 1 else ""))
     markers = {n: read_marker(cfg["out_dir"], n) for n in names}
-    for name, build, evaluate, reads, extra, outputs in STAGES:
+    for name, build, evaluate, _, extra, outputs in STAGES:
         if cfg["stage"] not in ("all", name):
             continue
         why = why_stale(cfg, name, markers)
         if cfg["stage"] == "all" and not why:
             log(f"[{name}] up to date, skipped (--stage={name} evaluates it again, --stage={name} --retrain trains it again)")
             continue
-        for r in reads:             # asked for by name while an input is itself out of date: say so, go on
+        for r in stage_reads(cfg, name):   # asked for by name while an input is itself out of date: say so, go on
             if cfg["stage"] == name and markers[r] and why_stale(cfg, r, markers):
                 log(f"[{name}] warning: its input {r!r} is out of date ({why_stale(cfg, r, markers)}); "
                     f"{name} uses it as it is (python train.py rebuilds both)")
@@ -518,7 +534,7 @@ def main(argv):
                 measured[f"{name}_eval_seconds"] = round(time.time() - t1, 1)
             old = set(marker["train"]) | set(marker["eval"]) if marker else set()
             markers[name] = dict(settings=stage_settings(cfg, name, extra), stamp=stamp, train=trained, eval=measured,
-                                 reads={r: markers[r]["stamp"] for r in reads if markers[r]})
+                                 reads={r: markers[r]["stamp"] for r in stage_reads(cfg, name) if markers[r]})
             write_marker(cfg["out_dir"], name, markers[name])
             report = utils.update_report(cfg["out_dir"], {**trained, **measured}, drop=old)
             print(f"[{name}] done in {time.time() - t0:.1f}s: "
