@@ -1,15 +1,15 @@
 """
 Talk to trained nanosdm checkpoints.
 
-    python sample.py --text "what colour is the kotan?"       # the text LM (stage text) answers
+    python sample.py --text "what colour is the ditum?"       # the text LM (stage text) answers
     python sample.py --text "..." --temperature=0 --preset=small
     python sample.py                                          # a text chat: the dialogue so far is the context
     python sample.py --asr FILE.wav                           # the transcript of any wav (stage asr's recognizer)
-    python sample.py --say "what colour is the kotan?"        # the dual-stream model hears eSpeak ask, and answers
+    python sample.py --say "what colour is the ditum?"        # the dual-stream model hears eSpeak ask, and answers
     python sample.py --wav question.wav --out=answers/r1.wav  # ... or hears any wav (any rate, mixed to mono)
     python sample.py --scenario=interrupt --seed=3            # a full-duplex scenario: pause, turn, interrupt,
                                                               # backchannel or silence (stage duplex's kinds)
-    python sample.py --model=omni --say "what colour is the kotan?"   # LLaMA-Omni's way (stage omni), half duplex
+    python sample.py --model=omni --say "what colour is the ditum?"   # LLaMA-Omni's way (stage omni), half duplex
 
 --say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
 frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
