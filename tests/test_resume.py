@@ -4,7 +4,7 @@ subprocess on a tiny corpus, is killed with SIGKILL after its first checkpoint a
 the very same command; it must resume from the checkpoint's step (not from zero) and finish with
 a checkpoint that loads with weights_only=True. A damaged checkpoint is refused by name.
 
-One tiny run is built stage by stage (about a minute on 2 cores); each training stage's first run
+One tiny run is built stage by stage (22 processes, ~100 s of CPU); each training stage's first run
 is the one that is killed, so the run is built and the resumes are tested in one pass. Stage
 `omni` has two phases with a checkpoint each (omni_adapter.pt, then omni.pt): it is killed twice.
 """
