@@ -292,6 +292,9 @@ def get_batch(streams, batch_size, length, gen, device, start_frac=0.0):
     """Random windows of `length` steps (nanoGPT): undelayed tokens [B, length, S]. A share
     start_frac of them opens at a dialogue's first frame: a window that starts anywhere teaches
     nothing about the start of a conversation, where the model has heard nothing yet."""
+    if len(streams) <= length:
+        raise ValueError(f"the speech streams hold {len(streams)} frames, fewer than one training window of "
+                         f"{length} (dual_context): render more dialogues or lower dual_context")
     starts = torch.randint(len(streams) - length, (batch_size,), generator=gen).tolist()
     if start_frac > 0:
         opening = (torch.rand(batch_size, generator=gen) < start_frac).tolist()
@@ -447,7 +450,6 @@ def train(cfg, stage, stop_step=None):
     if step < max_steps:
         return {}
     plot_losses(history, os.path.join(out_dir, "plots", f"{stage}_loss.png"), f"stage {stage}: loss per stream")
-    last = history["train"][-50:]
-    mean = lambda k: round(float(np.mean([r[k] for r in last if k in r])), 4)
+    mean = lambda k: round(float(np.mean([r[k] for r in history["train"] if k in r][-50:])), 4)   # last 50 with it
     return {f"{stage}_text_loss": mean("text"), f"{stage}_audio_loss": mean("audio"),
             f"{stage}_semantic_loss": mean("audio_0"), f"{stage}_train_seconds": round(time.time() - t0, 1)}
