@@ -1,15 +1,15 @@
 """
 Talk to trained nanosdm checkpoints.
 
-    python sample.py --text "what colour is the kotan?"       # the text LM (stage text) answers
+    python sample.py --text "what colour is the ditum?"       # the text LM (stage text) answers
     python sample.py --text "..." --temperature=0 --preset=small
     python sample.py                                          # a text chat: the dialogue so far is the context
     python sample.py --asr FILE.wav                           # the transcript of any wav (stage asr's recognizer)
-    python sample.py --say "what colour is the kotan?"        # the dual-stream model hears eSpeak ask, and answers
+    python sample.py --say "what colour is the ditum?"        # the dual-stream model hears eSpeak ask, and answers
     python sample.py --wav question.wav --out=answers/r1.wav  # ... or hears any wav (any rate, mixed to mono)
     python sample.py --scenario=interrupt --seed=3            # a full-duplex scenario: pause, turn, interrupt,
                                                               # backchannel or silence (stage duplex's kinds)
-    python sample.py --model=omni --say "what colour is the kotan?"   # LLaMA-Omni's way (stage omni), half duplex
+    python sample.py --model=omni --say "what colour is the ditum?"   # LLaMA-Omni's way (stage omni), half duplex
 
 --say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
 frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
@@ -29,33 +29,37 @@ import torch
 from nanosdm import textlm, utils
 from nanosdm.tokenizer import EOS, Tokenizer
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--preset", default="tiny")
-parser.add_argument("--out_root", default="out")
-parser.add_argument("--device", default="auto")
-parser.add_argument("--seed", type=int, default=1337)
-parser.add_argument("--text", default=None, help="a question for the text LM; without it, a text chat")
-parser.add_argument("--temperature", type=float, default=0.7)
-parser.add_argument("--top_k", type=int, default=25)
-parser.add_argument("--max_new_tokens", type=int, default=40)
-parser.add_argument("--asr", default=None, metavar="FILE.wav",
-                    help="print the transcript of a wav file (any rate, mono or stereo) and exit")
-parser.add_argument("--say", default=None, help="a question the dual-stream model hears in a voice it never heard")
-parser.add_argument("--wav", default=None, metavar="FILE.wav", help="a wav the dual-stream model hears as the user")
-parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
-parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
-parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
-                    help="play one full-duplex scenario (duplex.py) to the model: wav, json and timeline out")
-parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt, "
-                    "or omni: LLaMA-Omni's way (stage omni)")
-parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
-parser.add_argument("--data_root", default="data")
-parser.add_argument("--audio_temperature", type=float, default=0.8)
-parser.add_argument("--audio_top_k", type=int, default=250)
-args = parser.parse_args()
+
+def parse_args(argv=None):
+    """The command line (sys.argv[1:] when argv is None); here, not at the top level, so that importing
+    this file (a test, a notebook) parses and runs nothing."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--out_root", default="out")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--text", default=None, help="a question for the text LM; without it, a text chat")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top_k", type=int, default=25)
+    parser.add_argument("--max_new_tokens", type=int, default=40)
+    parser.add_argument("--asr", default=None, metavar="FILE.wav",
+                        help="print the transcript of a wav file (any rate, mono or stereo) and exit")
+    parser.add_argument("--say", default=None, help="a question the dual-stream model hears in a voice it never heard")
+    parser.add_argument("--wav", default=None, metavar="FILE.wav", help="a wav the dual-stream model hears as the user")
+    parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
+    parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
+    parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
+                        help="play one full-duplex scenario (duplex.py) to the model: wav, json and timeline out")
+    parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt, "
+                        "or omni: LLaMA-Omni's way (stage omni)")
+    parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
+    parser.add_argument("--data_root", default="data")
+    parser.add_argument("--audio_temperature", type=float, default=0.8)
+    parser.add_argument("--audio_top_k", type=int, default=250)
+    return parser.parse_args(argv)
 
 
-def reply_text(model, tok, turns, device):
+def reply_text(args, model, tok, turns, device):
     """The assistant's next turn after the dialogue `turns`, sampled with the KV cache, cut at EOS."""
     prompt = tok.encode_prompt(turns)
     room = max(8, model.config["block_size"] - args.max_new_tokens)
@@ -65,7 +69,17 @@ def reply_text(model, tok, turns, device):
     return tok.decode(new[:new.index(EOS)] if EOS in new else new)
 
 
-def main():
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, utils.CorruptCheckpoint) as e:
+        # a stage not run yet or a damaged file: one line that names the path and what to do, no traceback
+        raise SystemExit(f"sample.py: {e}")
+
+
+def run(args):
+    """What the command line asks for: --asr, --scenario, --say/--wav, --text, or a text chat."""
     torch.manual_seed(args.seed)
     device = utils.get_device(args.device)
     out_dir = os.path.join(args.out_root, args.preset)
@@ -80,15 +94,15 @@ def main():
             raise SystemExit(f"--asr: {e}" if args.asr in str(e) else f"--asr {args.asr}: {e}")
         return
     if args.scenario is not None:
-        return scenario(out_dir, device)
+        return scenario(args, out_dir, device)
     if (args.say is not None or args.wav is not None) and args.model == "omni":
-        return converse_omni(out_dir, device)
+        return converse_omni(args, out_dir, device)
     if args.say is not None or args.wav is not None:
-        return converse(out_dir, device)
+        return converse(args, out_dir, device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     model = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
     if args.text is not None:
-        print(reply_text(model, tok, [["user", args.text]], device))
+        print(reply_text(args, model, tok, [["user", args.text]], device))
         return
     print("text chat with the text LM (empty line or Ctrl-D ends)")
     turns = []
@@ -100,12 +114,12 @@ def main():
         if not line:
             break
         turns.append(["user", line])
-        answer = reply_text(model, tok, turns, device)
+        answer = reply_text(args, model, tok, turns, device)
         turns.append(["assistant", answer])
         print(f"lm> {answer}")
 
 
-def user_input(out_dir):
+def user_input(args, out_dir):
     """The user's turn at 16 kHz: eSpeak in an unseen voice (--say) or a wav file (--wav)."""
     from nanosdm import audio
     if args.wav is not None:
@@ -121,13 +135,13 @@ def user_input(out_dir):
         with open(corpus) as f:
             unseen = json.load(f)["unseen_voices"]
         voice = unseen[args.seed % len(unseen)]
-    check_creatures(args.say)
+    check_creatures(args, args.say)
     wav, _, _ = espeak.synthesize(args.say.lower(), voice=voice, rate=170, pitch=50)
     print(f"user ({voice}): {args.say!r}")
     return torch.from_numpy(wav * 0.6 / max(1e-4, abs(wav).max()))
 
 
-def check_creatures(text):
+def check_creatures(args, text):
     """Asked about a creature the world does not hold, say which ones it does."""
     import json
     from nanosdm import data
@@ -144,16 +158,16 @@ def check_creatures(text):
               + ", ".join(spoken[:30]) + (" ..." if len(spoken) > 30 else ""))
 
 
-def converse(out_dir, device):
+def converse(args, out_dir, device):
     import json
     from nanosdm import audio, duplex
     from nanosdm.codec import FRAME, Codec
-    tok, codec, model = load_dual(out_dir, device)
-    heard = user_input(out_dir)
+    tok, codec, model = load_dual(args, out_dir, device)
+    heard = user_input(args, out_dir)
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
     wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
     wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))
-    out = duplex.live(model, codec, wav, temps=temps())        # what a live system does every 80 ms
+    out = duplex.live(model, codec, wav, temps=temps(args))        # what a live system does every 80 ms
     words = []   # [word, start_s, end_s]: a word ends where the next begins, or a word's length later
     for seg in duplex.monologue_segments(tok, out["text"]):
         starts = [s for _, s in seg["words"]] + [seg["end"]]
@@ -171,7 +185,7 @@ def converse(out_dir, device):
           f"{result['rtf']}); wrote {args.out} and {json_path}")
 
 
-def converse_omni(out_dir, device):
+def converse_omni(args, out_dir, device):
     """Half duplex, LLaMA-Omni's way: the whole question through the frozen ear and the adapter,
     then the text answer with its speech streamed beside it. The reply starts where its first
     audio was ready (the question's end + the measured compute)."""
@@ -184,7 +198,7 @@ def converse_omni(out_dir, device):
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     asr, codec = ASR.load(os.path.join(out_dir, "asr.pt"), device), Codec.load(os.path.join(out_dir, "codec.pt"), device)
     model, voc = omni.load_model(os.path.join(out_dir, "omni.pt"), device), Vocoder.load(os.path.join(out_dir, "vocoder.pt"), device)
-    heard = user_input(out_dir)
+    heard = user_input(args, out_dir)
     t0 = time.time()
     feats = omni.encode_speech(asr, [heard])[0]
     example = omni.build_example([("speech", feats)], model.config["k"])
@@ -219,18 +233,18 @@ def converse_omni(out_dir, device):
           f"real-time factor {result['rtf']}); wrote {args.out} and {json_path}")
 
 
-def load_dual(out_dir, device):
+def load_dual(args, out_dir, device):
     from nanosdm import dualstream
     from nanosdm.codec import Codec
     return (Tokenizer.load(os.path.join(out_dir, "tokenizer.model")), Codec.load(os.path.join(out_dir, "codec.pt"), device),
             dualstream.load_model(os.path.join(out_dir, f"{args.model}.pt"), device))
 
 
-def temps():
+def temps(args):
     return args.temperature, args.top_k, args.audio_temperature, args.audio_top_k
 
 
-def scenario(out_dir, device):
+def scenario(args, out_dir, device):
     """One Full-Duplex-Bench-style scenario (duplex.py) through the live loop: its stereo wav,
     a json with the events, where the model spoke and the verdict, and the timeline picture."""
     import json
@@ -240,9 +254,9 @@ def scenario(out_dir, device):
     world = [e for e in data.read_jsonl(os.path.join(data_dir, "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(data_dir, "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
-    tok, codec, model = load_dual(out_dir, device)
+    tok, codec, model = load_dual(args, out_dir, device)
     sc = duplex.scenario(args.scenario, args.seed, world, voices)
-    out = duplex.run_scenario(model, codec, tok, sc, temps())
+    out = duplex.run_scenario(model, codec, tok, sc, temps(args))
     verdict = score(sc["kind"], sc["events"], out["said"], sc["answer"])
     result = dict(kind=sc["kind"], question=sc["question"], answer=sc["answer"], voice=sc["voice"],
                   events=sc["events"], scripted_s=round(sc["script_s"], 3), said=out["said"], voiced=out["voiced"],

@@ -3,13 +3,18 @@ Train every stage of nanosdm, in order, on one machine.
 
     python train.py                       # all stages, tiny preset (a 2-core CPU, minutes)
     python train.py --preset=small        # one GPU
-    python train.py --stage=text          # one stage (runs it again even if finished)
+    python train.py --stage=text          # one stage: trains it if out of date, else evaluates it again
+    python train.py --stage=text --retrain    # trains it again from scratch
     python train.py --preset=tiny --text_max_steps=100 --device=cpu
+    torchrun --standalone --nproc_per_node=4 train.py --preset=small   # data parallel over 4 GPUs (or CPU workers)
 
 Configuration is nanoGPT-style: the defaults below are plain values, a preset overrides some of
 them, and --key=value overrides anything (an unknown key or a value of the wrong type is an error).
 Every stage reads what earlier stages wrote under out/<preset>/ and data/<preset>/, writes its
-checkpoint there, and merges its measured figures into out/<preset>/report.json.
+checkpoint there, and merges its measured figures into out/<preset>/report.json. Its marker
+out/<preset>/<stage>.done records the settings that shaped it and which build of each input it read:
+change a setting (or rebuild an input) and `python train.py` runs that stage and the ones after it
+again; the figures of stages left out of date are dropped from report.json, never kept stale.
 """
 import json
 import os
@@ -21,7 +26,7 @@ from nanosdm import utils
 # -----------------------------------------------------------------------------
 # defaults (the tiny preset)
 preset = "tiny"
-stage = "all"          # "all" runs every unfinished stage in order; a stage name runs that one
+stage = "all"          # "all" runs every stage that is out of date, in order; a name runs (or re-evaluates) that one
 device = "auto"        # auto -> cuda, mps or cpu
 seed = 1337
 data_root = "data"
@@ -33,6 +38,9 @@ data_text_only_frac = 0.15     # entities whose facts appear in text only, never
 data_text_docs = 20000         # text-corpus documents (facts and dialogues)
 data_dialogues = 130           # spoken training dialogues (~1 hour for tiny)
 data_eval_dialogues = 16       # dialogues in each spoken evaluation split
+speech_data = "spokenworld"    # the speech units, codec, asr, speech, align and sft train on (nanosdm/realdata.py):
+                               # spokenworld | librispeech:PATH | moshi:PATH | a mix: kind[:PATH]:WEIGHT,...
+speech_eval_data = ""          # the corpus of the _real figures (e.g. librispeech:PATH/test-clean); "": held-out speakers
 # --- tokenizer (nanosdm/tokenizer.py)
 tokenizer_vocab_size = 1024    # SentencePiece BPE pieces, special ids included
 tokenizer_extra_text = ""      # comma-separated plain-text files to train the tokenizer on as well
@@ -273,125 +281,279 @@ def _convert(key, value, kind):
 
 
 # -----------------------------------------------------------------------------
-# the stages, in order: each takes the config and returns {metric: number} for report.json
+# the stages, in order. Each has a build/train step (writes its outputs under out/ or data/ and
+# returns its training figures) and an evaluation (reads those outputs, returns the figures
+# measured on them); either may be missing. `reads` names the stages whose outputs it uses: when
+# one of them is rebuilt, this stage is out of date too.
 
-def stage_data(cfg):
-    from nanosdm import data
-    return data.build(cfg)
-
-
-def stage_tokenizer(cfg):
-    from nanosdm import tokenizer
-    return tokenizer.build(cfg)
-
-
-def stage_text(cfg):
+def train_text(cfg):
     from nanosdm import textlm
     return textlm.train(cfg)
 
 
-def stage_units(cfg):
-    from nanosdm import evaluate, units
-    metrics = units.train(cfg)
-    return dict(metrics, **evaluate.evaluate_units_checkpoint(cfg)) if metrics else metrics
+def eval_text(cfg):
+    from nanosdm import evaluate
+    return evaluate.evaluate_text_checkpoint(cfg)
 
 
-def stage_codec(cfg):
-    from nanosdm import codec, evaluate
-    metrics = codec.train(cfg)
-    return dict(metrics, **evaluate.evaluate_codec_checkpoint(cfg)) if metrics else metrics
+def train_units(cfg):
+    from nanosdm import units
+    return units.train(cfg)
 
 
-def stage_asr(cfg):
-    from nanosdm import asr, evaluate
-    metrics = asr.train(cfg)
-    return dict(metrics, **evaluate.evaluate_asr_checkpoint(cfg)) if metrics else metrics
+def eval_units(cfg):
+    from nanosdm import evaluate
+    return evaluate.evaluate_units_checkpoint(cfg)
 
 
-def stage_speech(cfg):
-    from nanosdm import speech
-    return speech.build(cfg)
+def train_codec(cfg):
+    from nanosdm import codec
+    return codec.train(cfg)
 
 
-def stage_align(cfg):
-    from nanosdm import dualstream, evaluate_dialogue
-    metrics = dualstream.train(cfg, "align")
-    return dict(metrics, **evaluate_dialogue.evaluate_align(cfg)) if metrics else metrics
+def eval_codec(cfg):
+    from nanosdm import evaluate
+    return evaluate.evaluate_codec_checkpoint(cfg)
 
 
-def stage_sft(cfg):
-    from nanosdm import dualstream, evaluate_dialogue
-    metrics = dualstream.train(cfg, "sft")
-    return dict(metrics, **evaluate_dialogue.evaluate_sft(cfg)) if metrics else metrics
+def train_asr(cfg):
+    from nanosdm import asr
+    return asr.train(cfg)
 
 
-def stage_duplex(cfg):
+def eval_asr(cfg):
+    from nanosdm import evaluate
+    return evaluate.evaluate_asr_checkpoint(cfg)
+
+
+def train_align(cfg):
+    from nanosdm import dualstream
+    return dualstream.train(cfg, "align")
+
+
+def eval_align(cfg):
+    from nanosdm import evaluate_dialogue
+    return evaluate_dialogue.evaluate_align(cfg)
+
+
+def train_sft(cfg):
+    from nanosdm import dualstream
+    return dualstream.train(cfg, "sft")
+
+
+def eval_sft(cfg):
+    from nanosdm import evaluate_dialogue
+    return evaluate_dialogue.evaluate_sft(cfg)
+
+
+def eval_duplex(cfg):
     from nanosdm import evaluate_duplex
     return evaluate_duplex.evaluate_duplex(cfg)
 
 
-def stage_dpo(cfg):
+def train_dpo(cfg):
     from nanosdm import evaluate_dpo
-    return evaluate_dpo.run(cfg)
+    return evaluate_dpo.train(cfg)
 
 
-def stage_vocoder(cfg):
-    from nanosdm import evaluate_omni, vocoder
-    metrics = vocoder.train(cfg)
-    return dict(metrics, **evaluate_omni.evaluate_vocoder(cfg)) if metrics else metrics
+def eval_dpo(cfg):
+    from nanosdm import evaluate_dpo
+    return evaluate_dpo.evaluate(cfg)
 
 
-def stage_omni(cfg):
-    from nanosdm import evaluate_omni, omni
-    metrics = omni.train(cfg)
-    return dict(metrics, **evaluate_omni.evaluate_omni(cfg)) if metrics else metrics
+def train_vocoder(cfg):
+    from nanosdm import vocoder
+    return vocoder.train(cfg)
 
 
+def eval_vocoder(cfg):
+    from nanosdm import evaluate_omni
+    return evaluate_omni.evaluate_vocoder(cfg)
+
+
+def train_omni(cfg):
+    from nanosdm import omni
+    return omni.train(cfg)
+
+
+def eval_omni(cfg):
+    from nanosdm import evaluate_omni
+    return evaluate_omni.evaluate_omni(cfg)
+
+
+def build_data(cfg):
+    from nanosdm import data
+    return data.build(cfg)
+
+
+def build_tokenizer(cfg):
+    from nanosdm import tokenizer
+    return tokenizer.build(cfg)
+
+
+def build_speech(cfg):
+    from nanosdm import speech
+    return speech.build(cfg)
+
+
+SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/realdata.py)
+
+# name, train/build, evaluate, the stages it reads, the settings that shape it beyond its own
+# <name>_* keys, the outputs --retrain deletes first (so it starts from scratch)
 STAGES = [
-    ("data", stage_data),
-    ("tokenizer", stage_tokenizer),
-    ("text", stage_text),          # the text LLM first, as in the survey's recipe (§4.2.1)
-    ("units", stage_units),
-    ("codec", stage_codec),        # distils codebook 0 toward the units
-    ("asr", stage_asr),            # judges the codec's decoded audio too
-    ("speech", stage_speech),      # both channels to codec codes, the inner-monologue text stream
-    ("align", stage_align),        # the text LM learns to hear and to speak (single utterances)
-    ("sft", stage_sft),            # full-duplex spoken dialogues
-    ("duplex", stage_duplex),      # when it speaks: pauses, turn ends, interruptions, backchannels
-    ("dpo", stage_dpo),            # preference optimisation on its own spoken replies, judged by the ear
-    ("vocoder", stage_vocoder),    # LLaMA-Omni's way: units -> durations -> the codec's latent -> audio
-    ("omni", stage_omni),          # ... speech adapter -> the text LM -> CTC speech decoder -> the vocoder
+    ("data", build_data, None, [], [], []),
+    ("tokenizer", build_tokenizer, None, ["data"], [], ["tokenizer.model"]),
+    ("text", train_text, eval_text, ["data", "tokenizer"], [], ["text.pt"]),   # the text LLM first (§4.2.1)
+    ("units", train_units, eval_units, ["data"], SPEECH_KEYS, ["units.pt"]),
+    ("codec", train_codec, eval_codec, ["data", "units"], SPEECH_KEYS, ["codec.pt"]),   # distils codebook 0 toward the units
+    ("asr", train_asr, eval_asr, ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),           # judges the codec's audio too
+    ("speech", build_speech, None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
+     ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
+    ("align", train_align, eval_align, ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),   # hear and speak
+    ("sft", train_sft, eval_sft, ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),      # full-duplex spoken dialogues
+    ("duplex", None, eval_duplex, ["sft", "asr"], [], []),                     # when it speaks
+    ("dpo", train_dpo, eval_dpo, ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),   # preference optimisation
+    ("vocoder", train_vocoder, eval_vocoder, ["units", "codec", "asr"], [], ["vocoder.pt"]),   # LLaMA-Omni's way
+    ("omni", train_omni, eval_omni, ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
 ]
+GLOBAL_KEYS = ["seed"]   # settings that shape every stage
+
+
+def stage_settings(cfg, name, extra):
+    """The settings that shape a stage: its own <name>_* keys, the extra ones, the global ones."""
+    return {k: cfg[k] for k in sorted(cfg)
+            if k in GLOBAL_KEYS or k.startswith(f"{name}_") or any(k == e or (e.endswith("_") and k.startswith(e)) for e in extra)}
+
+
+def read_marker(out_dir, name):
+    """A stage's .done marker: the settings that shaped it, the stamps of the inputs it read, its
+    own stamp, and its figures (training and evaluation apart)."""
+    path = os.path.join(out_dir, f"{name}.done")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        marker = json.load(f)
+    if "settings" not in marker:    # written before markers recorded their settings: its figures, taken as current
+        marker = dict(settings=None, reads={}, stamp="legacy", train=marker, eval={})
+    return marker
+
+
+def stage_reads(cfg, name):
+    """The stages whose outputs this one reads (the table's list, and the recognizer for the speech
+    stage when it aligns a real corpus's utterances with it)."""
+    reads = STAGES[[s[0] for s in STAGES].index(name)][3]
+    return reads + ["asr"] if name == "speech" and cfg["speech_data"] != "spokenworld" else reads
+
+
+def why_stale(cfg, name, markers):
+    """Why the stage must run again ("" if its marker is current): its settings changed, or an input was rebuilt."""
+    _, _, _, _, extra, _ = STAGES[[s[0] for s in STAGES].index(name)]
+    reads = stage_reads(cfg, name)
+    marker = markers.get(name)
+    if marker is None:
+        return "not run yet"
+    if marker["settings"] is not None:
+        now = stage_settings(cfg, name, extra)
+        changed = [k for k in now if marker["settings"].get(k, now[k]) != now[k]]
+        if changed:
+            return "its settings changed: " + ", ".join(f"{k}={marker['settings'][k]!r} -> {now[k]!r}" for k in changed[:4])
+    for r in reads:
+        if markers.get(r) is not None and marker["reads"].get(r, "legacy") != markers[r]["stamp"]:
+            return f"its input {r!r} was rebuilt"
+        if markers.get(r) is not None and why_stale(cfg, r, markers):   # an input of an input: out of date too
+            return f"its input {r!r} is out of date"
+    return ""
+
+
+def write_marker(out_dir, name, marker):
+    tmp = os.path.join(out_dir, f"{name}.done.tmp")
+    with open(tmp, "w") as f:
+        json.dump(marker, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, f"{name}.done"))
+
+
+PARALLEL = {"text", "units", "codec", "asr", "align", "sft", "dpo", "vocoder", "omni"}  # train on every rank
 
 
 def main(argv):
-    cfg = parse_config(argv)
-    cfg["device"] = utils.get_device(cfg["device"])
+    retrain = "--retrain" in argv
+    cfg = parse_config([a for a in argv if a != "--retrain"])
+    cfg["device"] = utils.ddp_setup(utils.get_device(cfg["device"]))
     cfg["data_dir"] = os.path.join(cfg["data_root"], cfg["preset"])
     cfg["out_dir"] = os.path.join(cfg["out_root"], cfg["preset"])
     os.makedirs(cfg["out_dir"], exist_ok=True)
-    names = [n for n, _ in STAGES]
+    names = [s[0] for s in STAGES]
     if cfg["stage"] != "all" and cfg["stage"] not in names:
         raise SystemExit(f"unknown stage {cfg['stage']!r} (stages: {', '.join(names)})")
-    print(f"nanosdm: preset={cfg['preset']} device={cfg['device']} out={cfg['out_dir']}")
-    for name, fn in STAGES:
-        done_marker = os.path.join(cfg["out_dir"], f"{name}.done")
-        if cfg["stage"] == "all" and os.path.exists(done_marker):
-            print(f"[{name}] finished earlier, skipped (--stage={name} reruns it)")
-            continue
+    if retrain and cfg["stage"] == "all":
+        raise SystemExit("--retrain goes with one stage: --stage=NAME --retrain")
+    from nanosdm import realdata
+    for key in SPEECH_KEYS:            # a bad corpus setting is refused now, not when a stage first reads it
+        try:
+            cfg[key] and realdata.parse(cfg[key])
+        except ValueError as e:
+            raise SystemExit(f"--{key}={cfg[key]}: {e}") from None
+    main_rank = utils.is_main()
+    log = print if main_rank else (lambda *a, **k: None)
+    log(f"nanosdm: preset={cfg['preset']} device={cfg['device']} out={cfg['out_dir']}"
+        + (f", {utils.world_size()} ranks (torchrun)" if utils.world_size() > 1 else ""))
+    markers = {n: read_marker(cfg["out_dir"], n) for n in names}
+    for name, build, evaluate, _, extra, outputs in STAGES:
         if cfg["stage"] not in ("all", name):
             continue
-        print(f"[{name}] starting")
+        why = why_stale(cfg, name, markers)
+        if cfg["stage"] == "all" and not why:
+            log(f"[{name}] up to date, skipped (--stage={name} evaluates it again, --stage={name} --retrain trains it again)")
+            continue
+        for r in stage_reads(cfg, name):   # asked for by name while an input is itself out of date: say so, go on
+            if cfg["stage"] == name and markers[r] and why_stale(cfg, r, markers):
+                log(f"[{name}] warning: its input {r!r} is out of date ({why_stale(cfg, r, markers)}); "
+                    f"{name} uses it as it is (python train.py rebuilds both)")
+        marker = markers[name]
         utils.seed_everything(cfg["seed"])
         t0 = time.time()
-        metrics = fn(cfg) or {}
-        metrics[f"{name}_seconds"] = round(time.time() - t0, 1)
-        report = utils.update_report(cfg["out_dir"], metrics)
-        with open(done_marker, "w") as f:
-            json.dump(metrics, f)
-        print(f"[{name}] done in {metrics[f'{name}_seconds']:.1f}s: "
-              + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        print(f"[{name}] figures merged into {os.path.join(cfg['out_dir'], 'report.json')} ({len(report)} in all)")
+        if build is not None and (why or retrain or evaluate is None):
+            log(f"[{name}] starting" + (f": {why}" if marker and why else "") + (" (--retrain)" if retrain else ""))
+            if retrain and main_rank:       # from scratch: no checkpoint to resume
+                for f in outputs:
+                    if os.path.exists(os.path.join(cfg["out_dir"], f)):
+                        os.remove(os.path.join(cfg["out_dir"], f))
+            utils.barrier()
+            trained = (build(cfg) or {}) if main_rank or name in PARALLEL else {}
+            trained[f"{name}_seconds"] = round(time.time() - t0, 1)
+            stamp = f"{time.time_ns():x}"   # this build's id: the stages that read it record it
+        else:
+            log(f"[{name}] " + (f"{why}: evaluating it" if why else "up to date: evaluating it again (--retrain trains it again)"))
+            trained, stamp = (marker["train"], marker["stamp"]) if marker else ({}, "none")
+        utils.barrier()
+        if main_rank:               # rank 0 alone evaluates and writes the figures and the marker
+            t1 = time.time()
+            measured = {}
+            if evaluate is not None:
+                measured = evaluate(cfg) or {}
+                measured[f"{name}_eval_seconds"] = round(time.time() - t1, 1)
+            old = set(marker["train"]) | set(marker["eval"]) if marker else set()
+            markers[name] = dict(settings=stage_settings(cfg, name, extra), stamp=stamp, train=trained, eval=measured,
+                                 reads={r: markers[r]["stamp"] for r in stage_reads(cfg, name) if markers[r]})
+            write_marker(cfg["out_dir"], name, markers[name])
+            report = utils.update_report(cfg["out_dir"], {**trained, **measured}, drop=old)
+            print(f"[{name}] done in {time.time() - t0:.1f}s: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in {**trained, **measured}.items()))
+            # figures later stages derived from what this stage rebuilt are dropped, never left stale
+            for later in names[names.index(name) + 1:]:
+                m = markers[later]
+                lwhy = why_stale(cfg, later, markers)
+                if m and lwhy and (m["train"] or m["eval"]):
+                    gone = set(m["train"]) | set(m["eval"])
+                    report = utils.update_report(cfg["out_dir"], {}, drop=gone)
+                    markers[later] = dict(m, train={}, eval={})
+                    write_marker(cfg["out_dir"], later, markers[later])
+                    if cfg["stage"] != "all":
+                        print(f"[{later}] out of date ({lwhy}): its {len(gone)} figures were dropped from "
+                              f"report.json; python train.py reruns it")
+            print(f"[{name}] figures merged into {os.path.join(cfg['out_dir'], 'report.json')} ({len(report)} in all)")
+        utils.barrier()
+        markers = {n: read_marker(cfg["out_dir"], n) for n in names}   # every rank sees what rank 0 wrote
 
 
 if __name__ == "__main__":

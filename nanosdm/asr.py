@@ -20,6 +20,7 @@ the codec's intelligibility figure. The error rates and that evaluation live in 
 
     asr = ASR.load("out/tiny/asr.pt")
     text = asr.transcribe(wav)           # [T] at 16 kHz -> str; beam=8 adds the LM
+    align_words(asr, wav, "He paid $42.")  # -> [("he", 0.03, 0.21), ("paid", ...), ("forty", ...), ...]
 """
 import os
 import time
@@ -30,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
-from nanosdm.ctc import (BLANK, CHARS, VOCAB_SIZE, CharLM, decode_ids, encode_text, greedy_decode,
-                         normalize_text, prefix_beam_search)
+from nanosdm import audio, realdata, utils
+from nanosdm.ctc import (BLANK, CHARS, VOCAB_SIZE, CharLM, decode_ids, encode_text, forced_align, greedy_decode,
+                         normalize_text, normalize_transcript, prefix_beam_search)
 from nanosdm.transformer import Transformer
 
 # -----------------------------------------------------------------------------
@@ -43,6 +44,7 @@ N_FFT = 400               # 25 ms analysis windows
 N_MELS = 80
 SUBSAMPLE = 3             # encoder frames every 30 ms (33 Hz): see the top of the file
 MIN_SAMPLES = N_FFT       # one analysis window: anything shorter holds no speech
+MAX_TRAIN_S = 30.0        # longest training clip of a real corpus: 1000 encoder frames (max_seq_len 1024)
 
 
 def pad_batch(wavs):
@@ -241,6 +243,112 @@ def split_on_silence(wav, max_s, min_s=2.0):
 
 
 # -----------------------------------------------------------------------------
+# forced alignment: when each word of a known transcript is said (for corpora without timings)
+
+FRAME_S = SUBSAMPLE * HOP / audio.SAMPLE_RATE   # 30 ms: one encoder frame, centred on frame i * FRAME_S
+# Where a word's boundaries lie relative to its characters' frames on the best CTC path. The
+# first character's first frame comes about one frame after the word's onset (CTC emits a symbol
+# once it has heard some of it), the last character's last frame ends with the word. Fitted on
+# the train split of SpokenWorld (true timings from eSpeak; median signed errors -35 and -5 ms),
+# rounded to the frame grid. A space label has at least one frame between two words, so a word
+# never starts before the previous one ends.
+WORD_START_FRAMES = -1
+WORD_END_FRAMES = 0
+ALIGN_WINDOW_S = 12.0     # longer clips are run through the encoder in overlapping windows
+ALIGN_OVERLAP_S = 2.0
+
+
+@torch.no_grad()
+def frame_log_probs(model, wav, window_s=ALIGN_WINDOW_S, overlap_s=ALIGN_OVERLAP_S):
+    """One 16 kHz waveform [T] -> CTC log-probs [frames, VOCAB_SIZE], frame i centred at
+    i * FRAME_S seconds. A clip longer than window_s goes through in windows that overlap by
+    overlap_s; each frame is taken from the window where it lies farthest from an edge. Windows
+    start on the frame grid (multiples of SUBSAMPLE * HOP samples), so a window's frame i is
+    the clip's frame start + i."""
+    was_training, dev = model.training, model.head.weight.device
+    model.eval()
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    n, step = len(wav), SUBSAMPLE * HOP
+    total = int(conv_lengths(torch.tensor(n // HOP + 1)))
+    win = max(1, int(window_s / FRAME_S))
+    hop = max(1, win - int(overlap_s / FRAME_S))
+    starts = list(range(0, max(total - win, 0) + hop, hop)) if total > win else [0]
+    out = torch.empty(total, VOCAB_SIZE)
+    for k, f0 in enumerate(starts):
+        piece = wav[f0 * step: (f0 + win) * step + N_FFT].to(dev)  # + N_FFT: the last frame's full window
+        feat, flen = features(piece[None], torch.tensor([len(piece)], device=dev))
+        lp = model(feat, flen)[0][0].float().cpu()
+        # keep [f0 + half the overlap with the previous window, up to half the overlap with the next)
+        lo = 0 if k == 0 else (starts[k - 1] + win - f0) // 2
+        hi = total - f0 if k == len(starts) - 1 else (f0 + win - starts[k + 1]) // 2 + starts[k + 1] - f0
+        hi = min(hi, len(lp), total - f0)
+        out[f0 + lo: f0 + hi] = lp[lo:hi]
+    model.train(was_training)
+    return out
+
+
+def align_words(model, wav, text, sr=audio.SAMPLE_RATE):
+    """Word timings of a known transcript: [(word, start_s, end_s), ...], one per word of
+    ctc.normalize_transcript(text) (upper case, punctuation and numerals normalised: "42"
+    gives the two words "forty two"), in order, never overlapping, within the clip. model: an
+    ASR; wav [T] at sr Hz (resampled to 16 kHz)."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    if wav.dim() != 1 or not torch.isfinite(wav).all():
+        raise audio.AudioError(f"align_words: wav must be a finite mono waveform [T], got shape {tuple(wav.shape)}")
+    if sr != audio.SAMPLE_RATE:
+        wav = torch.from_numpy(audio.resample(wav.numpy(), sr, audio.SAMPLE_RATE))
+    words = normalize_transcript(text).split()
+    if not words:
+        raise ValueError(f"align_words: the transcript {text!r} holds no word to align")
+    if len(wav) < MIN_SAMPLES:
+        raise audio.AudioError(f"align_words: {len(wav)} samples is too short to hold {text!r}")
+    ids = encode_text(" ".join(words))
+    lp = frame_log_probs(model, wav)
+    try:
+        spans, _ = forced_align(lp, ids)
+    except ValueError as e:
+        raise ValueError(f"align_words: transcript {text!r} ({len(ids)} symbols) does not fit "
+                         f"{len(wav) / audio.SAMPLE_RATE:.2f} s of audio ({len(lp)} frames of "
+                         f"{FRAME_S * 1000:.0f} ms): {e}") from None
+    spans = spans.tolist()
+    duration = len(wav) / audio.SAMPLE_RATE
+    out, k = [], 0
+    for word in words:   # the word's characters are labels k .. k + len - 1, then a space
+        first, last = spans[k], spans[k + len(word) - 1]
+        start = min(max((first[0] + WORD_START_FRAMES) * FRAME_S, 0.0), duration)
+        end = min(max((last[1] + WORD_END_FRAMES) * FRAME_S, start), duration)
+        out.append((word, start, end))          # not rounded: a rounded end could pass the clip's end
+        k += len(word) + 1
+    return out
+
+
+def alignment_errors(model, items):
+    """How far align_words lands from known word timings. items: (wav 16 kHz [T], [(word,
+    start_s, end_s), ...]) pairs (SpokenWorld turns: eSpeak's timings). An item whose reference
+    words do not normalise one to one onto the aligned words is skipped and counted. Returns
+    median |error| in ms of the starts, the ends and both, the 90th percentile of both, the
+    number of words and skipped items, and the alignment time per item in ms."""
+    starts, ends, skipped, n, t0 = [], [], 0, 0, time.time()
+    for wav, ref in items:
+        ref = [(normalize_transcript(w), s, e) for w, s, e in ref]
+        if not ref or any(len(w.split()) != 1 for w, _, _ in ref):
+            skipped += 1  # a numeral said as several words has one reference timing for them all
+            continue
+        got = align_words(model, wav, " ".join(w for w, _, _ in ref))
+        starts += [g[1] - r[1] for g, r in zip(got, ref)]
+        ends += [g[2] - r[2] for g, r in zip(got, ref)]
+        n += 1
+    seconds = time.time() - t0
+    err = lambda x: np.abs(np.asarray(x, dtype=np.float64)) * 1000
+    both = np.concatenate([err(starts), err(ends)])
+    median = lambda x: round(float(np.median(x)), 1) if len(x) else float("nan")
+    return dict(align_start_ms=median(err(starts)), align_end_ms=median(err(ends)), align_ms=median(both),
+                align_p90_ms=round(float(np.percentile(both, 90)), 1) if len(both) else float("nan"),
+                align_words=len(starts), align_items=n, align_skipped=skipped,
+                align_ms_per_item=round(seconds / max(n, 1) * 1000, 1))
+
+
+# -----------------------------------------------------------------------------
 # data: SpokenWorld turns, both speakers
 
 POOL_BATCHES = 20         # clips are sorted by length within pools of this many batches
@@ -313,13 +421,18 @@ def train(cfg, stop_step=None):
     """Train (or resume) the recognizer; returns its training figures for report.json.
     stop_step stops early as if the run were killed there (for the resume test)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
-    clips = load_clips(cfg["data_dir"], "train", trim=True)
-    n_corpus = len(clips)
-    if cfg["asr_scrambled_turns"]:
-        vocabulary = sorted({w for _, t in clips for w in t.split()})
-        clips += scrambled_clips(cfg["data_dir"], vocabulary, cfg["asr_scrambled_turns"], seed, cfg.get("workers") or None)
-    lengths = [len(w) for w, _ in clips]
-    targets = [encode_text(t) for _, t in clips]
+    if realdata.is_default(cfg):
+        clips = load_clips(cfg["data_dir"], "train", trim=True)
+        n_corpus = len(clips)
+        if cfg["asr_scrambled_turns"]:
+            vocabulary = sorted({w for _, t in clips for w in t.split()})
+            clips += scrambled_clips(cfg["data_dir"], vocabulary, cfg["asr_scrambled_turns"], seed, cfg.get("workers") or None)
+        lengths = [len(w) for w, _ in clips]
+        targets = [encode_text(t) for _, t in clips]
+    else:   # the speech_data setting's corpora, read from disk batch by batch; no scrambled turns
+        speech = realdata.Speech(cfg)   # (they undo SpokenWorld's templates; real transcripts have none)
+        clips = realdata.Clips(speech, MAX_TRAIN_S * audio.SAMPLE_RATE, MIN_SAMPLES, seed, trim_end)
+        n_corpus, lengths, targets = len(clips), clips.lengths, clips.targets
     B, max_steps = cfg["asr_batch_size"], cfg["asr_max_steps"]
     n_batches = len(epoch_batches(lengths, B, seed, 0))
     hours = sum(lengths) / audio.SAMPLE_RATE / 3600
@@ -338,6 +451,7 @@ def train(cfg, stop_step=None):
     path = os.path.join(out_dir, "asr.pt")
     ckpt = utils.resume(path, model, opt, device, max_steps)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save(lm=None):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -361,20 +475,24 @@ def train(cfg, stop_step=None):
         gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: resumable
         feat, flen = features(add_echo(x, xlen, gen).to(device), xlen.to(device))
         feat = spec_augment(feat, flen, gen)
+        feat, flen = utils.shard((feat, flen))              # this rank's share of the batch
+        rows = utils.shard(torch.as_tensor(rows)).tolist()
         with utils.autocast(device):
             loss = model.loss(feat, flen, [targets[i] for i in rows])
         loss.backward()
+        utils.all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(params, cfg["asr_grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         audio_seconds += float(xlen.sum()) / audio.SAMPLE_RATE
-        history["train"].append([step, round(loss.item(), 4)])
+        history["train"].append([step, round(utils.mean_over_ranks(loss.item()), 4)])
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", audio_x=f"{audio_seconds / (time.time() - t0):.0f}")
         if step % cfg["asr_ckpt_interval"] == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, "asr")
     train_seconds = time.time() - t0
     if step < max_steps:
         save()
@@ -382,7 +500,8 @@ def train(cfg, stop_step=None):
 
     # the spelling prior for beam search: a character n-gram LM of the corpus's text (the text
     # stage's data, not the transcripts of the speech), saved with the recognizer
-    lm = CharLM(text_corpus(cfg["data_dir"]), cfg["asr_lm_order"])
+    lm = CharLM(text_corpus(cfg["data_dir"]) if realdata.is_default(cfg) else realdata.lm_texts(cfg, speech),
+                cfg["asr_lm_order"])
     model.attach_lm(lm, cfg["asr_lm_weight"], cfg["asr_char_bonus"])
     save(lm)
     model.eval()

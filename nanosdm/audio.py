@@ -22,18 +22,27 @@ class AudioError(ValueError):
     """A wav file that cannot be used, with its path and the reason."""
 
 
-def load_wav(path, sr=SAMPLE_RATE, channel=None):
+def load_wav(path, sr=SAMPLE_RATE, channel=None, start=None, end=None):
     """Read a wav file as a float32 tensor [T] in [-1, 1] at rate sr.
-    channel=None mixes all channels down; channel=i picks one (two-channel dialogue files)."""
+    channel=None mixes all channels down; channel=i picks one (two-channel dialogue files).
+    start, end: seconds; only that stretch is read from disk (one turn of a long dialogue)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+    part = start is not None or end is not None
     try:
-        file_sr, x = scipy.io.wavfile.read(path, mmap=False)
+        try:   # a stretch: map the file and copy only the samples asked for
+            file_sr, x = scipy.io.wavfile.read(path, mmap=part)
+        except ValueError:
+            if not part:
+                raise
+            file_sr, x = scipy.io.wavfile.read(path, mmap=False)   # formats scipy cannot map (24-bit)
     except (ValueError, EOFError, OSError) as e:
         raise AudioError(f"{path}: not a readable wav file ({e})") from None
+    if part:
+        x = x[round((start or 0) * file_sr): None if end is None else round(end * file_sr)]
     x = _to_float(x, path)
     if x.ndim == 2:
         if channel is None:

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, realdata, utils
 from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -130,9 +130,12 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def ema_update(self, level, r, idx):
         onehot = F.one_hot(idx, self.size).type_as(r)                    # [N, size]
+        # data parallel: the statistics of the whole batch, summed over the ranks, so the codebooks
+        # stay identical everywhere (a no-op in one process)
+        counts, sums = utils.all_reduce_sum_(onehot.sum(0)), utils.all_reduce_sum_(onehot.T @ r)
         d = self.decay
-        self.cluster_size[level].mul_(d).add_(onehot.sum(0), alpha=1 - d)
-        self.embed_avg[level].mul_(d).add_(onehot.T @ r, alpha=1 - d)
+        self.cluster_size[level].mul_(d).add_(counts, alpha=1 - d)
+        self.embed_avg[level].mul_(d).add_(sums, alpha=1 - d)
         n = self.cluster_size[level].sum()
         smoothed = (self.cluster_size[level] + self.eps) / (n + self.size * self.eps) * n  # Laplace
         embed = self.embed_avg[level] / smoothed[:, None]
@@ -140,7 +143,7 @@ class ResidualVQ(nn.Module):
         # so every code keeps earning its bits; torch.where keeps it free of host syncs on a GPU
         mean = self.cluster_size[level].mean()
         dead = self.cluster_size[level] < self.dead_frac * mean
-        pick = r[torch.randint(r.shape[0], (self.size,), device=r.device)]
+        pick = utils.broadcast_(r[torch.randint(r.shape[0], (self.size,), device=r.device)])   # rank 0's choice
         self.embed[level] = torch.where(dead[:, None], pick, embed)
         self.embed_avg[level] = torch.where(dead[:, None], pick * mean, self.embed_avg[level])
         self.cluster_size[level] = torch.where(dead, mean, self.cluster_size[level])
@@ -413,7 +416,10 @@ def turn_index(split):
 
 
 def get_batch(pcm, index, batch_size, length, gen):
-    """batch_size crops of `length` samples; turns drawn in proportion to their length."""
+    """batch_size crops of `length` samples; turns drawn in proportion to their length.
+    index None: pcm is a realdata.Crops, which draws from the user's corpora."""
+    if index is None:
+        return pcm.get_batch(batch_size, length, gen)
     rows = index[torch.multinomial(torch.from_numpy(index[:, 1]).double(), batch_size, True, generator=gen).numpy()]
     u = torch.rand(batch_size, generator=gen, dtype=torch.float64).numpy()
     starts = rows[:, 0] - length // 4 + (u * (rows[:, 1] + length // 2 - length).clip(0)).astype(np.int64)
@@ -449,14 +455,20 @@ def train(cfg, stop_step=None, teacher=None):
     print(f"codec: {n_params / 1e6:.2f}M parameters, {model.n_q} x {cfg['codec_codebook_size']} codes at "
           f"{model.frame_rate} Hz = {model.bitrate:g} bps" + (", adversarial" if adversarial else ""))
 
-    split = SpeechSplit(cfg["data_dir"], "train")
-    index = turn_index(split)
+    if realdata.is_default(cfg):
+        split = SpeechSplit(cfg["data_dir"], "train")
+        pcm, index = split.pcm, turn_index(split)
+    else:   # the speech_data setting's corpora, read from disk batch by batch
+        pcm, index = realdata.Crops(realdata.Speech(cfg)), None
     B, frames, max_steps = cfg["codec_batch_size"], cfg["codec_segment_frames"], cfg["codec_max_steps"]
 
     path = os.path.join(out_dir, "codec.pt")
     extra = (("disc", disc), ("optimizer_d", opt_d)) if adversarial else ()
     ckpt = utils.resume(path, model, opt, device, max_steps, extra)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"mel": [], "commit": [], "distill": []})
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
+    if adversarial:
+        utils.broadcast_module(disc)
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
@@ -473,15 +485,17 @@ def train(cfg, stop_step=None, teacher=None):
             gen.manual_seed(cfg["seed"] * 7919 + 1)
             n_batches = max(cfg["codec_init_batches"], math.ceil(2 * model.quantizer.size / (B * frames)))
             with torch.no_grad():
-                pool = torch.cat([model.encode_latent(get_batch(split.pcm, index, B, frames * FRAME, gen).to(device),
+                pool = torch.cat([model.encode_latent(get_batch(pcm, index, B, frames * FRAME, gen).to(device),
                                                       model.encoder_state(B))[0].flatten(0, 1) for _ in range(n_batches)])
             model.quantizer.init_kmeans(pool, B * frames, seed=cfg["seed"])
+            utils.broadcast_module(model.quantizer)    # data parallel: rank 0's codebooks everywhere
             pbar.write(f"step {step}: codebooks initialised by k-means on {len(pool)} latent vectors")
         lr = utils.cosine_lr(step, max_steps, cfg["codec_lr"], cfg["codec_warmup"])
         for g in opt.param_groups + (opt_d.param_groups if adversarial else []):
             g["lr"] = lr
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # batches depend on the step only: resumable
-        x = get_batch(split.pcm, index, B, frames * FRAME, gen).to(device)
+        x = get_batch(pcm, index, B, frames * FRAME, gen).to(device)
+        x = utils.shard(x)                                 # this rank's share of the batch
         n_q = model.n_q                                    # quantizer dropout: sometimes fewer codebooks
         if torch.rand((), generator=gen) < cfg["codec_quantizer_dropout"]:
             n_q = int(torch.randint(1, model.n_q + 1, (), generator=gen))
@@ -505,6 +519,7 @@ def train(cfg, stop_step=None, teacher=None):
                 adv, fm = generator_adv_loss(disc, real, fake)
             loss = loss + cfg["codec_adv_weight"] * adv + cfg["codec_fm_weight"] * fm
         loss.backward()
+        utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["codec_grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -513,17 +528,19 @@ def train(cfg, stop_step=None, teacher=None):
             with utils.autocast(device, cfg["codec_autocast"]):
                 d_loss = discriminator_loss(disc, real, fake)
             d_loss.backward()
+            utils.all_reduce_grads(disc.parameters())
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
         step += 1
         for key, value in (("mel", mel), ("commit", commit), ("distill", distill)):
-            history[key].append([step, round(value.item(), 4)])
+            history[key].append([step, round(utils.mean_over_ranks(value.item()), 4)])
         pbar.update(1)
         pbar.set_postfix(mel=f"{mel.item():.2f}", commit=f"{commit.item():.3f}", distill=f"{distill.item():.3f}",
                          n_q=n_q)
         if step % cfg["codec_ckpt_interval"] == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, "codec")
     if step < max_steps:
         save()
         return {}

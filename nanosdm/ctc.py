@@ -6,14 +6,17 @@ alignment: every frame predicts a symbol or "blank", and the loss sums the proba
 frame labelling that collapses (merge repeats, then drop blanks) to the reference. Decoding is
 the same collapse applied to the best frame labels (greedy) or to a few running prefixes (beam).
 
-This file holds the alphabet, the loss written out, greedy and prefix beam decoding, and a
-character n-gram LM that the beam can fuse with the acoustic scores (shallow fusion). The
-recognizer of stage `asr` (asr.py) is built on them; LLaMA-Omni's speech decoder, CTC over units
-instead of characters, reuses the decoding (SpeechDecoderCTC, at the end).
+This file holds the alphabet (and normalize_transcript, which writes any transcript in it), the
+loss written out, forced alignment (the best path through a known transcript: when each symbol
+was said), greedy and prefix beam decoding, and a character n-gram LM that the beam can fuse
+with the acoustic scores (shallow fusion). The recognizer of stage `asr` (asr.py) is built on
+them; LLaMA-Omni's speech decoder, CTC over units instead of characters, reuses the decoding
+(SpeechDecoderCTC, at the end).
 """
 import collections
 import math
 import re
+import unicodedata
 
 import numpy as np
 import torch
@@ -36,6 +39,90 @@ def normalize_text(text):
     """What is scored, for references and hypotheses alike: lower case, letters, digits,
     apostrophes, single spaces. "Hello, World!" -> "hello world"."""
     return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+# Transcripts from elsewhere (LibriSpeech's "HE PAID $42 FOR THE 1ST ONE."; curly quotes, dashes,
+# accents) are written in words the recognizer spells: numerals become the words a reader says.
+ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen").split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+SCALES = [(10 ** 12, "trillion"), (10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand")]
+ORDINAL_WORDS = dict(one="first", two="second", three="third", five="fifth", eight="eighth",
+                     nine="ninth", twelve="twelfth")
+SYMBOL_WORDS = {"%": " percent ", "&": " and ", "+": " plus ", "=": " equals ", "@": " at "}
+UNICODE_PUNCT = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u2032": "'", "`": "'",
+                               "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-", "\u2212": "-",
+                               "\u00df": "ss", "\u00e6": "ae", "\u0153": "oe", "\u00f8": "o"})
+# "$1,000.50", "42", "21st", "1990s": thousands commas only in groups of three ("1,2,3" is a list)
+NUMBER_RE = re.compile(r"(\$?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?:(st|nd|rd|th|s)\b)?", re.IGNORECASE)
+
+
+def number_words(n):
+    """42 -> "forty two", 1905 -> "one thousand nine hundred five" (no "and": readers differ)."""
+    if n < 20:
+        return ONES[n]
+    if n < 100:
+        return TENS[n // 10] + ("" if n % 10 == 0 else " " + ONES[n % 10])
+    if n < 1000:
+        return ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + number_words(n % 100))
+    for scale, name in SCALES:
+        if n >= scale:
+            rest = n % scale
+            return number_words(n // scale) + " " + name + ("" if rest == 0 else " " + number_words(rest))
+    raise AssertionError(n)
+
+
+def year_words(n):
+    """How a four-digit year is said: 1984 -> "nineteen eighty four", 1805 -> "eighteen oh five",
+    1900 -> "nineteen hundred", 2007 -> "two thousand seven"."""
+    hi, lo = divmod(n, 100)
+    if lo == 0:
+        return number_words(hi) + " hundred"
+    return number_words(hi) + " " + (("oh " + ONES[lo]) if lo < 10 else number_words(lo))
+
+
+def ordinal_words(words):
+    """ "twenty one" -> "twenty first", "forty" -> "fortieth"."""
+    head, _, last = words.rpartition(" ")
+    last = ORDINAL_WORDS.get(last) or (last[:-1] + "ieth" if last.endswith("y") else last + "th")
+    return (head + " " + last).strip()
+
+
+def _say_number(m):
+    dollar, digits, frac, suffix = m.group(1), m.group(2).replace(",", ""), m.group(3), (m.group(4) or "").lower()
+    n = int(digits)
+    if suffix in ("st", "nd", "rd", "th"):
+        words = ordinal_words(number_words(n))
+    elif frac is None and not dollar and len(digits) == 4 and (1100 <= n <= 1999 or 2010 <= n <= 2099):
+        words = year_words(n)  # a bare four-digit number in these ranges is almost always a year
+    elif len(digits) > 1 and digits[0] == "0":
+        words = " ".join(ONES[int(d)] for d in digits)  # "007", a code or a phone number: digit by digit
+    else:
+        words = number_words(n)
+    if frac is not None:
+        words += " point " + " ".join(ONES[int(d)] for d in frac)
+    if suffix == "s":  # "1990s" -> "nineteen nineties", "5s" -> "fives"
+        words = words[:-1] + "ies" if words.endswith("y") else words + ("es" if words.endswith("x") else "s")
+    if dollar:
+        words += " dollar" + ("" if n == 1 and frac is None else "s")
+    return " " + words + " "
+
+
+def normalize_transcript(text):
+    """Any transcript -> the recognizer's alphabet, as words a reader would say: lower case,
+    numerals spelled out ("42" -> "forty two", "1st" -> "first", "1984" -> "nineteen eighty
+    four", "$3.50" -> "three point five zero dollars"), accents dropped (cafe), curly quotes
+    straightened, hyphens and dashes between words, apostrophes kept only inside a word
+    ("don't", not "'tis'" quotes), every other symbol gone. What is left of the alphabet is
+    letters, the apostrophe and single spaces: never digits (normalize_text keeps those)."""
+    text = unicodedata.normalize("NFKD", str(text)).lower().translate(UNICODE_PUNCT)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    for symbol, words in SYMBOL_WORDS.items():
+        text = text.replace(symbol, words)
+    text = NUMBER_RE.sub(_say_number, text)
+    text = re.sub(r"[^a-z' ]", " ", text)
+    words = (w.strip("'") for w in text.split())  # quotes around words, not apostrophes in them
+    return " ".join(w for w in words if w)
 
 
 def encode_text(text):
@@ -73,6 +160,58 @@ def ctc_nll(log_probs, target, blank=BLANK):
         alpha = torch.logsumexp(torch.stack([stay, step, skip]), 0) + log_probs[t, ext_t]
     # a path ends on the last symbol or on the blank after it
     return -torch.logsumexp(alpha[-2:] if S > 1 else alpha[-1:], 0)
+
+
+def forced_align(log_probs, targets, blank=BLANK):
+    """CTC forced alignment: the single best frame labelling (Viterbi) that collapses to the
+    known targets. log_probs [T, C] (log-softmax), targets: a list of ids ->
+    (spans LongTensor [L, 2], log-prob of that path): label i occupies frames
+    spans[i, 0] <= t < spans[i, 1]; the frames between spans are blanks.
+    The states and moves are ctc_nll's (stay, step, skip a blank between two different
+    symbols) with max in place of logsumexp, and each state remembers which move won
+    (0, 1 or 2 states back): one vector operation over all the states per frame, then one walk
+    back from the last label or the blank after it."""
+    lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
+    targets = [int(i) for i in targets]
+    T, L = lp.shape[0], len(targets)
+    bad = sorted({i for i in targets if i == blank or not 0 <= i < lp.shape[1]})
+    if bad:
+        raise ValueError(f"forced_align: target ids {bad} are the blank ({blank}) or outside the "
+                         f"{lp.shape[1]} symbols of the log-probs (normalise the transcript first)")
+    # a symbol needs a frame, and a doubled symbol ("ll") a blank frame between its two
+    need = L + sum(a == b for a, b in zip(targets, targets[1:]))
+    if need > T:
+        raise ValueError(f"forced_align: {L} symbols need at least {need} frames, the audio gives {T}: "
+                         f"the transcript is longer than the audio can hold (or belongs to another clip)")
+    ext = np.full(2 * L + 1, blank)
+    ext[1::2] = targets
+    S = len(ext)
+    can_skip = np.zeros(S, dtype=bool)
+    can_skip[2:] = (ext[2:] != blank) & (ext[2:] != ext[:-2])
+    emit = lp[:, ext]                       # [T, S]: each state's log-prob at each frame
+    score = np.full(S, -np.inf)
+    score[:2] = emit[0, :2]                 # a path starts on the first blank or the first symbol
+    back = np.zeros((T, S), dtype=np.int8)  # how many states back the best move came from
+    moves = np.full((3, S), -np.inf)
+    for t in range(1, T):
+        moves[0] = score
+        moves[1, 1:] = score[:-1]
+        moves[2, 2:] = np.where(can_skip[2:], score[:-2], -np.inf)
+        back[t] = moves.argmax(0)           # ties go to staying: boundaries come as late as they can
+        score = moves[back[t], np.arange(S)] + emit[t]
+    s = S - 1 if L == 0 or score[S - 1] >= score[S - 2] else S - 2
+    best = float(score[s])
+    if not np.isfinite(best):
+        raise ValueError("forced_align: no path has a finite log-prob (a target symbol's log-prob is -inf "
+                         "wherever it could go)")
+    states = np.empty(T, dtype=np.int64)
+    for t in range(T - 1, -1, -1):
+        states[t] = s
+        s -= int(back[t, s])
+    label_states = np.arange(1, S, 2)       # the path visits every symbol state, in order
+    spans = np.stack([np.searchsorted(states, label_states, "left"),
+                      np.searchsorted(states, label_states, "right")], 1)
+    return torch.from_numpy(spans).long().reshape(L, 2), best
 
 
 def greedy_decode(log_probs, lengths=None, blank=BLANK):

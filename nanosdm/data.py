@@ -429,9 +429,10 @@ def _plot_dialogue(cfg, index=0):
 # -----------------------------------------------------------------------------
 # real data, for users who have it
 
-def librispeech_items(root):
+def librispeech_items(root, missing_ok=False):
     """LibriSpeech-style folders: <spk>/<chapter>/<id>.flac|wav with <spk>-<chapter>.trans.txt
-    lines "<id> TRANSCRIPT". Returns [{"id", "path", "text"}] for the wav files (flac: convert first)."""
+    lines "<id> TRANSCRIPT". Returns [{"id", "path", "text", "speaker"}] for the wav files (flac:
+    convert first). missing_ok: list a missing file anyway (the reader then reports and skips it)."""
     items = []
     for dirpath, _, files in sorted(os.walk(root)):
         for fn in sorted(f for f in files if f.endswith(".trans.txt")):
@@ -441,10 +442,10 @@ def librispeech_items(root):
                         continue
                     uid, text = line.strip().split(" ", 1)
                     path = os.path.join(dirpath, uid + ".wav")
-                    if not os.path.exists(path):
+                    if not os.path.exists(path) and not missing_ok:
                         hint = " (convert .flac to .wav first)" if os.path.exists(path[:-4] + ".flac") else ""
                         raise FileNotFoundError(f"{path}: listed in {fn} but missing{hint}")
-                    items.append(dict(id=uid, path=path, text=text.lower()))
+                    items.append(dict(id=uid, path=path, text=text.lower(), speaker=uid.split("-")[0]))
     if not items:
         raise FileNotFoundError(f"{root}: no *.trans.txt files found")
     return items

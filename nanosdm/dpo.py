@@ -248,6 +248,7 @@ def train(cfg, pairs, stop_step=None):
         ref_c, ref_r = batched_logprob(model, chosen, reply), batched_logprob(model, rejected, reply)
         print(f"dpo: reference log-probs of {P} pairs in {time.time() - t:.1f}s "
               f"(chosen {ref_c.mean():.1f}, rejected {ref_r.mean():.1f} nats a reply)")
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
     print(f"dpo: {P} pairs, {max_steps} steps of {B} pairs, beta {beta}, lr {cfg['dpo_lr']}")
 
     def save():
@@ -266,21 +267,27 @@ def train(cfg, pairs, stop_step=None):
         epoch, pos = divmod(step, -(-P // B))
         gen.manual_seed(cfg["seed"] * 1_000_003 + epoch)
         perm = torch.randperm(P, generator=gen)
-        idx = perm[pos * B:(pos + 1) * B].to(device)
+        idx = perm[pos * B:(pos + 1) * B]
+        if len(idx) % utils.world_size():   # data parallel: the epoch's last batch, topped up from its start to split evenly
+            idx = torch.cat([idx, perm[:utils.world_size() - len(idx) % utils.world_size()]])
+        idx = utils.shard(idx).to(device)                 # this rank's share of the batch
         both = torch.cat([chosen[idx], rejected[idx]]).long()
         lp = sequence_logprob(model, both, torch.cat([reply[idx], reply[idx]]))
         loss, stats = dpo_loss(lp[:len(idx)], lp[len(idx):], ref_c[idx], ref_r[idx], beta)
         loss.backward()
+        utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        history.append(dict(step=step, loss=round(loss.item(), 5), **{k: round(v, 5) for k, v in stats.items()}))
+        history.append(dict(step=step, loss=round(utils.mean_over_ranks(loss.item()), 5),
+                            **{k: round(utils.mean_over_ranks(v), 5) for k, v in stats.items()}))
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{stats['acc']:.2f}", margin=f"{stats['margin']:.2f}")
         if step % cfg["dpo_ckpt_interval"] == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, "dpo")
     if step < max_steps:
         return {}
     train_s = time.time() - t0

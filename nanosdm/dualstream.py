@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from nanosdm import utils
+from nanosdm import realdata, utils
 from nanosdm.depth import Depth, sample_logits
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer
@@ -377,7 +377,7 @@ def train(cfg, stage, stop_step=None):
     device, out_dir = cfg["device"], cfg["out_dir"]
     p = lambda key: cfg[f"{stage}_{key}"]
     speech_dir = os.path.join(out_dir, "speech")
-    streams = Streams(speech_dir, "align" if stage == "align" else "train")
+    streams = realdata.streams(cfg, stage, speech_dir)   # split align or train (and the user's: realdata.py)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
 
@@ -407,6 +407,7 @@ def train(cfg, stage, stop_step=None):
     path = os.path.join(out_dir, f"{stage}.pt")
     ckpt = utils.resume(path, model, opt, device, max_steps)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -424,14 +425,16 @@ def train(cfg, stage, stop_step=None):
             inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
         else:
             inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
+        inputs, targets = utils.shard((inputs, targets))     # this rank's share of the batch
         with utils.autocast(device):
             _, _, losses = model(inputs, targets)
         losses["loss"].backward()
+        utils.all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        row = {k: round(v.item(), 4) for k, v in losses.items() if k != "loss"}
+        row = {k: round(utils.mean_over_ranks(v.item()), 4) for k, v in losses.items() if k != "loss"}
         key = "text_only" if "audio" not in row else "text"
         row[key] = row.pop("text")
         history["train"].append(dict(step=step, **row))
@@ -440,6 +443,7 @@ def train(cfg, stage, stop_step=None):
         if step % p("ckpt_interval") == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, stage)
     if step < max_steps:
         return {}
     plot_losses(history, os.path.join(out_dir, "plots", f"{stage}_loss.png"), f"stage {stage}: loss per stream")

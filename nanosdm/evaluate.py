@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, ctc, units, utils
+from nanosdm import asr, audio, codec, ctc, realdata, textlm, units, utils
+from nanosdm.codec import Codec
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -177,15 +178,10 @@ def stream_speed(model, wav, threads=1):
 # stage `codec`
 
 @torch.no_grad()
-def evaluate_codec(model, cfg, teacher=None):
-    """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
-    distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
-    plots and a few wavs."""
-    from nanosdm import codec   # here, not at the top: codec.py imports this file
-    from nanosdm.data import SpeechSplit
-    turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
-             if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
-    clips = [w for w, _ in turns]
+def codec_quality(model, clips, teacher=None):
+    """Clips through the codec (and codec2, when pycodec2 is installed), delay-aligned: log-mel
+    distance, SI-SNR, codebook usage, distillation cosine. -> (metrics, outputs, bitrates,
+    aligned outputs, codes, usage, code counts)."""
     codes = [model.encode(w[None]) for w in clips]
     outs, bps = {"codec": [model.decode(c)[0].cpu() for c in codes]}, {"codec": model.bitrate}
     try:
@@ -206,12 +202,25 @@ def evaluate_codec(model, cfg, teacher=None):
                         f"{name}_si_snr_db": np.mean([si_snr_db(w, o) for w, o in pairs])})
     usage, counts = codebook_usage(torch.cat([c[0].T for c in codes]).cpu(), size)
     metrics.update(codec_usage_min=min(usage), codec_usage_mean=float(np.mean(usage)))
-    metrics.update(phone_information(codes, [tr["phones"] for _, tr in turns], size, codec.FRAME))
     if teacher is not None:
         metrics["codec_distill_cos"] = float(np.mean([1 - codec.distill_loss(
             model, model.quantizer.decode(c[:, :1]),
             F.pad(w, (0, c.shape[2] * codec.FRAME - len(w)))[None].to(c.device), teacher).item()
             for w, c in zip(clips, codes)]))
+    return metrics, outs, bps, aligned, codes, usage, counts
+
+
+@torch.no_grad()
+def evaluate_codec(model, cfg, teacher=None):
+    """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
+    distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
+    plots and a few wavs."""
+    from nanosdm.data import SpeechSplit
+    turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
+             if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
+    clips = [w for w, _ in turns]
+    metrics, outs, bps, aligned, codes, usage, counts = codec_quality(model, clips, teacher)
+    metrics.update(phone_information(codes, [tr["phones"] for _, tr in turns], model.config["codebook_size"], codec.FRAME))
     cpu_model = copy.deepcopy(model).cpu() if cfg["device"] != "cpu" else model
     metrics["codec_stream_rtf_x"] = stream_speed(cpu_model, torch.cat(clips)[:10 * SAMPLE_RATE], threads=1)
     metrics = {k: round(float(v), 4) for k, v in metrics.items()}
@@ -306,9 +315,8 @@ def evaluate_asr(model, cfg):
 
     codec_path = os.path.join(cfg["out_dir"], "codec.pt")
     if os.path.exists(codec_path):  # the codec stage ran first: how intelligible is its output?
-        from nanosdm.codec import Codec   # here, not at the top: codec.py imports this file
-        codec = Codec.load(codec_path, cfg["device"])
-        decoded = [codec_roundtrip(codec, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
+        codec_model = Codec.load(codec_path, cfg["device"])
+        decoded = [codec_roundtrip(codec_model, w) for w in tqdm(wavs, desc="codec round trip", leave=False)]
         codec_hyps = model.transcribe(decoded)
         metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4),
                        asr_wer_codec_lm=round(wer(refs, model.transcribe(decoded, beam=cfg["asr_beam"])), 4))
@@ -323,17 +331,100 @@ def evaluate_asr(model, cfg):
 # -----------------------------------------------------------------------------
 # from checkpoints: the stage runner trains a component, then calls these (components never import this file)
 
-def evaluate_codec_checkpoint(cfg):
-    from nanosdm.codec import Codec
+def _codec_and_teacher(cfg):
     model = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
     teacher, units_path = None, os.path.join(cfg["out_dir"], "units.pt")
     if cfg["codec_distill_weight"] > 0 and os.path.exists(units_path):
         teacher = units.Units.load(units_path, cfg["device"]).features
-    return evaluate_codec(model, cfg, teacher)
+    return model, teacher
+
+
+def evaluate_codec_checkpoint(cfg):
+    model, teacher = _codec_and_teacher(cfg)
+    metrics = evaluate_codec(model, cfg, teacher)
+    if not realdata.is_default(cfg):
+        metrics.update(evaluate_codec_real(cfg, model, teacher))
+    return metrics
 
 
 def evaluate_asr_checkpoint(cfg):
-    return evaluate_asr(asr.ASR.load(os.path.join(cfg["out_dir"], "asr.pt"), cfg["device"]), cfg)
+    model = asr.ASR.load(os.path.join(cfg["out_dir"], "asr.pt"), cfg["device"])
+    metrics = evaluate_asr(model, cfg)
+    if not realdata.is_default(cfg):
+        metrics.update(evaluate_asr_real(model, cfg))
+    return metrics
+
+
+def evaluate_text_checkpoint(cfg):
+    """The text LM's question answering on held-out phrasings: seen facts and text-only facts
+    (greedy answer, cut at EOS)."""
+    from nanosdm.tokenizer import Tokenizer
+    model = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
+    tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    t0 = time.time()
+    replies = textlm.answer_questions(model, tok, items, cfg["device"])
+    print(f"QA on {len(items)} held-out questions in {time.time() - t0:.1f}s; e.g. "
+          f"{items[0]['question']!r} -> {replies[0]!r} (answer {items[0]['answer']!r})")
+    return textlm.qa_metrics(items, replies)
+
+
+# -----------------------------------------------------------------------------
+# the user's own corpus (speech_data, realdata.py): the same figures on its held-out part, key + "_real"
+
+REAL_EVAL_CLIPS = 400     # held-out utterances the asr figures read at most (the codec: codec_eval_clips)
+
+
+def _real(metrics):
+    return {f"{k}_real": v for k, v in metrics.items()}
+
+
+def evaluate_codec_real(cfg, model=None, teacher=None):
+    """The codec's figures on held-out utterances of the user's corpus (phone information needs
+    phone timings, which a real corpus lacks: not measured)."""
+    if model is None:
+        model, teacher = _codec_and_teacher(cfg)
+    speech = realdata.Speech(cfg)
+    clips = [w for w, _ in speech.heldout_wavs(cfg["codec_eval_clips"], SAMPLE_RATE // 2)]
+    if not clips:
+        print("codec: no held-out utterance of the user's corpus could be read: no _real figures")
+        return {}
+    metrics, outs, bps = codec_quality(model, clips, teacher)[:3]
+    metrics = {k: round(float(v), 4) for k, v in metrics.items()
+               if k not in ("codec_bitrate_bps", "codec_n_q", "codec_codebook_size")}   # the same on any data
+    metrics["codec_eval_clips"] = len(clips)
+    print(f"codec on {len(clips)} held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']} "
+          f"({sum(map(len, clips)) / SAMPLE_RATE:.0f} s); phone information not measured (no phone timings):")
+    for name in outs:
+        print(f"  {name:12s} {bps[name]:6g} bps  log-mel {metrics[f'{name}_mel_db']:.2f} dB, "
+              f"SI-SNR {metrics[f'{name}_si_snr_db']:.1f} dB")
+    return _real(metrics)
+
+
+def evaluate_asr_real(model, cfg):
+    """Error rates on held-out utterances of the user's corpus: greedy, beam, beam with the LM,
+    and through the codec when one has been trained."""
+    speech = realdata.Speech(cfg)
+    held = speech.heldout_wavs(REAL_EVAL_CLIPS, asr.MIN_SAMPLES)
+    held = [(w, realdata.normalize(it["text"])) for w, it in held if realdata.normalize(it["text"])]
+    if not held:
+        print("asr: no held-out utterance of the user's corpus could be read: no _real figures")
+        return {}
+    refs, wavs = [t for _, t in held], [w for w, _ in held]
+    hyps, lm_hyps = model.transcribe(wavs), model.transcribe(wavs, beam=cfg["asr_beam"])
+    metrics = {"asr_cer": round(cer(refs, hyps), 4), "asr_wer": round(wer(refs, hyps), 4),
+               "asr_wer_beam": round(wer(refs, model.transcribe(wavs, beam=cfg["asr_beam"], use_lm=False)), 4),
+               "asr_cer_lm": round(cer(refs, lm_hyps), 4), "asr_wer_lm": round(wer(refs, lm_hyps), 4),
+               "asr_eval_clips": len(refs)}
+    codec_path = os.path.join(cfg["out_dir"], "codec.pt")
+    if os.path.exists(codec_path):
+        codec_model = Codec.load(codec_path, cfg["device"])
+        codec_hyps = model.transcribe([codec_roundtrip(codec_model, w) for w in wavs])
+        metrics.update(asr_cer_codec=round(cer(refs, codec_hyps), 4), asr_wer_codec=round(wer(refs, codec_hyps), 4))
+    print(f"asr on {len(refs)} held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']}: "
+          f"CER {metrics['asr_cer']:.2%} WER {metrics['asr_wer']:.2%} greedy, WER {metrics['asr_wer_lm']:.2%} "
+          f"with the LM; e.g. ref {refs[0]!r} hyp {lm_hyps[0]!r}")
+    return _real(metrics)
 
 
 def evaluate_units_checkpoint(cfg):
@@ -344,6 +435,9 @@ def evaluate_units_checkpoint(cfg):
     mfcc_centroids = utils.load_checkpoint(path)["mfcc_centroids"]
     wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
     quality, ids, labels, inventory = evaluate_units(model, mfcc_centroids, wavs, phones)
+    if not realdata.is_default(cfg):
+        print(f"units: PNMI and purity need phone timings, which {cfg['speech_data']} lacks: measured on "
+              f"SpokenWorld's unseen voices only (no units_*_real figures)")
     metrics = {f"units_{key}": round(value, 4) for key, value in quality.items()}
     plot_dir = os.path.join(cfg["out_dir"], "plots")
     units.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanosdm import ctc, data, evaluate, textlm
+from nanosdm import ctc, data, evaluate, realdata, textlm
 from nanosdm.dualstream import load_model
 from nanosdm.speech import FRAME_S, Streams, encode_channels, read_text_stream
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
@@ -207,7 +207,14 @@ def evaluate_align(cfg):
     wer, examples = user_wer(model, codec, tok, cfg)
     print("align: the model's transcription of unseen-voice user turns, e.g.\n"
           + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
-    return {"align_user_wer": round(wer, 4)}
+    metrics = {"align_user_wer": round(wer, 4)}
+    heldout = os.path.join(out_dir, "speech", "align_real_heldout_text.bin")
+    if not realdata.is_default(cfg) and os.path.exists(heldout) and os.path.getsize(heldout):
+        wer, examples = user_wer(model, codec, tok, cfg, split="align_real_heldout")   # the user's own speakers
+        metrics["align_user_wer_real"] = round(wer, 4)
+        print(f"align: WER {wer:.2%} on held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']}, e.g. "
+              f"ref {examples[0][0]!r} hyp {examples[0][1]!r}")
+    return metrics
 
 
 def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
@@ -288,6 +295,49 @@ def evaluate_sft(cfg):
     metrics["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
     metrics["sft_onset_corpus_ms"] = round(1000 * float(np.median(gaps)))
     metrics["sft_theoretical_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)))
+    if not realdata.is_default(cfg):
+        metrics.update(evaluate_sft_real(cfg, model, codec, tok))
+    return metrics
+
+
+def evaluate_sft_real(cfg, model, codec, tok):
+    """Response onsets on held-out dialogues of the user's own corpus (split real_heldout): after
+    each user turn the recording answers, when does the model start to answer? (The QA figures
+    need SpokenWorld's questions with known answers: not measured on the user's dialogues.)"""
+    speech_dir = os.path.join(cfg["out_dir"], "speech")
+    path = os.path.join(speech_dir, "real_heldout_text.bin")
+    if not os.path.exists(path) or not os.path.getsize(path):
+        print("sft: no held-out two-channel dialogues of the user's (split real_heldout): no _real figures")
+        return {}
+    streams = Streams(speech_dir, "real_heldout")
+    items = [(i, tr, nxt) for i, d in enumerate(streams.dialogues) for tr, nxt in zip(d["turns"], d["turns"][1:])
+             if tr["speaker"] == "user" and nxt["speaker"] == "assistant"]
+    if not items:
+        return {}
+    silence = silence_codes(codec)
+    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    hist, user, starts, _ = qa_batch(streams, items, cfg["sft_eval_history"], silence, pad_col)
+    torch.manual_seed(cfg["seed"])
+    device = cfg["device"]
+    text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, AUDIO_TEMP, AUDIO_TOP_K))
+    wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
+    onsets_text, onsets_audio = [], []
+    for n, (_, tr, _) in enumerate(items):
+        ids = text[n].tolist()
+        q_end = tr["end"] - starts[n] * FRAME_S
+        first = next((f for f, t in enumerate(ids) if t == ASSISTANT and f * FRAME_S >= q_end - FRAME_S), None)
+        if first is not None:
+            onsets_text.append(first * FRAME_S - q_end)
+        voiced = voiced_onset(wavs[n], q_end)
+        if voiced is not None:
+            onsets_audio.append(voiced)
+    ms = lambda xs: round(1000 * float(np.median(xs))) if xs else -1
+    metrics = {"sft_onset_text_ms_real": ms(onsets_text), "sft_onset_audio_ms_real": ms(onsets_audio),
+               "sft_onset_corpus_ms_real": ms([nxt["start"] - tr["end"] for _, tr, nxt in items]),
+               "sft_onset_turns_real": len(items)}
+    print(f"sft on {len(items)} answered user turns of held-out dialogues of {cfg['speech_eval_data'] or cfg['speech_data']}: "
+          f"onset {metrics['sft_onset_text_ms_real']} ms (text), {metrics['sft_onset_audio_ms_real']} ms (audio), "
+          f"{metrics['sft_onset_corpus_ms_real']} ms in the recordings")
     return metrics
 
 

@@ -1,8 +1,8 @@
 """
-Stage `dpo`'s wiring and figures: the sft model's own spoken replies, judged by the fact-free judge
-of evaluate_dialogue, become preference pairs for nanosdm/dpo.py (which never imports an
-evaluation), then spoken QA before and after with the dual-stream issue's protocol, and text
-retention. Keys: dpo_qa_speech_<split>_before/_after, dpo_qa_text_<split>_before/_after,
+Stage `dpo`'s wiring and figures, in two halves the runner calls one after the other. train(): the
+sft model's own spoken replies, judged by the fact-free judge of evaluate_dialogue, become
+preference pairs for nanosdm/dpo.py (which never imports an evaluation), then DPO. evaluate():
+spoken QA before and after with the dual-stream issue's protocol, and text retention. Keys: dpo_qa_speech_<split>_before/_after, dpo_qa_text_<split>_before/_after,
 dpo_text_retention, dpo_loss_start, dpo_reward_acc, dpo_margin, dpo_pairs (dpo.train's).
 """
 import json
@@ -20,10 +20,8 @@ from nanosdm.speech import FRAME_S, Streams
 from nanosdm.tokenizer import PAD, Tokenizer
 
 
-def run(cfg):
-    """Pairs from the sft model's own spoken replies, judged by the fact-free judge of
-    evaluate_dialogue (the runner wires the evaluation in: nanosdm/dpo.py never imports it), then
-    DPO, then the dual-stream issue's spoken QA before and after, and text retention."""
+def _tools(cfg):
+    """What both halves share: the checkpoints they read, the prompts, the judge, spoken QA."""
     dev, out = cfg["device"], cfg["out_dir"]
     codec = Codec.load(os.path.join(out, "codec.pt"), dev)
     asr = ASR.load(os.path.join(out, "asr.pt"), dev)
@@ -59,19 +57,23 @@ def run(cfg):
         v = judge(items, windows, text.cpu(), codes, list(range(len(items))))
         return {k: round(float(np.mean([r[k] for r in v])), 4) for k in ("judge_ok", "text_ok", "score")}
 
-    metrics = {}
-    splits = [s for s in cfg["dpo_eval_splits"].split(",") if s]
+    return dict(codec=codec, asr=asr, tok=tok, silence=silence, prompts=prompts, judge=judge, spoken_qa=spoken_qa)
+
+
+def train(cfg):
+    """Stage dpo's training: pairs from the sft model's own spoken replies, judged by the fact-free
+    judge of evaluate_dialogue (nanosdm/dpo.py never imports an evaluation), then DPO. Under torchrun
+    rank 0 collects the pairs and every rank trains on them."""
+    dev, out = cfg["device"], cfg["out_dir"]
+    t = _tools(cfg)
+    prompts, judge, silence = t["prompts"], t["judge"], t["silence"]
     sft = load_model(os.path.join(out, "sft.pt"), dev)
-    for split in splits:
-        r = spoken_qa(sft, split)
-        metrics.update({f"dpo_qa_speech_{split}_before": r["judge_ok"], f"dpo_qa_text_{split}_before": r["text_ok"],
-                        f"dpo_ear_score_{split}_before": r["score"]})
     # the pairs: kept on disk (dpo_pairs.pt, and every verdict readable in dpo_pairs.jsonl)
     path = os.path.join(out, "dpo_pairs.pt")
     info = {k: cfg[k] for k in ("seed", "dpo_questions", "dpo_samples", "dpo_text_temp", "dpo_min_margin",
                                 "dpo_max_pairs", "dpo_history", "sft_eval_history")}
     pairs = utils.load_checkpoint(path) if os.path.exists(path) else None
-    if pairs is None or pairs["info"] != info:
+    if (pairs is None or pairs["info"] != info) and utils.is_main():
         t0 = time.time()
         items = ed.questions(Streams(os.path.join(out, "speech"), "train"))
         rng = np.random.default_rng(cfg["seed"])
@@ -87,15 +89,28 @@ def run(cfg):
         info.update(judge_ok=float(np.mean([v["judge_ok"] for v in replies])),
                     text_ok=float(np.mean([v["text_ok"] for v in replies])), seconds=round(time.time() - t0, 1))
         dpo.save_pairs(path, pairs, records, info)
-        pairs = utils.load_checkpoint(path)
         print(f"dpo: {len(pairs['chosen'])} pairs from {len(replies)} replies to {len(items)} questions in "
               f"{info['seconds']:.0f}s (judged right {info['judge_ok']:.1%}, text channel right {info['text_ok']:.1%})")
-    metrics.update(dpo_sample_judge_ok=round(pairs["info"]["judge_ok"], 4), dpo_sample_text_ok=round(pairs["info"]["text_ok"], 4),
+    utils.barrier()
+    pairs = utils.load_checkpoint(path)
+    metrics = dict(dpo_sample_judge_ok=round(pairs["info"]["judge_ok"], 4), dpo_sample_text_ok=round(pairs["info"]["text_ok"], 4),
                    dpo_pair_seconds=pairs["info"]["seconds"])
     trained = dpo.train(cfg, pairs)
-    if not trained:
-        return {}
-    metrics.update(trained)
+    return dict(metrics, **trained) if trained else None
+
+
+def evaluate(cfg):
+    """Spoken QA before (sft) and after (dpo) with the dual-stream issue's protocol, and text retention."""
+    dev, out = cfg["device"], cfg["out_dir"]
+    t = _tools(cfg)
+    spoken_qa, tok = t["spoken_qa"], t["tok"]
+    metrics = {}
+    splits = [s for s in cfg["dpo_eval_splits"].split(",") if s]
+    sft = load_model(os.path.join(out, "sft.pt"), dev)
+    for split in splits:
+        r = spoken_qa(sft, split)
+        metrics.update({f"dpo_qa_speech_{split}_before": r["judge_ok"], f"dpo_qa_text_{split}_before": r["text_ok"],
+                        f"dpo_ear_score_{split}_before": r["score"]})
     model = load_model(os.path.join(out, "dpo.pt"), dev)
     for split in splits:
         r = spoken_qa(model, split)

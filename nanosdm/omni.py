@@ -385,6 +385,7 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
         opt.load_state_dict(ckpt["optimizer"])
         step, history[:] = ckpt["step"], ckpt["history"]
         print(f"omni {name}: resuming from step {step}")
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save(finished=False):
         state = {key: value for key, value in model.state_dict().items() if key.startswith(saved)}
@@ -400,16 +401,19 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
         loss = loss_fn(gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        utils.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         step += 1
-        history.append([step, round(loss.item(), 4)])
+        history.append([step, round(utils.mean_over_ranks(loss.item()), 4)])
         pbar.update(1)
-        pbar.set_postfix(loss=f"{loss.item():.3f}")
+        pbar.set_postfix(loss=f"{history[-1][1]:.3f}")
         if step % cfg["omni_ckpt_interval"] == 0 and step < steps:
             save()
     pbar.close()
     save(finished=step >= steps)
+    utils.barrier()                                       # the other ranks read what rank 0 saved
+    utils.report_replicas(model, f"omni {name}")
     return step >= steps
 
 
@@ -457,7 +461,7 @@ def train(cfg, stop_step=None):
     adapter_path, adapter_history = os.path.join(out_dir, "omni_adapter.pt"), []
 
     def adapter_loss(gen):
-        rows = torch.randint(len(examples), (B,), generator=gen).tolist()
+        rows = utils.shard(torch.randint(len(examples), (B,), generator=gen)).tolist()   # this rank's share
         batch = collate([examples[r] for r in rows], device)
         _, logits = model(batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1), ignore_index=-1)
@@ -484,7 +488,7 @@ def train(cfg, stop_step=None):
     decoder_path, decoder_history = os.path.join(out_dir, "omni.pt"), []
 
     def decoder_loss(gen):
-        rows = torch.randint(len(states), (B,), generator=gen).tolist()
+        rows = utils.shard(torch.randint(len(states), (B,), generator=gen)).tolist()
         x = nn.utils.rnn.pad_sequence([states[r] for r in rows], batch_first=True).to(device)
         lengths = torch.tensor([len(states[r]) for r in rows], device=device)
         return model.decoder.loss(x, lengths, [unit_targets[r] for r in rows])

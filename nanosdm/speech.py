@@ -32,7 +32,9 @@ Files, under out/<preset>/speech/ (codes depend on the trained codec, so they li
 
 Splits: the corpus's spoken splits (train, val, unseen_voice, text_only), `align` (single
 utterances for modality adaptation: ASR-like user turns and TTS-like assistant turns, synthesized
-here), and any Moshi-finetune-style folder given as `speech_moshi_dir` (split `moshi`).
+here), any Moshi-finetune-style folder given as `speech_moshi_dir` (split `moshi`, encoded only), and
+under a `speech_data` setting the user's corpora (realdata.write_speech: `real`, `align_real` and
+their held-out parts, which sft and align then train on).
 """
 import json
 import os
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import audio, data
+from nanosdm import audio, data, realdata
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
 FRAME_S = 0.08                      # one codec frame, 12.5 Hz
@@ -319,6 +321,8 @@ def build(cfg):
     metrics["speech_frames_align"] = w.close()
     if cfg["speech_moshi_dir"]:
         metrics["speech_frames_moshi"] = encode_moshi(cfg["speech_moshi_dir"], out, codec, tok, cfg)
+    if not realdata.is_default(cfg):   # the user's corpora: splits real, align_real and their held-out parts
+        metrics.update(realdata.write_speech(cfg, out, codec, tok))
     s = Streams(out, "train")
     metrics["speech_text_pad_share"] = round(float(np.isin(s.text, [PAD, EPAD]).mean()), 4)
     print(f"speech: {', '.join(f'{k}={v}' for k, v in metrics.items())}")

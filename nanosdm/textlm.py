@@ -209,6 +209,7 @@ def train(cfg, stop_step=None):
     path = os.path.join(out_dir, "text.pt")
     ckpt = utils.resume(path, model, opt, device, max_steps)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": [], "val": []})
+    utils.broadcast_module(model)
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -227,11 +228,13 @@ def train(cfg, stop_step=None):
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)  # batches depend on the step only: resumable
         total = 0.0
         for _ in range(accum):
-            x, y = get_batch(train_stream, B, T, gen, device)
+            x, y = utils.shard(get_batch(train_stream, B, T, gen, device))   # this rank's share
             with utils.autocast(device):
                 _, loss = model(x, y)
             (loss / accum).backward()
             total += loss.item() / accum
+        utils.all_reduce_grads(model.parameters())
+        total = utils.mean_over_ranks(total)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["text_grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -251,14 +254,9 @@ def train(cfg, stop_step=None):
     if step < max_steps:  # stopped as if killed: nothing saved since the last checkpoint
         return {}
 
+    utils.report_replicas(model, "text")
     plot_losses(history, os.path.join(out_dir, "plots", "text_loss.png"))
-    items = read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
-    t1 = time.time()
-    replies = answer_questions(model, tok, items, device)
-    metrics = {"text_val_loss": history["val"][-1][1], "text_train_loss": history["train"][-1][1],
-               "text_params_m": round(sum(p.numel() for p in params) / 1e6, 3),
-               "text_train_tok_per_s": round(tokens_seen / max(train_seconds, 1e-9)) if tokens_seen else 0}
-    metrics.update(qa_metrics(items, replies))
-    print(f"QA on {len(items)} held-out questions in {time.time() - t1:.1f}s; e.g. "
-          f"{items[0]['question']!r} -> {replies[0]!r} (answer {items[0]['answer']!r})")
-    return metrics
+    # question answering is measured by evaluate.evaluate_text_checkpoint, on the saved checkpoint
+    return {"text_val_loss": history["val"][-1][1], "text_train_loss": history["train"][-1][1],
+            "text_params_m": round(sum(p.numel() for p in params) / 1e6, 3),
+            "text_train_tok_per_s": round(tokens_seen / max(train_seconds, 1e-9)) if tokens_seen else 0}

@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import audio, realdata, utils
 from nanosdm.kmeans import assign, kmeans
 from nanosdm.transformer import Transformer
 
@@ -250,7 +250,7 @@ def get_batch(stream, targets, batch_size, crop_frames, gen):
 @torch.no_grad()
 def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen):
     """Features of block `layer` for up to max_frames frames of the stream, in random chunks."""
-    n_chunks = len(stream) // (chunk_frames * HOP)
+    n_chunks = max(1, len(stream) // (chunk_frames * HOP))   # a short stream: one chunk, all of it
     order = torch.randperm(n_chunks, generator=gen)[:max(1, max_frames // chunk_frames)]
     feats = []
     for c in tqdm(order.tolist(), desc="units: features", leave=False):
@@ -333,6 +333,7 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
         if cfg["units_warp"] > 0:
             mel = warp_mel(mel, cfg["units_warp"], gen)
         tgt, mask = tgt.to(device), mask.to(device)
+        mel, tgt, mask = utils.shard((mel, tgt, mask))     # this rank's share of the batch
         for group in opt.param_groups:
             group["lr"] = utils.cosine_lr(step, max_steps, cfg["units_lr"], cfg["units_warmup"])
         with utils.autocast(device):
@@ -342,10 +343,11 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
             loss = loss + cfg["units_unmasked_weight"] * masked_loss(logits, tgt, ~mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["units_grad_clip"])
         opt.step()
-        acc = (logits.argmax(-1) == tgt)[mask].float().mean().item()
-        history.append([step, loss.item(), acc])
+        acc = utils.mean_over_ranks((logits.argmax(-1) == tgt)[mask].float().mean().item())
+        history.append([step, utils.mean_over_ranks(loss.item()), acc])
         step += 1
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", masked_acc=f"{acc:.3f}")
@@ -364,8 +366,13 @@ def train(cfg, stop_step=None):
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
     assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
     t0 = time.time()
-    wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
-    stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+    if realdata.is_default(cfg):
+        wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
+        stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+    else:   # the speech_data setting's corpora, drawn once to a file beside the checkpoint, memory-mapped
+        stream, spans, texts = realdata.utterance_stream(cfg, os.path.join(out_dir, "units_speech.bin"),
+                                                         cfg["units_max_train_hours"], HOP, seed)
+        wavs = (stream[o:o + n].float() / 32768.0 for o, n in spans)
     print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech")
 
     model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
@@ -411,7 +418,9 @@ def train(cfg, stop_step=None):
             history=history, train_keys=train_keys, finished=centroids is not None, layer=layer,
             centroids=centroids, target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
 
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
     step, history = train_encoder(model, opt, stream, targets, cfg, step, history, save, stop_step)
+    utils.report_replicas(model, "units")
     if step < cfg["units_max_steps"]:
         save(step)
         return None

@@ -1,5 +1,6 @@
 """Small helpers every stage shares: device choice, atomic checkpoints, the LR schedule, report.json."""
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -7,6 +8,7 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def get_device(name="auto"):
@@ -17,6 +19,138 @@ def get_device(name="auto"):
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+# -----------------------------------------------------------------------------
+# distributed data parallel, nanoGPT style: torchrun starts one process per GPU (or CPU worker) and
+# sets RANK / LOCAL_RANK / WORLD_SIZE. Every rank draws the same global batch (the generators are
+# seeded by the step), keeps its own share of it, and the gradients are averaged across ranks before
+# each optimizer step, so N ranks take exactly the step one process would take on the whole batch.
+# Rank 0 alone writes checkpoints, plots and report.json. Without torchrun all of this is a no-op.
+
+def ddp_setup(device):
+    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); returns the
+    device this rank uses (cuda:LOCAL_RANK on a multi-GPU machine)."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    # rank 0 evaluates each stage alone while the others wait at a barrier: allow it hours, not minutes
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=6))
+    return device
+
+
+def ddp_active():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank():
+    return dist.get_rank() if ddp_active() else 0
+
+
+def world_size():
+    return dist.get_world_size() if ddp_active() else 1
+
+
+def is_main():
+    return rank() == 0
+
+
+def barrier():
+    if ddp_active():
+        dist.barrier()
+
+
+def shard(x):
+    """This rank's share of a global batch (a tensor, or a list/tuple of them, split on dim 0)."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(shard(t) for t in x)
+    n = world_size()
+    if n == 1:
+        return x
+    if len(x) % n:
+        raise ValueError(f"a batch of {len(x)} does not split evenly over {n} ranks: make the batch size a multiple of it")
+    per = len(x) // n
+    return x[rank() * per:(rank() + 1) * per]
+
+
+def all_reduce_grads(params):
+    """Average the gradients over the ranks, in one flat all-reduce. A parameter without a gradient on
+    this rank (a branch its share of the batch never took) takes part as zeros, so every rank applies
+    the very same update."""
+    if not ddp_active():
+        return
+    params = [p for p in params if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    i = 0
+    for p in params:
+        p.grad = flat[i:i + p.numel()].view_as(p).clone()
+        i += p.numel()
+
+
+def all_reduce_sum_(t):
+    """In place: t summed over the ranks (e.g. codebook statistics of the whole batch)."""
+    if ddp_active():
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_(t):
+    """In place: rank 0's value of t on every rank (e.g. a random choice only rank 0 should make)."""
+    if ddp_active():
+        dist.broadcast(t, 0)
+    return t
+
+
+def mean_over_ranks(x):
+    """A float (a loss) averaged over the ranks: the loss of the global batch, for logs."""
+    if not ddp_active():
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / world_size()
+
+
+def report_replicas(module, name):
+    """Under torchrun, every rank says how far its weights are from rank 0's (check_replicas)."""
+    if ddp_active():
+        print(f"ddp rank {rank()}: {name} weights equal rank 0's (max difference {check_replicas(module):g})")
+
+
+def broadcast_module(module):
+    """Rank 0's weights and buffers on every rank: replicas start identical whatever each computed."""
+    if ddp_active():
+        for t in module.state_dict().values():
+            if t.dtype == torch.bool:                # gloo moves no bools
+                u = t.to(torch.uint8)
+                dist.broadcast(u, 0)
+                t.copy_(u.bool())
+            else:
+                dist.broadcast(t, 0)
+
+
+def check_replicas(module):
+    """The largest difference between this rank's weights and rank 0's (0.0 when they are
+    identical, as gradient averaging keeps them); raises if they drifted apart."""
+    if not ddp_active():
+        return 0.0
+    diff = 0.0
+    for t in module.state_dict().values():
+        t = t.detach().to(torch.uint8) if t.dtype == torch.bool else t.detach()
+        ref = t.clone()
+        dist.broadcast(ref, 0)
+        if t.is_floating_point():
+            diff = max(diff, (t.detach().float() - ref.float()).abs().max().item())
+        elif not torch.equal(t, ref):
+            diff = float("inf")
+    d = torch.tensor([diff], dtype=torch.float64)
+    dist.all_reduce(d, op=dist.ReduceOp.MAX)
+    if d.item() > 0:
+        raise RuntimeError(f"ddp: the replicas drifted apart (max weight difference {d.item():.3g})")
+    return d.item()
 
 
 def seed_everything(seed):
@@ -69,7 +203,10 @@ def cosine_lr(step, max_steps, lr, warmup=0, min_lr_frac=0.1):
 
 def save_checkpoint(path, obj):
     """Write to a temporary file, then rename: a killed run never leaves a half-written checkpoint.
-    obj must hold only tensors and JSON-like values, so that weights_only=True can load it."""
+    obj must hold only tensors and JSON-like values, so that weights_only=True can load it.
+    Under torchrun only rank 0 writes (every rank holds the same weights)."""
+    if not is_main():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
@@ -100,13 +237,16 @@ def load_model(cls, path, device="cpu"):
     return model.eval()
 
 
-def update_report(out_dir, metrics):
-    """Merge metrics (name -> number) into out_dir/report.json, a flat JSON object."""
+def update_report(out_dir, metrics, drop=()):
+    """Merge metrics (name -> number) into out_dir/report.json, a flat JSON object, after removing
+    the keys in drop (a stage's old figures)."""
     path = os.path.join(out_dir, "report.json")
     report = {}
     if os.path.exists(path):
         with open(path) as f:
             report = json.load(f)
+    for k in drop:
+        report.pop(k, None)
     for k, v in metrics.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise TypeError(f"report.json holds numbers only; {k}={v!r}")
@@ -128,6 +268,8 @@ def figure(nrows=1, ncols=1, figsize=None, **subplots_kw):
 
 
 def save_figure(fig, path, dpi=110):
+    if not is_main():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)

@@ -266,6 +266,7 @@ def train(cfg, stop_step=None):
     if ckpt is None:
         model.latent_scale.fill_(float(streams[1].std()))
     n_params = sum(p.numel() for p in model.parameters())
+    utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
@@ -280,20 +281,23 @@ def train(cfg, stop_step=None):
             g["lr"] = utils.cosine_lr(step, max_steps, cfg["vocoder_lr"], cfg["vocoder_warmup"])
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)     # batches depend on the step only: resumable
         batch = [x.to(device) for x in get_batch(streams, cfg["vocoder_batch_size"], cfg["vocoder_segment_frames"], gen)]
+        batch = utils.shard(batch)                          # this rank's share of the batch
         latent_loss, dur_loss, mel = losses(model, codec, batch, cfg["vocoder_mel_weight"])
         loss = latent_loss + dur_loss + cfg["vocoder_mel_weight"] * mel
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         for key, value in (("latent", latent_loss), ("duration", dur_loss), ("mel", mel)):
-            history[key].append([step, round(value.item(), 4)])
+            history[key].append([step, round(utils.mean_over_ranks(value.item()), 4)])
         pbar.update(1)
         pbar.set_postfix(latent=f"{latent_loss.item():.3f}", dur=f"{dur_loss.item():.3f}", mel=f"{mel.item():.2f}")
         if step % cfg["vocoder_ckpt_interval"] == 0 or step == max_steps:
             save()
     pbar.close()
+    utils.report_replicas(model, "vocoder")
     if step < max_steps:
         save()
         return {}

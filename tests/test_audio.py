@@ -100,6 +100,8 @@ def test_log_mel_and_mfcc_shapes_and_values():
     m = audio.mfcc(batch)
     assert m.shape == (2, 39, 101)
     assert torch.isfinite(m).all()
+    c0 = (m[0, 0] - m[1, 0])[5:-5]          # 20 dB quieter: the energy coefficient drops by one constant
+    assert c0.mean() > 1 and c0.std() < 0.05 * c0.mean()
     # deltas of a constant signal vanish
     assert audio.deltas(torch.ones(3, 50)).abs().max() == 0
 
@@ -108,3 +110,14 @@ def test_mel_filterbank_covers_band():
     fb = audio.mel_filterbank(400, 40, 16000)
     assert fb.shape == (40, 201)
     assert (fb.sum(0)[5:195] > 0).all() and math.isclose(fb.max().item(), 1.0, rel_tol=0.1)
+
+
+def test_a_stretch_of_a_file_is_read_alone(tmp_path):
+    x = np.stack([np.linspace(0, 0.5, 32000), -np.linspace(0, 0.5, 32000)]).astype(np.float32)
+    audio.save_wav(tmp_path / "d.wav", x)
+    whole = audio.load_wav(tmp_path / "d.wav", channel=1)
+    part = audio.load_wav(tmp_path / "d.wav", channel=1, start=0.5, end=1.25)
+    assert part.shape == (12000,) and torch.equal(part, whole[8000:20000])
+    assert audio.load_wav(tmp_path / "d.wav", start=1.5).shape == (8000,)
+    with pytest.raises(audio.AudioError, match="no samples"):
+        audio.load_wav(tmp_path / "d.wav", start=3.0)

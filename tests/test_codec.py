@@ -197,11 +197,18 @@ def test_stage_trains_resumes_and_reports(tmp_path, spoken, speech, capsys):
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "training without semantic distillation" in printed
     assert metrics["codec_bitrate_bps"] == 12.5 * 2 * 4
-    for key in ("codec_mel_db", "codec_mel_db_0_4k", "codec_si_snr_db", "codec_usage_min", "codec_stream_rtf_x",
-                "codec_pnmi_q0", "codec_pnmi_q1"):
-        assert np.isfinite(metrics[key]), key
-    assert 0 < metrics["codec_usage_min"] <= 1
     model = Codec.load(str(tmp_path / "out" / "codec.pt"))
+    # the figures are those of the saved codec on the unseen-voice clips, recomputed here
+    from nanosdm.data import SpeechSplit
+    clips = [w for w, _ in SpeechSplit(str(tmp_path), "unseen_voice").utterances(speaker="user") if len(w) >= 8000][:2]
+    codes = [model.encode(w[None]) for w in clips]
+    decoded = [model.decode(c)[0] for c in codes]
+    delay = evaluate.best_delay(clips, decoded)
+    mel = np.mean([evaluate.mel_distance_db(w, evaluate.align(o, delay, len(w))) for w, o in zip(clips, decoded)])
+    assert metrics["codec_mel_db"] == pytest.approx(mel, abs=1e-3)
+    usage, _ = evaluate.codebook_usage(torch.cat([c[0].T for c in codes]), 16)
+    assert metrics["codec_usage_min"] == pytest.approx(min(usage), abs=1e-4) and 1 / 16 <= min(usage) <= 1
+    assert metrics["codec_stream_rtf_x"] > 1                     # streams faster than real time
     assert model.encode(speech[:1]).shape == (1, 2, speech.shape[1] // FRAME)
     assert (tmp_path / "out" / "plots" / "codec_spectrograms.png").exists()
     assert (tmp_path / "out" / "plots" / "codec_usage.png").exists()

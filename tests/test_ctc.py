@@ -1,4 +1,7 @@
-"""CTC: the alphabet, greedy and beam decoding, the character LM, the loss written out."""
+"""CTC: the alphabet, transcripts, greedy and beam decoding, the character LM, the loss written out,
+forced alignment."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +30,25 @@ def test_normalize_and_alphabet():
     assert ctc.normalize_text("uh-huh...") == "uh huh"
     assert ctc.decode_ids(ids("what's 2 plus 2")) == "what's 2 plus 2"
     assert ctc.VOCAB_SIZE == 39 and min(ids("a z")) >= 1  # 0 stays the blank
+
+
+def test_normalize_transcript_to_spoken_words():
+    n = ctc.normalize_transcript
+    assert n("HE PAID $42 FOR THE 1ST ONE.") == "he paid forty two dollars for the first one"
+    assert n("In 1984, the 21st; 2007 and 1900.") == \
+        "in nineteen eighty four the twenty first two thousand seven and nineteen hundred"
+    assert n("1805 1,000,000 3.14 007 100% 12th 40th 2nd 3rd 101 the 1990s") == (
+        "eighteen oh five one million three point one four zero zero seven one hundred percent "
+        "twelfth fortieth second third one hundred one the nineteen nineties")
+    # unicode quotes and dashes, accents, hyphens; apostrophes only inside words
+    assert n("It\u2019s \u201cgreat\u201d\u2014really, Caf\u00e9 well-known 'hello' dogs' rock'n'roll") == \
+        "it's great really cafe well known hello dogs rock'n'roll"
+    assert n("  ?!  ") == "" and n("1,2,3 & 5kg") == "one two three and five kg"
+    assert n("\u2116 5 \u00c6SOP \u00c9cole") == "no five aesop ecole"   # compatibility forms, ligatures, accents
+    # the result is always in the alphabet, and has no digits left
+    out = n("Mr. O'Brien, 24/7: \u00bd \u2116 5 \u00c6sop \u4e2d\u6587 tab\tnew\nline")
+    assert set(out) <= set(ctc.CHARS) and not any(c.isdigit() for c in out) and "  " not in out
+    assert ctc.decode_ids(ctc.encode_text(out)) == out
 
 
 # -----------------------------------------------------------------------------
@@ -95,6 +117,63 @@ def test_forward_algorithm_matches_f_ctc_loss():
         ref = F.ctc_loss(lp[:, None], torch.tensor([target]), torch.tensor([12]), torch.tensor([len(target)]),
                          reduction="sum")
         assert ctc.ctc_nll(lp, target).item() == pytest.approx(ref.item(), rel=1e-9)
+
+
+# -----------------------------------------------------------------------------
+# forced alignment
+
+def test_forced_align_recovers_a_hand_made_path():
+    # "hello": the doubled l needs the blank between them; leading, inner and trailing blanks
+    frames = "--hh-e-ll-l--oo-"
+    spans, score = ctc.forced_align(one_hot_log_probs(frames), ids("hello"))
+    assert spans.tolist() == [[2, 4], [5, 6], [7, 9], [10, 11], [13, 15]]
+    assert score == pytest.approx(one_hot_log_probs(frames).max(-1).values.sum().item(), abs=1e-4)
+    # with spaces as labels, and a path that starts and ends on a symbol
+    spans, _ = ctc.forced_align(one_hot_log_probs("hi  -yo"), ids("hi yo"))
+    assert spans.tolist() == [[0, 1], [1, 2], [2, 4], [5, 6], [6, 7]]
+    # the audio says "hello" but the transcript is "help": the path still spells "help"
+    spans, _ = ctc.forced_align(one_hot_log_probs(frames), ids("help"))
+    assert spans[:, 0].tolist() == sorted(spans[:, 0].tolist()) and (spans[:, 1] > spans[:, 0]).all()
+
+
+def test_forced_align_is_the_best_path():
+    # against every frame labelling of a small vocabulary that collapses to the target
+    import itertools
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        T, C = int(rng.integers(3, 7)), 4
+        target = rng.integers(1, C, size=int(rng.integers(1, 4))).tolist()
+        lp = torch.randn(T, C, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))).log_softmax(-1)
+        best, best_path = -math.inf, None
+        for path in itertools.product(range(C), repeat=T):
+            if ctc.collapse(list(path), ctc.BLANK) == target:
+                score = float(sum(lp[t, k] for t, k in enumerate(path)))
+                best, best_path = max((best, best_path), (score, path))
+        if best_path is None:
+            with pytest.raises(ValueError, match="frames"):
+                ctc.forced_align(lp, target)
+            continue
+        spans, score = ctc.forced_align(lp, target)
+        assert score == pytest.approx(best, abs=1e-5)
+        # the spans rebuild a path of that score
+        path = [ctc.BLANK] * T
+        for k, (a, b) in zip(target, spans.tolist()):
+            path[a:b] = [k] * (b - a)
+        assert ctc.collapse(path, ctc.BLANK) == target
+        assert float(sum(lp[t, k] for t, k in enumerate(path))) == pytest.approx(best, abs=1e-5)
+        # and the best path is at most the sum over all paths
+        assert score <= -ctc.ctc_nll(lp, target).item() + 1e-6
+
+
+def test_forced_align_errors_are_clear():
+    lp = one_hot_log_probs("-ab-")
+    with pytest.raises(ValueError, match="3 symbols need at least 3 frames"):   # fits exactly
+        ctc.forced_align(one_hot_log_probs("ab"), ids("abc"))
+    with pytest.raises(ValueError, match="3 symbols need at least 4 frames, the audio gives 3"):
+        ctc.forced_align(one_hot_log_probs("abc"), ids("abb"))                # "bb" needs a blank between
+    assert ctc.forced_align(one_hot_log_probs("ab-b"), ids("abb"))[0].tolist() == [[0, 1], [1, 2], [3, 4]]
+    with pytest.raises(ValueError, match=r"target ids \[0, 99\]"):
+        ctc.forced_align(lp, [3, 0, 99])
 
 
 # -----------------------------------------------------------------------------

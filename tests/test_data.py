@@ -1,9 +1,12 @@
 import json
 import os
 import random
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from nanosdm import audio, data
 
@@ -33,10 +36,29 @@ def test_world_has_text_only_facts_and_distinct_names():
     names = [e["name"] for e in world]
     assert len(set(names)) == 200
     assert sum(e["text_only"] for e in world) == 30
-    assert len(data.ATTRIBUTES) >= 5
-    for e in world:
-        for attr, (values, *_rest) in data.ATTRIBUTES.items():
-            assert e[attr] in values
+    assert all(e["text_only"] == (i < 30) for i, e in enumerate(world))      # the first 30 are text-only
+    # each attribute drawn uniformly from its values: with 200 creatures every value occurs, none
+    # more than twice its share (measured: at most 1.5x)
+    for attr, (values, *_rest) in data.ATTRIBUTES.items():
+        counts = Counter(e[attr] for e in world)
+        assert set(counts) == set(values), attr
+        assert max(counts.values()) <= 2 * len(world) / len(values), (attr, counts)
+
+
+def test_held_out_questions_are_seen_frames_on_other_attributes():
+    # a held-out question of one attribute is a frame the training questions use for another
+    # attribute: held out is the combination, not the shape (see data.QUESTION_FRAMES)
+    pattern = lambda frame: re.escape(frame).replace(re.escape("{a}"), "(.+)")      # "{e}" stays literal
+    frame_of = lambda q: [f for f in data.QUESTION_FRAMES if re.fullmatch(pattern(f), q)]
+    for attr, (_, _, train_q, held_q, _) in data.ATTRIBUTES.items():
+        assert len(held_q) == 2 and not set(held_q) & set(train_q), attr
+        for q in held_q:
+            (frame,) = frame_of(q)
+            others = [a for a, spec in data.ATTRIBUTES.items()
+                      if a != attr and any(frame_of(t) == [frame] for t in spec[2])]
+            assert others, (attr, q)
+            noun = re.fullmatch(pattern(frame), q).group(1)                   # "home town", "number of legs"
+            assert any(noun in t for t in train_q), (attr, noun)            # the noun is seen in other frames
 
 
 def test_held_out_phrasings_never_in_training_text(corpus):
@@ -86,7 +108,8 @@ def test_dialogue_timings_inside_audio_and_channels_carry_their_speaker(corpus):
     cfg, metrics = corpus
     split = data.SpeechSplit(cfg["data_dir"], "train")
     assert len(split) == CFG["data_dialogues"]
-    assert metrics["data_hours_train"] > 0
+    seconds = sum(split.dialogue(i)[0].shape[1] for i in range(len(split))) / data.SAMPLE_RATE
+    assert 60 < seconds and metrics["data_hours_train"] == round(seconds / 3600, 3)   # 3 dialogues of ~30 s
     for i in range(len(split)):
         wav, d = split.dialogue(i)
         dur = wav.shape[1] / data.SAMPLE_RATE
@@ -111,13 +134,18 @@ def test_dialogue_timings_inside_audio_and_channels_carry_their_speaker(corpus):
 
 def test_utterances_are_cut_with_relative_times(corpus):
     cfg, _ = corpus
-    n = 0
-    for wav, tr in data.SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user"):
-        assert tr["speaker"] == "user" and tr["start"] == 0
+    split = data.SpeechSplit(cfg["data_dir"], "unseen_voice")
+    user_turns = [(i, tr) for i, d in enumerate(split.dialogues) for tr in d["turns"] if tr["speaker"] == "user"]
+    cut = list(split.utterances(speaker="user"))
+    assert len(cut) == len(user_turns) >= 2 * CFG["data_eval_dialogues"]    # every user turn, a question at least
+    for (wav, tr), (i, turn) in zip(cut, user_turns):
+        assert tr["speaker"] == "user" and tr["text"] == turn["text"] and tr["start"] == 0
         assert abs(wav.shape[0] / 16000 - tr["end"]) < 1e-3
         assert tr["words"][0][1] >= 0 and tr["words"][-1][2] <= tr["end"] + 1e-3
-        n += 1
-    assert n > 0
+        # the user's channel of the dialogue at the turn's time, its words moved by the turn's start
+        s = int(round(turn["start"] * 16000))
+        assert torch.equal(wav, split.dialogue(i)[0][data.USER, s: s + len(wav)])
+        assert tr["words"] == [[w, a - turn["start"], b - turn["start"]] for w, a, b in turn["words"]]
 
 
 def test_interruption_silences_the_assistant():

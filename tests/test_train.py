@@ -9,14 +9,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 
 
-def test_defaults_preset_and_overrides():
-    cfg = train.parse_config([])
-    assert cfg["preset"] == "tiny" and cfg["data_entities"] == train.data_entities
+def test_presets_name_only_known_keys_of_the_right_type():
+    defaults = train.parse_config([])
+    for name, preset in train.presets.items():
+        for key, value in preset.items():            # a typo or a wrong type in a preset fails here, not at run time
+            assert key in defaults, (name, key)
+            assert type(value) is type(defaults[key]) or (type(defaults[key]) is float and type(value) is int), (name, key)
     small = train.parse_config(["--preset=small"])
-    assert small["data_entities"] == train.presets["small"]["data_entities"]
+    assert small["codec_n_q"] == train.presets["small"]["codec_n_q"] != defaults["codec_n_q"]
     # an explicit override beats the preset, and is converted to the default's type
-    cfg = train.parse_config(["--preset=small", "--data_entities=33", "--data_text_only_frac=0.5"])
-    assert cfg["data_entities"] == 33 and cfg["data_text_only_frac"] == 0.5
+    cfg = train.parse_config(["--preset=small", "--data_entities=33", "--data_text_only_frac=0.5", "--align_freeze=true"])
+    assert cfg["data_entities"] == 33 and cfg["data_text_only_frac"] == 0.5 and cfg["align_freeze"] is True
+    assert cfg["codec_n_q"] == small["codec_n_q"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -30,18 +34,90 @@ def test_bad_arguments_are_named(args, message):
         train.parse_config(args)
 
 
-def test_stage_runner_skips_finished_stages(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fake_stages(tmp_path, monkeypatch):
+    """Two stages named like real ones (so their settings are data_* and tokenizer_*): `data` builds a
+    file, `tokenizer` reads it, trains (a file) and is evaluated; every call is recorded."""
     calls = []
-    monkeypatch.setattr(train, "STAGES", [("one", lambda cfg: calls.append("one") or {"one_x": 1.5}),
-                                          ("two", lambda cfg: calls.append("two") or {"two_y": 2})])
+    out = tmp_path / "tiny"
+
+    def build_data(cfg):
+        calls.append("build data")
+        (out / "data.txt").write_text(str(cfg["data_entities"]))
+        return {"data_n": cfg["data_entities"]}
+
+    def train_tok(cfg):
+        calls.append("train tokenizer")
+        assert not (out / "tok.pt").exists() or "--retrain" not in calls   # --retrain deleted it first
+        (out / "tok.pt").write_text((out / "data.txt").read_text())
+        return {"tokenizer_loss": 1.0}
+
+    def eval_tok(cfg):
+        calls.append("eval tokenizer")
+        return {"tokenizer_acc": int((out / "tok.pt").read_text()) / 1000}
+
+    monkeypatch.setattr(train, "STAGES", [("data", build_data, None, [], [], []),
+                                          ("tokenizer", train_tok, eval_tok, ["data"], [], ["tok.pt"])])
     args = [f"--out_root={tmp_path}", f"--data_root={tmp_path}", "--device=cpu"]
+    report = lambda: json.load(open(out / "report.json"))
+    return calls, args, report, out
+
+
+def test_stage_runner_runs_once_then_skips(fake_stages, capsys):
+    calls, args, report, out = fake_stages
     train.main(args)
-    assert calls == ["one", "two"]
-    report = json.load(open(tmp_path / "tiny" / "report.json"))
-    assert report["one_x"] == 1.5 and report["two_y"] == 2 and "one_seconds" in report
-    train.main(args)                                   # both finished: nothing runs again
-    assert calls == ["one", "two"]
-    train.main(args + ["--stage=two"])                 # asked for by name: runs again
-    assert calls == ["one", "two", "two"]
+    assert calls == ["build data", "train tokenizer", "eval tokenizer"]
+    r = report()
+    assert r["data_n"] == train.data_entities and r["tokenizer_acc"] == train.data_entities / 1000
+    assert "tokenizer_seconds" in r and "tokenizer_eval_seconds" in r
+    marker = json.load(open(out / "tokenizer.done"))
+    assert marker["settings"]["tokenizer_vocab_size"] == train.tokenizer_vocab_size and "data_entities" not in marker["settings"]
+    assert marker["reads"]["data"] == json.load(open(out / "data.done"))["stamp"]
+    train.main(args)                                   # all up to date: nothing runs again
+    assert len(calls) == 3 and "up to date, skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown stage"):
         train.main(args + ["--stage=nope"])
+
+
+def test_a_finished_stage_asked_by_name_is_evaluated_not_retrained(fake_stages):
+    calls, args, report, out = fake_stages
+    train.main(args)
+    (out / "tok.pt").write_text("7")                   # the checkpoint changed under it: evaluation sees it
+    del calls[:]
+    train.main(args + ["--stage=tokenizer"])
+    assert calls == ["eval tokenizer"] and report()["tokenizer_acc"] == 0.007
+    assert report()["tokenizer_loss"] == 1.0           # the training figures are kept
+    calls.append("--retrain")
+    train.main(args + ["--stage=tokenizer", "--retrain"])
+    assert calls[1:] == ["--retrain", "train tokenizer", "eval tokenizer"]
+    with pytest.raises(SystemExit, match="--retrain goes with one stage"):
+        train.main(args + ["--retrain"])
+
+
+def test_changed_settings_rerun_the_stage_and_the_ones_after_it(fake_stages, capsys):
+    calls, args, report, out = fake_stages
+    train.main(args)
+    del calls[:]
+    train.main(args + ["--tokenizer_vocab_size=77"])   # the tokenizer's own setting: it alone reruns
+    assert calls == ["train tokenizer", "eval tokenizer"]
+    assert "its settings changed: tokenizer_vocab_size=1024 -> 77" in capsys.readouterr().out
+    del calls[:]
+    # data rebuilt by name: the tokenizer's figures came from the old data, so they leave report.json
+    train.main(args + ["--tokenizer_vocab_size=77", "--stage=data", "--data_entities=50"])
+    assert calls == ["build data"]
+    assert report()["data_n"] == 50 and "tokenizer_acc" not in report() and "tokenizer_loss" not in report()
+    assert "[tokenizer] out of date (its input 'data' was rebuilt)" in capsys.readouterr().out
+    train.main(args + ["--tokenizer_vocab_size=77", "--data_entities=50"])   # the whole run catches up
+    assert calls == ["build data", "train tokenizer", "eval tokenizer"] and report()["tokenizer_acc"] == 0.05
+
+
+def test_a_marker_from_before_settings_were_recorded_is_taken_as_current(fake_stages):
+    calls, args, report, out = fake_stages
+    train.main(args)
+    for name in ("data", "tokenizer"):                 # the old format: the figures alone
+        (out / f"{name}.done").write_text(json.dumps({f"{name}_old": 1}))
+    del calls[:]
+    train.main(args)
+    assert calls == []
+    train.main(args + ["--stage=tokenizer"])           # evaluated again, its old figures kept as training ones
+    assert calls == ["eval tokenizer"] and report()["tokenizer_old"] == 1
