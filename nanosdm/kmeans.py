@@ -26,13 +26,14 @@ def sq_distances(x, c, x_sq=None):
 
 
 def assign(x, c):
-    """Nearest centroid of every row: (labels [N] long, squared distance [N]), in chunks."""
-    labels, dists = [], []
+    """Nearest centroid of every row: (labels [N] long, squared distance [N]), in chunks.
+    The outputs are allocated once: small per-chunk results kept in a list between the big distance
+    blocks made the CPU allocator keep every block (1M rows x 500 centroids: 3.4 GB instead of 0.2)."""
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dists = x.new_empty(x.shape[0])
     for i in range(0, x.shape[0], KMEANS_CHUNK):
-        d, l = sq_distances(x[i:i + KMEANS_CHUNK], c).min(1)
-        labels.append(l)
-        dists.append(d)
-    return torch.cat(labels), torch.cat(dists)
+        dists[i:i + KMEANS_CHUNK], labels[i:i + KMEANS_CHUNK] = sq_distances(x[i:i + KMEANS_CHUNK], c).min(1)
+    return labels, dists
 
 
 def distances_to(x, x_sq, c):
