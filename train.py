@@ -512,7 +512,7 @@ def main(argv):
         marker = markers[name]
         utils.seed_everything(cfg["seed"])
         t0 = time.time()
-        if build is not None and (why or retrain or evaluate is None):
+        if build is not None and (why or retrain):
             log(f"[{name}] starting" + (f": {why}" if marker and why else "") + (" (--retrain)" if retrain else ""))
             if retrain and main_rank:       # from scratch: no checkpoint to resume
                 for f in outputs:
@@ -523,7 +523,8 @@ def main(argv):
             trained[f"{name}_seconds"] = round(time.time() - t0, 1)
             stamp = f"{time.time_ns():x}"   # this build's id: the stages that read it record it
         else:
-            log(f"[{name}] " + (f"{why}: evaluating it" if why else "up to date: evaluating it again (--retrain trains it again)"))
+            log(f"[{name}] " + (f"{why}: evaluating it" if why else "up to date: evaluating it again (--retrain trains it again)"
+                                if evaluate is not None else "up to date, nothing to evaluate (--retrain builds it again)"))
             trained, stamp = (marker["train"], marker["stamp"]) if marker else ({}, "none")
         utils.barrier()
         if main_rank:               # rank 0 alone evaluates and writes the figures and the marker

@@ -79,13 +79,17 @@ def test_stage_runner_runs_once_then_skips(fake_stages, capsys):
         train.main(args + ["--stage=nope"])
 
 
-def test_a_finished_stage_asked_by_name_is_evaluated_not_retrained(fake_stages):
+def test_a_finished_stage_asked_by_name_is_evaluated_not_retrained(fake_stages, capsys):
     calls, args, report, out = fake_stages
     train.main(args)
     (out / "tok.pt").write_text("7")                   # the checkpoint changed under it: evaluation sees it
     del calls[:]
     train.main(args + ["--stage=tokenizer"])
     assert calls == ["eval tokenizer"] and report()["tokenizer_acc"] == 0.007
+    train.main(args + ["--stage=data"])                # a build with nothing to evaluate: left as it is
+    assert calls == ["eval tokenizer"] and "[tokenizer] out of date" not in capsys.readouterr().out
+    train.main(args)
+    assert calls == ["eval tokenizer"]
     assert report()["tokenizer_loss"] == 1.0           # the training figures are kept
     calls.append("--retrain")
     train.main(args + ["--stage=tokenizer", "--retrain"])
