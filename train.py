@@ -16,6 +16,7 @@ out/<preset>/<stage>.done records the settings that shaped it and which build of
 change a setting (or rebuild an input) and `python train.py` runs that stage and the ones after it
 again; the figures of stages left out of date are dropped from report.json, never kept stale.
 """
+import importlib
 import json
 import os
 import sys
@@ -286,114 +287,9 @@ def _convert(key, value, kind):
 # measured on them); either may be missing. `reads` names the stages whose outputs it uses: when
 # one of them is rebuilt, this stage is out of date too.
 
-def train_text(cfg):
-    from nanosdm import textlm
-    return textlm.train(cfg)
-
-
-def eval_text(cfg):
-    from nanosdm import evaluate
-    return evaluate.evaluate_text_checkpoint(cfg)
-
-
-def train_units(cfg):
-    from nanosdm import units
-    return units.train(cfg)
-
-
-def eval_units(cfg):
-    from nanosdm import evaluate
-    return evaluate.evaluate_units_checkpoint(cfg)
-
-
-def train_codec(cfg):
-    from nanosdm import codec
-    return codec.train(cfg)
-
-
-def eval_codec(cfg):
-    from nanosdm import evaluate
-    return evaluate.evaluate_codec_checkpoint(cfg)
-
-
-def train_asr(cfg):
-    from nanosdm import asr
-    return asr.train(cfg)
-
-
-def eval_asr(cfg):
-    from nanosdm import evaluate
-    return evaluate.evaluate_asr_checkpoint(cfg)
-
-
-def train_align(cfg):
-    from nanosdm import dualstream
-    return dualstream.train(cfg, "align")
-
-
-def eval_align(cfg):
-    from nanosdm import evaluate_dialogue
-    return evaluate_dialogue.evaluate_align(cfg)
-
-
-def train_sft(cfg):
-    from nanosdm import dualstream
-    return dualstream.train(cfg, "sft")
-
-
-def eval_sft(cfg):
-    from nanosdm import evaluate_dialogue
-    return evaluate_dialogue.evaluate_sft(cfg)
-
-
-def eval_duplex(cfg):
-    from nanosdm import evaluate_duplex
-    return evaluate_duplex.evaluate_duplex(cfg)
-
-
-def train_dpo(cfg):
-    from nanosdm import evaluate_dpo
-    return evaluate_dpo.train(cfg)
-
-
-def eval_dpo(cfg):
-    from nanosdm import evaluate_dpo
-    return evaluate_dpo.evaluate(cfg)
-
-
-def train_vocoder(cfg):
-    from nanosdm import vocoder
-    return vocoder.train(cfg)
-
-
-def eval_vocoder(cfg):
-    from nanosdm import evaluate_omni
-    return evaluate_omni.evaluate_vocoder(cfg)
-
-
-def train_omni(cfg):
-    from nanosdm import omni
-    return omni.train(cfg)
-
-
-def eval_omni(cfg):
-    from nanosdm import evaluate_omni
-    return evaluate_omni.evaluate_omni(cfg)
-
-
-def build_data(cfg):
-    from nanosdm import data
-    return data.build(cfg)
-
-
-def build_tokenizer(cfg):
-    from nanosdm import tokenizer
-    return tokenizer.build(cfg)
-
-
-def build_speech(cfg):
-    from nanosdm import speech
-    return speech.build(cfg)
+def step(module, function, *args):
+    """nanosdm.<module>.<function>(cfg, *args), imported only when the stage runs."""
+    return lambda cfg: getattr(importlib.import_module(f"nanosdm.{module}"), function)(cfg, *args)
 
 
 SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/realdata.py)
@@ -401,20 +297,28 @@ SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes fro
 # name, train/build, evaluate, the stages it reads, the settings that shape it beyond its own
 # <name>_* keys, the outputs --retrain deletes first (so it starts from scratch)
 STAGES = [
-    ("data", build_data, None, [], [], []),
-    ("tokenizer", build_tokenizer, None, ["data"], [], ["tokenizer.model"]),
-    ("text", train_text, eval_text, ["data", "tokenizer"], [], ["text.pt"]),   # the text LLM first (§4.2.1)
-    ("units", train_units, eval_units, ["data"], SPEECH_KEYS, ["units.pt"]),
-    ("codec", train_codec, eval_codec, ["data", "units"], SPEECH_KEYS, ["codec.pt"]),   # distils codebook 0 toward the units
-    ("asr", train_asr, eval_asr, ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),           # judges the codec's audio too
-    ("speech", build_speech, None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
+    ("data", step("data", "build"), None, [], [], []),
+    ("tokenizer", step("tokenizer", "build"), None, ["data"], [], ["tokenizer.model"]),
+    ("text", step("textlm", "train"), step("evaluate", "evaluate_text_checkpoint"),   # the text LLM first (§4.2.1)
+     ["data", "tokenizer"], [], ["text.pt"]),
+    ("units", step("units", "train"), step("evaluate", "evaluate_units_checkpoint"), ["data"], SPEECH_KEYS, ["units.pt"]),
+    ("codec", step("codec", "train"), step("evaluate", "evaluate_codec_checkpoint"),  # codebook 0 distilled toward the units
+     ["data", "units"], SPEECH_KEYS, ["codec.pt"]),
+    ("asr", step("asr", "train"), step("evaluate", "evaluate_asr_checkpoint"),         # judges the codec's audio too
+     ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
+    ("speech", step("speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
      ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
-    ("align", train_align, eval_align, ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),   # hear and speak
-    ("sft", train_sft, eval_sft, ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),      # full-duplex spoken dialogues
-    ("duplex", None, eval_duplex, ["sft", "asr"], [], []),                     # when it speaks
-    ("dpo", train_dpo, eval_dpo, ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),   # preference optimisation
-    ("vocoder", train_vocoder, eval_vocoder, ["units", "codec", "asr"], [], ["vocoder.pt"]),   # LLaMA-Omni's way
-    ("omni", train_omni, eval_omni, ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
+    ("align", step("dualstream", "train", "align"), step("evaluate_dialogue", "evaluate_align"),   # hear and speak
+     ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
+    ("sft", step("dualstream", "train", "sft"), step("evaluate_dialogue", "evaluate_sft"),   # full-duplex dialogues
+     ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),
+    ("duplex", None, step("evaluate_duplex", "evaluate_duplex"), ["sft", "asr"], [], []),   # when it speaks
+    ("dpo", step("evaluate_dpo", "train"), step("evaluate_dpo", "evaluate"),   # preference optimisation
+     ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),
+    ("vocoder", step("vocoder", "train"), step("evaluate_omni", "evaluate_vocoder"),   # LLaMA-Omni's way
+     ["units", "codec", "asr"], [], ["vocoder.pt"]),
+    ("omni", step("omni", "train"), step("evaluate_omni", "evaluate_omni"),
+     ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
 ]
 GLOBAL_KEYS = ["seed"]   # settings that shape every stage
 
