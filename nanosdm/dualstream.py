@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from nanosdm import realdata, utils
+from nanosdm import utils
 from nanosdm.depth import Depth, sample_logits
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer
@@ -374,13 +374,13 @@ def plot_layout(model, x, tok, path, title="one training window: the streams aft
 def train(cfg, stage, stop_step=None):
     """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
     align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
-    from nanosdm.speech import Streams
+    from nanosdm.speech import Streams, mixed_streams
     from nanosdm.textlm import read_jsonl, tokenize_docs
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]
     p = lambda key: cfg[f"{stage}_{key}"]
     speech_dir = os.path.join(out_dir, "speech")
-    streams = realdata.streams(cfg, stage, speech_dir)   # split align or train (and the user's: realdata.py)
+    streams = mixed_streams(cfg, stage, speech_dir)   # split align or train (and the user's: realdata.py)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
 

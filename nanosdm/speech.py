@@ -33,7 +33,7 @@ Files, under out/<preset>/speech/ (codes depend on the trained codec, so they li
 Splits: the corpus's spoken splits (train, val, unseen_voice, text_only), `align` (single
 utterances for modality adaptation: ASR-like user turns and TTS-like assistant turns, synthesized
 here), any Moshi-finetune-style folder given as `speech_moshi_dir` (split `moshi`, encoded only), and
-under a `speech_data` setting the user's corpora (realdata.write_speech: `real`, `align_real` and
+under a `speech_data` setting the user's corpora (write_speech below: `real`, `align_real` and
 their held-out parts, which sft and align then train on).
 """
 import json
@@ -322,7 +322,7 @@ def build(cfg):
     if cfg["speech_moshi_dir"]:
         metrics["speech_frames_moshi"] = encode_moshi(cfg["speech_moshi_dir"], out, codec, tok, cfg)
     if not realdata.is_default(cfg):   # the user's corpora: splits real, align_real and their held-out parts
-        metrics.update(realdata.write_speech(cfg, out, codec, tok))
+        metrics.update(write_speech(cfg, out, codec, tok))
     s = Streams(out, "train")
     metrics["speech_text_pad_share"] = round(float(np.isin(s.text, [PAD, EPAD]).mean()), 4)
     print(f"speech: {', '.join(f'{k}={v}' for k, v in metrics.items())}")
@@ -339,3 +339,154 @@ def encode_moshi(root, out, codec, tok, cfg, split="moshi"):
         text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
         w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
     return w.close()
+
+
+# -----------------------------------------------------------------------------
+# real corpora (nanosdm/realdata.py's --speech_data) as codes, beside SpokenWorld's: for align and sft
+
+REAL_EVAL_TURNS = 160      # held-out utterances of split align_real_heldout (evaluate_dialogue.user_wer reads 160)
+PER_DIALOGUE = 8           # single utterances per pseudo-dialogue of split align_real (as speech.align_dialogues)
+
+
+def _weight(cfg, kinds, kind="spokenworld"):
+    """The share of `kind` among the corpora of the given kinds (renormalised)."""
+    sources = [s for s in realdata.parse(cfg["speech_data"]) if s["kind"] in kinds]
+    total = sum(s["weight"] for s in sources)
+    return sum(s["weight"] for s in sources if s["kind"] == kind) / total if total else 0.0
+
+
+def write_speech(cfg, out, codec, tok):
+    """Stage `speech` for the user's corpora, beside SpokenWorld's splits:
+      real, real_heldout              the two-channel dialogues (moshi), for sft
+      align_real, align_real_heldout  single utterances with word timings in pseudo-dialogues, for
+                                      align: a Moshi turn brings its timings; a LibriSpeech utterance
+                                      gets them from forced alignment with out/<preset>/asr.pt
+    Returns {speech_frames_<split>: frames}."""
+    metrics = {}
+    moshi = [s for s in realdata.parse(cfg["speech_data"]) if s["kind"] == "moshi"]
+    if moshi:   # whole dialogues, held out by dialogue
+        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in data.moshi_dialogues(s["path"])]
+        train, held = realdata.split_heldout(dialogues)
+        if cfg.get("speech_eval_data"):
+            train, held = dialogues, [d for s in realdata.parse(cfg["speech_eval_data"]) if s["kind"] == "moshi"
+                                      for d in data.moshi_dialogues(s["path"])]
+        reader = realdata.Reader(len(dialogues) + len(held))
+        for split, part in (("real", train), ("real_heldout", held)):
+            w = StreamWriter(out, split)
+            for d in part:
+                wavs = [reader.read(dict(path=d["path"], channel=c, start=None, end=None)) for c in (data.ASSISTANT, data.USER)]
+                if any(x is None for x in wavs):
+                    continue
+                text, codes = encode_dialogue(codec, tok, torch.stack(wavs), d["turns"], cfg)
+                w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
+            metrics[f"speech_frames_{split}"] = w.close()
+    real_kinds = tuple(k for k in realdata.KINDS if k != "spokenworld")
+    if not any(s["kind"] in real_kinds for s in realdata.parse(cfg["speech_data"])):
+        return metrics
+    speech = realdata.Speech(cfg, real_kinds)
+    timings = _aligner(cfg)
+    n = round((cfg["align_user_turns"] + cfg["align_assistant_turns"]) * (1 - _weight(cfg, realdata.KINDS)))
+    user_share = cfg["align_user_turns"] / max(1, cfg["align_user_turns"] + cfg["align_assistant_turns"])
+    rng = random.Random(cfg["seed"] + 11)
+    for split, items in (("align_real", speech.mix.sequence(max(1, n), cfg["seed"])),
+                         ("align_real_heldout", speech.heldout[:REAL_EVAL_TURNS])):
+        w, group, untimed = StreamWriter(out, split), [], 0
+
+        def flush():
+            stereo, turns = _place(group, rng)
+            for tr in turns:   # what evaluate_dialogue.user_wer transcribes
+                tr["kind"] = "question" if tr["speaker"] == "user" else "answer"
+            text, codes = encode_dialogue(codec, tok, stereo, turns, cfg)
+            w.add(dict(id=f"{split}-{w.offset}", turns=turns), text, codes)
+            group.clear()
+
+        for item in items:
+            wav = speech.reader.read(item)
+            if wav is None:
+                continue
+            words = item["words"] or timings(wav, item["text"])
+            if not words:
+                untimed += 1
+                continue
+            ch = data.USER if split.endswith("heldout") or rng.random() < user_share else data.ASSISTANT
+            group.append((ch, " ".join(word for word, _, _ in words), wav.numpy(), words))
+            if len(group) == PER_DIALOGUE:
+                flush()
+        if group:
+            flush()
+        metrics[f"speech_frames_{split}"] = w.close()
+        if untimed:
+            print(f"speech: {untimed} utterances of {split} skipped: no word timings ({timings.why})")
+    return metrics
+
+
+def _aligner(cfg):
+    """wav, text -> [[word, start, end]] by CTC forced alignment with the trained recognizer, or
+    a function that returns None (and says why) when there is none."""
+    from nanosdm import asr
+    path = os.path.join(cfg["out_dir"], "asr.pt")
+    if not os.path.exists(path):
+        def none(wav, text):
+            return None
+        none.why = f"a LibriSpeech-style corpus has none, and forced alignment needs {path}: run --stage=asr first"
+        return none
+    model = asr.ASR.load(path, cfg["device"])
+
+    def align(wav, text):
+        try:
+            return [list(w) for w in asr.align_words(model, wav, text)]
+        except (ValueError, audio.AudioError) as e:
+            align.why = f"forced alignment failed, e.g. {e}"
+            return None
+    align.why = "forced alignment failed"
+    return align
+
+
+class MixedStreams:
+    """Several splits' streams (speech.Streams) as one, each drawn in its stated share.
+    dualstream.get_batch picks window starts uniformly over len(self): each part owns a stretch
+    of that range in proportion to its weight, and a start in it is scaled onto the part's frames."""
+
+    def __init__(self, parts):
+        self.parts = [(w, s) for w, s in parts if w > 0]
+        total = sum(len(s) for _, s in self.parts)
+        self.spans, self.dialogues, self.starts, at = [], [], {}, 0
+        for w, s in self.parts:
+            n = max(1, round(w * total))
+            self.spans.append((at, n))
+            for d in s.dialogues:   # a dialogue's first frame keeps an exact address (dual_start_frac)
+                v = at + d["offset"] * n // len(s)
+                self.starts[v] = d["offset"]
+                self.dialogues.append(dict(d, offset=v))
+            at += n
+        self.n = at
+
+    def __len__(self):
+        return self.n
+
+    def window(self, start, length):
+        p = next(i for i, (at, n) in enumerate(self.spans) if start < at + n or i == len(self.spans) - 1)
+        at, n = self.spans[p]
+        s = self.parts[p][1]
+        local = self.starts.get(start, (start - at) * len(s) // n)
+        return s.window(min(local, len(s) - length), length)
+
+
+def mixed_streams(cfg, stage, speech_dir):
+    """What stage `align` or `sft` trains on: SpokenWorld's split (align, train) and, under a
+    non-default setting, the user's (align_real, real) in the setting's proportions."""
+    sw_split = "align" if stage == "align" else "train"
+    if realdata.is_default(cfg):
+        return Streams(speech_dir, sw_split)
+    kinds = realdata.KINDS if stage == "align" else realdata.TWO_CHANNEL
+    w = _weight(cfg, kinds)
+    real_split = "align_real" if stage == "align" else "real"
+    bin_path = os.path.join(speech_dir, f"{real_split}_text.bin")
+    real = Streams(speech_dir, real_split) if os.path.exists(bin_path) and os.path.getsize(bin_path) else None
+    if real is None or len(real) <= cfg["dual_context"] + 1:
+        why = ("the setting has no two-channel corpus" if stage == "sft" and not any(
+            s["kind"] == "moshi" for s in realdata.parse(cfg["speech_data"])) else f"split {real_split} is missing or too short")
+        print(f"{stage}: trains on SpokenWorld's split {sw_split} only: {why}")
+        return Streams(speech_dir, sw_split)
+    print(f"{stage}: SpokenWorld's {sw_split} {w:.0%}, the user's {real_split} {1 - w:.0%}")
+    return real if w == 0 else MixedStreams([(w, Streams(speech_dir, sw_split)), (1 - w, real)])

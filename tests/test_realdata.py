@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, audio, codec, espeak, evaluate, realdata, units  # noqa: E402
+from nanosdm import asr, audio, codec, espeak, evaluate, realdata, speech, units  # noqa: E402
 
 SR = 16000
 # LibriSpeech-style: speaker -> (voice, transcripts as LibriSpeech writes them: upper case)
@@ -213,7 +213,7 @@ def test_mixed_streams_draw_windows_in_proportion():
             assert 0 <= start <= self.n - length
             return (self.tag + np.arange(start, start + length))[:, None].repeat(3, 1)
 
-    mixed = realdata.MixedStreams([(0.2, FakeStreams(5000, 0)), (0.8, FakeStreams(500, 10**6))])
+    mixed = speech.MixedStreams([(0.2, FakeStreams(5000, 0)), (0.8, FakeStreams(500, 10**6))])
     g = torch.Generator().manual_seed(0)
     first = get_batch(mixed, 4000, 20, g, "cpu")[:, 0, 0]
     assert (first >= 10**6).float().mean().item() == pytest.approx(0.8, abs=0.03)   # the small part, 80% of windows
@@ -244,7 +244,7 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
     from nanosdm import dualstream, evaluate_dialogue, speech
     cfg = dual_run(tmp_path, f"spokenworld:0.5,moshi:{corpora['moshi']}:0.5")
     out = os.path.join(cfg["out_dir"], "speech")
-    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))
+    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))
     assert {"speech_frames_real", "speech_frames_real_heldout", "speech_frames_align_real",
             "speech_frames_align_real_heldout"} <= set(metrics) and metrics["speech_frames_real"] > cfg["dual_context"]
     real = speech.Streams(out, "real")
@@ -272,10 +272,10 @@ def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, cap
     from nanosdm import dualstream, speech
     cfg = dual_run(tmp_path, f"librispeech:{corpora['librispeech']}")
     out = os.path.join(cfg["out_dir"], "speech")
-    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))     # no recognizer yet: no timings
+    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))     # no recognizer yet: no timings
     assert "skipped: no word timings" in capsys.readouterr().out and metrics["speech_frames_align_real"] == 0
     asr.train(cfg)                                                     # the recognizer aligns the transcripts
-    metrics = realdata.write_speech(cfg, out, *codec_and_tok(cfg))
+    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))
     assert metrics["speech_frames_align_real"] > 0 and "speech_frames_real" not in metrics   # no dialogues
     d = speech.Streams(out, "align_real").dialogues[0]
     words = [w for tr in d["turns"] for w, _, _ in tr["words"]]
@@ -304,8 +304,9 @@ def test_the_default_setting_takes_the_old_path(tmp_path, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("realdata called under the default setting")
-    for name in ("Speech", "utterance_stream", "write_speech", "MixedStreams"):
-        monkeypatch.setattr(realdata, name, refuse)
+    for module, name in ((realdata, "Speech"), (realdata, "utterance_stream"), (speech, "write_speech"),
+                         (speech, "MixedStreams")):
+        monkeypatch.setattr(module, name, refuse)
     write_mini_corpus(tmp_path / "data")
     cfg = dict(ASR, device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
                speech_data="spokenworld", speech_eval_data="", asr_scrambled_turns=2)
