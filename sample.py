@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
     parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
     parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
-                        help="play one full-duplex scenario (duplex.py) to the model: wav, json and timeline out")
+                        help="play one full-duplex scenario (live.py) to the model: wav, json and timeline out")
     parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt, "
                         "or omni: LLaMA-Omni's way (stage omni)")
     parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
@@ -84,7 +84,7 @@ def run(args):
     device = utils.get_device(args.device)
     out_dir = os.path.join(args.out_root, args.preset)
     if args.asr is not None:
-        from nanosdm import audio
+        from nanosdm.corpus import audio
         from nanosdm.asr import ASR
         asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
         try:
@@ -121,14 +121,14 @@ def run(args):
 
 def user_input(args, out_dir):
     """The user's turn at 16 kHz: eSpeak in an unseen voice (--say) or a wav file (--wav)."""
-    from nanosdm import audio
+    from nanosdm.corpus import audio
     if args.wav is not None:
         try:
             return audio.load_wav(args.wav)
         except audio.AudioError as e:
             raise SystemExit(f"--wav: {e}")
     import json
-    from nanosdm import espeak
+    from nanosdm.corpus import espeak
     voice = "en-us+m3"
     corpus = os.path.join("data", args.preset, "corpus.json")
     if os.path.exists(corpus):  # a voice the model never heard in training
@@ -144,13 +144,13 @@ def user_input(args, out_dir):
 def check_creatures(args, text):
     """Asked about a creature the world does not hold, say which ones it does."""
     import json
-    from nanosdm import data
+    from nanosdm.corpus import spokenworld
     path = os.path.join("data", args.preset, "world.jsonl")
     if not os.path.exists(path):
         return
     world = [json.loads(line) for line in open(path)]
-    known = {e["name"] for e in world} | {w.strip("?.,") for a in data.ATTRIBUTES.values() for q in a[2] + a[3]
-                                          for w in q.split()} | set(data.NUMBERS) | set(data.PEOPLE) | set(data.TOWNS)
+    known = {e["name"] for e in world} | {w.strip("?.,") for a in spokenworld.ATTRIBUTES.values() for q in a[2] + a[3]
+                                          for w in q.split()} | set(spokenworld.NUMBERS) | set(spokenworld.PEOPLE) | set(spokenworld.TOWNS)
     unknown = [w.strip("?.,!") for w in text.lower().split() if w.strip("?.,!") not in known]
     if unknown:
         spoken = sorted(e["name"] for e in world if not e["text_only"])
@@ -160,19 +160,20 @@ def check_creatures(args, text):
 
 def converse(args, out_dir, device):
     import json
-    from nanosdm import audio, duplex
+    from nanosdm import live
+    from nanosdm.corpus import audio
     from nanosdm.codec import FRAME, Codec
     tok, codec, model = load_dual(args, out_dir, device)
     heard = user_input(args, out_dir)
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
     wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
     wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))
-    out = duplex.live(model, codec, wav, temps=temps(args))        # what a live system does every 80 ms
+    out = live.live(model, codec, wav, temps=temps(args))        # what a live system does every 80 ms
     words = []   # [word, start_s, end_s]: a word ends where the next begins, or a word's length later
-    for seg in duplex.monologue_segments(tok, out["text"]):
+    for seg in live.monologue_segments(tok, out["text"]):
         starts = [s for _, s in seg["words"]] + [seg["end"]]
-        words += [[w, round(s, 2), round(min(e, s + duplex.WORD_S), 2)] for (w, s), e in zip(seg["words"], starts[1:])]
-    onset = next((s for w, s, e in words if s >= speech_end - duplex.FRAME_S), None)
+        words += [[w, round(s, 2), round(min(e, s + live.WORD_S), 2)] for (w, s), e in zip(seg["words"], starts[1:])]
+    onset = next((s for w, s, e in words if s >= speech_end - live.FRAME_S), None)
     result = dict(text=" ".join(w[0] for w in words), words=words,
                   onset_s=None if onset is None else round(onset - speech_end, 3),
                   rtf=round(out["seconds"]["total"] / (len(wav) / audio.SAMPLE_RATE), 3))
@@ -191,7 +192,8 @@ def converse_omni(args, out_dir, device):
     audio was ready (the question's end + the measured compute)."""
     import json
     import time
-    from nanosdm import audio, omni
+    from nanosdm import omni
+    from nanosdm.corpus import audio
     from nanosdm.asr import ASR
     from nanosdm.codec import Codec
     from nanosdm.vocoder import FRAME_MS, Vocoder, duration_frames
@@ -245,29 +247,30 @@ def temps(args):
 
 
 def scenario(args, out_dir, device):
-    """One Full-Duplex-Bench-style scenario (duplex.py) through the live loop: its stereo wav,
+    """One Full-Duplex-Bench-style scenario (live.py) through the live loop: its stereo wav,
     a json with the events, where the model spoke and the verdict, and the timeline picture."""
     import json
-    from nanosdm import audio, data, duplex
-    from nanosdm.evaluate_duplex import score
+    from nanosdm import live
+    from nanosdm.corpus import audio, spokenworld
+    from nanosdm.eval.duplex import score
     data_dir = os.path.join(args.data_root, args.preset)
-    world = [e for e in data.read_jsonl(os.path.join(data_dir, "world.jsonl")) if not e["text_only"]]
+    world = [e for e in spokenworld.read_jsonl(os.path.join(data_dir, "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(data_dir, "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
     tok, codec, model = load_dual(args, out_dir, device)
-    sc = duplex.scenario(args.scenario, args.seed, world, voices)
-    out = duplex.run_scenario(model, codec, tok, sc, temps(args))
+    sc = live.scenario(args.scenario, args.seed, world, voices)
+    out = live.run_scenario(model, codec, tok, sc, temps(args))
     verdict = score(sc["kind"], sc["events"], out["said"], sc["answer"])
     result = dict(kind=sc["kind"], question=sc["question"], answer=sc["answer"], voice=sc["voice"],
                   events=sc["events"], scripted_s=round(sc["script_s"], 3), said=out["said"], voiced=out["voiced"],
                   verdict=verdict, verdict_vad=score(sc["kind"], sc["events"], out["voiced"], sc["answer"]),
-                  rtf=round(out["seconds"]["total"] / (out["frames"] * duplex.FRAME_S), 3))
+                  rtf=round(out["seconds"]["total"] / (out["frames"] * live.FRAME_S), 3))
     base = os.path.splitext(args.out)[0] if args.out != "reply.wav" else f"scenario_{sc['kind']}"
     user = torch.nn.functional.pad(sc["user"], (0, len(out["wav"]) - len(sc["user"])))   # to whole frames
     audio.save_wav(base + ".wav", torch.stack([out["wav"], user]))
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    duplex.plot_timeline(sc, out, base + ".png", ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "stop"))
+    live.plot_timeline(sc, out, base + ".png", ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "stop"))
     print(f"scenario {sc['kind']}: the user ({sc['voice']}) says {sc['question']!r}; events {sc['events']}")
     print(f"model said: {[seg['text'] for seg in out['said']]}; verdict {verdict}")
     print(f"wrote {base}.wav, {base}.json and {base}.png")
@@ -275,7 +278,8 @@ def scenario(args, out_dir, device):
 
 def plot_reply(reply, user, words, path):
     """Both channels' spectrograms, the model's inner-monologue words on top of its own."""
-    from nanosdm import audio, utils
+    from nanosdm import utils
+    from nanosdm.corpus import audio
     fig, axes = utils.figure(2, 1, figsize=(12, 5), sharex=True)
     for ax, x, name in ((axes[0], reply, "model (channel 0)"), (axes[1], user, "user (channel 1)")):
         mel = audio.log_mel(x.float(), n_mels=64)

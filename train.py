@@ -33,13 +33,13 @@ seed = 1337
 data_root = "data"
 out_root = "out"
 workers = 0            # processes for data generation; 0 -> all cores
-# --- data: the SpokenWorld corpus (nanosdm/data.py)
+# --- data: the SpokenWorld corpus (nanosdm/corpus/spokenworld.py)
 data_entities = 200            # entities in the world
 data_text_only_frac = 0.15     # entities whose facts appear in text only, never in speech
 data_text_docs = 20000         # text-corpus documents (facts and dialogues)
 data_dialogues = 130           # spoken training dialogues (~1 hour for tiny)
 data_eval_dialogues = 16       # dialogues in each spoken evaluation split
-speech_data = "spokenworld"    # the speech units, codec, asr, speech, align and sft train on (nanosdm/realdata.py):
+speech_data = "spokenworld"    # the speech units, codec, asr, speech, align and sft train on (nanosdm/corpus/realdata.py):
                                # spokenworld | librispeech:PATH | moshi:PATH | a mix: kind[:PATH]:WEIGHT,...
 speech_eval_data = ""          # the corpus of the _real figures (e.g. librispeech:PATH/test-clean); "": held-out speakers
 # --- tokenizer (nanosdm/tokenizer.py)
@@ -138,7 +138,7 @@ asr_lm_order = 6               # characters of context of the beam search's char
 asr_lm_weight = 0.2            # its weight in the beam score (chosen on the val split, held-out phrasings)
 asr_char_bonus = 2.0           # score added per character, against the LM's bias to short outputs
 asr_ckpt_interval = 100
-# --- speech, align, sft: the dual-stream model (nanosdm/speech.py, dualstream.py, depth.py)
+# --- speech, align, sft: the dual-stream model (nanosdm/corpus/speech.py, dualstream.py, depth.py)
 dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
 dual_user_text = True          # the text stream also transcribes the user (speech.py explains why)
@@ -170,7 +170,7 @@ sft_warmup = 30
 sft_text_frac = 0.1
 sft_ckpt_interval = 100
 sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
-# --- duplex (nanosdm/duplex.py, evaluate_duplex.py): when the model speaks, measured
+# --- duplex (nanosdm/live.py, eval/duplex.py): when the model speaks, measured
 duplex_model = "sft"           # the checkpoint measured: out/<preset>/<duplex_model>.pt
 duplex_scenarios = 40          # scenarios of each kind: pause, turn, interrupt, backchannel, silence
 duplex_dialogues = 4           # unseen-voice dialogues run free for the timing statistics
@@ -292,32 +292,32 @@ def step(module, function, *args):
     return lambda cfg: getattr(importlib.import_module(f"nanosdm.{module}"), function)(cfg, *args)
 
 
-SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/realdata.py)
+SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/corpus/realdata.py)
 
 # name, train/build, evaluate, the stages it reads, the settings that shape it beyond its own
 # <name>_* keys, the outputs --retrain deletes first (so it starts from scratch)
 STAGES = [
-    ("data", step("data", "build"), None, [], [], []),
+    ("data", step("corpus.spokenworld", "build"), None, [], [], []),
     ("tokenizer", step("tokenizer", "build"), None, ["data"], [], ["tokenizer.model"]),
-    ("text", step("textlm", "train"), step("evaluate", "evaluate_text_checkpoint"),   # the text LLM first (§4.2.1)
+    ("text", step("textlm", "train"), step("eval.metrics", "evaluate_text_checkpoint"),   # the text LLM first (§4.2.1)
      ["data", "tokenizer"], [], ["text.pt"]),
-    ("units", step("units", "train"), step("evaluate", "evaluate_units_checkpoint"), ["data"], SPEECH_KEYS, ["units.pt"]),
-    ("codec", step("codec", "train"), step("evaluate", "evaluate_codec_checkpoint"),  # codebook 0 distilled toward the units
+    ("units", step("units", "train"), step("eval.metrics", "evaluate_units_checkpoint"), ["data"], SPEECH_KEYS, ["units.pt"]),
+    ("codec", step("codec", "train"), step("eval.metrics", "evaluate_codec_checkpoint"),  # codebook 0 distilled toward the units
      ["data", "units"], SPEECH_KEYS, ["codec.pt"]),
-    ("asr", step("asr", "train"), step("evaluate", "evaluate_asr_checkpoint"),         # judges the codec's audio too
+    ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too
      ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
-    ("speech", step("speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
+    ("speech", step("corpus.speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
      ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
-    ("align", step("dualstream", "train", "align"), step("evaluate_dialogue", "evaluate_align"),   # hear and speak
+    ("align", step("dualstream", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
      ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
-    ("sft", step("dualstream", "train", "sft"), step("evaluate_dialogue", "evaluate_sft"),   # full-duplex dialogues
+    ("sft", step("dualstream", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues
      ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),
-    ("duplex", None, step("evaluate_duplex", "evaluate_duplex"), ["sft", "asr"], [], []),   # when it speaks
-    ("dpo", step("evaluate_dpo", "train"), step("evaluate_dpo", "evaluate"),   # preference optimisation
+    ("duplex", None, step("eval.duplex", "evaluate_duplex"), ["sft", "asr"], [], []),   # when it speaks
+    ("dpo", step("eval.dpo", "train"), step("eval.dpo", "evaluate"),   # preference optimisation
      ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),
-    ("vocoder", step("vocoder", "train"), step("evaluate_omni", "evaluate_vocoder"),   # LLaMA-Omni's way
+    ("vocoder", step("vocoder", "train"), step("eval.omni", "evaluate_vocoder"),   # LLaMA-Omni's way
      ["units", "codec", "asr"], [], ["vocoder.pt"]),
-    ("omni", step("omni", "train"), step("evaluate_omni", "evaluate_omni"),
+    ("omni", step("omni", "train"), step("eval.omni", "evaluate_omni"),
      ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
 ]
 GLOBAL_KEYS = ["seed"]   # settings that shape every stage
@@ -391,7 +391,7 @@ def main(argv):
         raise SystemExit(f"unknown stage {cfg['stage']!r} (stages: {', '.join(names)})")
     if retrain and cfg["stage"] == "all":
         raise SystemExit("--retrain goes with one stage: --stage=NAME --retrain")
-    from nanosdm import realdata
+    from nanosdm.corpus import realdata
     for key in SPEECH_KEYS:            # a bad corpus setting is refused now, not when a stage first reads it
         try:
             cfg[key] and realdata.parse(cfg[key])

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanosdm import asr  # noqa: E402
-from nanosdm.data import SpeechSplit  # noqa: E402
+from nanosdm.corpus.spokenworld import SpeechSplit  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data_dir", default="data/tiny")

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, realdata, utils
+from nanosdm import utils
+from nanosdm.corpus import audio, realdata
 from nanosdm.ctc import (BLANK, CHARS, VOCAB_SIZE, CharLM, decode_ids, encode_text, forced_align, greedy_decode,
                          normalize_text, normalize_transcript, prefix_beam_search)
 from nanosdm.transformer import Transformer
@@ -366,7 +367,7 @@ def load_clips(data_dir, split, speaker=None, trim=False):
     """Every turn of a spoken split as (int16 waveform, normalised transcript). trim: cut the
     silence after the last sound down to TRIM_KEEP_S (eSpeak's end pause is 17% of the audio of
     a turn: training need not pay for it)."""
-    from nanosdm.data import SpeechSplit
+    from nanosdm.corpus.spokenworld import SpeechSplit
     clips = []
     for wav, turn in SpeechSplit(data_dir, split).utterances(speaker=speaker):
         text = normalize_text(turn["text"])
@@ -385,11 +386,11 @@ def scrambled_clips(data_dir, vocabulary, n, seed, processes=None):
     to listen. eSpeak makes an hour of this in seconds; the unseen voices stay unseen."""
     import json
     import random
-    from nanosdm import data, espeak
+    from nanosdm.corpus import espeak, spokenworld
     with open(os.path.join(data_dir, "corpus.json")) as f:
         voices = json.load(f)["seen_voices"]
     rng = random.Random(seed)
-    invent = lambda: rng.choice(data.SYLLABLES) + rng.choice(data.SYLLABLES) + rng.choice(data.CODAS)
+    invent = lambda: rng.choice(spokenworld.SYLLABLES) + rng.choice(spokenworld.SYLLABLES) + rng.choice(spokenworld.CODAS)
     jobs = [dict(text=" ".join(rng.choice(vocabulary) if rng.random() >= INVENTED_SHARE else invent()
                                for _ in range(rng.randint(2, 8))),
                  voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))

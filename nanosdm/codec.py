@@ -49,7 +49,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, realdata, utils
+from nanosdm import utils
+from nanosdm.corpus import audio, realdata
 from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -434,7 +435,7 @@ def get_batch(pcm, index, batch_size, length, gen):
 def train(cfg, stop_step=None, teacher=None):
     """Train (or resume) the codec, return its training figures. stop_step stops
     early as if killed there; teacher replaces the units encoder (a function wav -> 50 Hz features)."""
-    from nanosdm.data import SpeechSplit
+    from nanosdm.corpus.spokenworld import SpeechSplit
     device, out_dir = cfg["device"], cfg["out_dir"]
     units_path = os.path.join(out_dir, "units.pt")
     if teacher is None and cfg["codec_distill_weight"] > 0 and os.path.exists(units_path):

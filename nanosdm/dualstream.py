@@ -374,7 +374,7 @@ def plot_layout(model, x, tok, path, title="one training window: the streams aft
 def train(cfg, stage, stop_step=None):
     """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
     align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
-    from nanosdm.speech import Streams, mixed_streams
+    from nanosdm.corpus.speech import Streams, mixed_streams
     from nanosdm.textlm import read_jsonl, tokenize_docs
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]

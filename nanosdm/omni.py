@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import data, utils
+from nanosdm import utils
+from nanosdm.corpus import spokenworld
 from nanosdm.ctc import SpeechDecoderCTC
 from nanosdm.textlm import TextLM
 from nanosdm.tokenizer import ASSISTANT, BOS, EOS, UNK, USER
@@ -182,7 +183,7 @@ def trim_context(parts, k, block_size, answer_len):
 # data: SpokenWorld exchanges, the user's turns as speech, the assistant's as text
 
 def exchanges(split):
-    """Every user question (or telling) of a data.SpeechSplit with the reply after it and the
+    """Every user question (or telling) of a spokenworld.SpeechSplit with the reply after it and the
     turns before it: [(dialogue index, question turn, reply turn or None, context turns)]."""
     out = []
     for i, d in enumerate(split.dialogues):
@@ -195,7 +196,7 @@ def exchanges(split):
 
 
 def user_audio(wav, turn):
-    return wav[data.USER, int(turn["start"] * 16000):int(turn["end"] * 16000) + QUESTION_TAIL]
+    return wav[spokenworld.USER, int(turn["start"] * 16000):int(turn["end"] * 16000) + QUESTION_TAIL]
 
 
 def prompt_parts(tok, context, feats):
@@ -207,7 +208,7 @@ def prompt_parts(tok, context, feats):
 def spoken_exchanges(cfg, split_name, asr, tok, complete_only=True):
     """Encoder frames of every user turn of a split, and its exchanges as (parts, question frames,
     answer tokens, question turn, reply turn, dialogue index)."""
-    sp = data.SpeechSplit(cfg["data_dir"], split_name)
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], split_name)
     items = exchanges(sp)
     wanted = {}
     for i, q, _, ctx in items:
@@ -236,15 +237,15 @@ def synthetic_exchanges(cfg, asr, tok, n):
     0.27) and answered 4% of held-out spoken questions. The assistant's turns are text (context)."""
     import json
     import random
-    from nanosdm import espeak
-    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    from nanosdm.corpus import espeak
+    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["seen_voices"]
     rng = random.Random(cfg["seed"] + 13)
     groups, jobs = [], []
     while len(jobs) < n:
         voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
-        exs = data.random_exchanges(rng, world, rng.randint(2, 6), held_out=False)
+        exs = spokenworld.random_exchanges(rng, world, rng.randint(2, 6), held_out=False)
         groups.append(exs)
         jobs += [dict(text=ex["question"], **voice) for ex in exs]
     peaks = [rng.uniform(0.25, 0.9) for _ in jobs]
@@ -436,7 +437,7 @@ def train(cfg, stop_step=None):
     model.lm.load_state_dict(lm_ckpt["model"])
     items = spoken_exchanges(cfg, "train", asr, tok)
     targets = reply_units(cfg, units)
-    sp_ids = [d["id"] for d in data.SpeechSplit(cfg["data_dir"], "train").dialogues]
+    sp_ids = [d["id"] for d in spokenworld.SpeechSplit(cfg["data_dir"], "train").dialogues]
     unit_targets = [targets.get((sp_ids[it["dialogue"]], it["reply"]["text"])) for it in items]
     n_corpus = len(items)
     if cfg["omni_extra_exchanges"] > 0:

@@ -55,7 +55,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import audio, realdata, utils
+from nanosdm import utils
+from nanosdm.corpus import audio, realdata
 from nanosdm.kmeans import assign, kmeans
 from nanosdm.transformer import Transformer
 
@@ -215,7 +216,7 @@ def dedup(units):
 
 def load_utterances(data_dir, split, speaker=None, max_hours=0.0):
     """(list of wav [T] float, list of phone timings, list of texts) for the single turns of a split."""
-    from nanosdm.data import SpeechSplit
+    from nanosdm.corpus.spokenworld import SpeechSplit
     wavs, phones, texts, total = [], [], [], 0
     for wav, turn in SpeechSplit(data_dir, split).utterances(speaker):
         n = num_frames(len(wav)) * HOP
@@ -304,7 +305,7 @@ def canonical_mfcc(wavs, texts, processes=None):
     voice as the canonical one: ContentVec's idea (a speaker-perturbed copy of the same speech), with
     the synthesizer making the copy. It needs the transcripts of the training turns, never phone
     labels or timings; the encoder and its units see audio only."""
-    from nanosdm import espeak
+    from nanosdm.corpus import espeak
     jobs = [dict(text=t, **CANONICAL) for t in texts]
     out = []
     for w, (cw, _, _) in zip(tqdm(wavs, desc="units: canonical voice", leave=False), espeak.synthesize_many(jobs, processes)):

@@ -38,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import data, utils
+from nanosdm import utils
+from nanosdm.corpus import spokenworld
 from nanosdm.codec import DELAY, FRAME, CausalBlock, mel_loss
 from nanosdm.units import HOP, dedup
 
@@ -170,7 +171,7 @@ class Vocoder(nn.Module):
 
 def assistant_turns(data_dir, split, kinds=("answer",), complete=True):
     """(wav [T] float, turn) for each assistant turn of a split; complete: no interrupted turns."""
-    sp = data.SpeechSplit(data_dir, split)
+    sp = spokenworld.SpeechSplit(data_dir, split)
     return [(w, tr) for w, tr in sp.utterances("assistant", kinds=kinds)
             if not (complete and tr.get("interrupted")) and len(w) >= FRAME]
 
@@ -326,7 +327,7 @@ def plot_training(history, path):
 
 def plot_spectrograms(pairs, path):
     """Rows of (title, original wav, vocoded wav): original above vocoded, as log-mel."""
-    from nanosdm import audio
+    from nanosdm.corpus import audio
     fig, axes = utils.figure(2, len(pairs), figsize=(4.5 * len(pairs), 5.5), squeeze=False)
     for col, (title, ref, voc) in enumerate(pairs):
         for row, (wav, name) in enumerate(((ref, "original"), (voc, "vocoded from its units"))):

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanosdm import asr, audio, ctc, espeak, evaluate, utils
+from nanosdm import asr, ctc, utils
+from nanosdm.corpus import audio, espeak
+from nanosdm.eval import metrics
 
 SR = audio.SAMPLE_RATE
 
@@ -84,7 +86,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     feat, flen = asr.features(x, lengths)
     wavs, refs = [torch.from_numpy(w) for w, _ in clips], [t for _, t in clips]
-    untrained_cer = evaluate.cer(refs, model.eval().transcribe(wavs))
+    untrained_cer = metrics.cer(refs, model.eval().transcribe(wavs))
     model.train()
     losses = []
     for step in range(80):
@@ -96,7 +98,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert losses[-1] < 0.5 * losses[0] and losses[-1] < 2.0, losses[::10]
     # it learnt its 8 clips: an untrained one spells nothing (CER ~0.9); this one (~0.03) has a few slips
     hyps = model.eval().transcribe(wavs)
-    assert untrained_cer > 0.7 and evaluate.cer(refs, hyps) < 0.15, (untrained_cer, hyps)
+    assert untrained_cer > 0.7 and metrics.cer(refs, hyps) < 0.15, (untrained_cer, hyps)
 
     path = tmp_path / "asr.pt"
     utils.save_checkpoint(str(path), dict(model=model.state_dict(), config=model.config))
@@ -174,25 +176,25 @@ def test_stage_resumes_and_reports(tmp_path, capsys):
     assert asr.train(cfg, stop_step=3) == {}  # "killed" after 3 steps: a partial checkpoint
     ckpt = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))
     assert ckpt["step"] == 3 and len(ckpt["history"]["train"]) == 3
-    metrics = asr.train(cfg)
+    figures = asr.train(cfg)
     assert "resuming from" in capsys.readouterr().out
-    metrics.update(evaluate.evaluate_asr_checkpoint(cfg))    # what the stage runner does next
+    figures.update(metrics.evaluate_asr_checkpoint(cfg))    # what the stage runner does next
     assert utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["step"] == 6
-    assert metrics["asr_eval_clips"] == 2 and "asr_wer_codec" not in metrics  # no codec here
+    assert figures["asr_eval_clips"] == 2 and "asr_wer_codec" not in figures  # no codec here
     # the figures are those of the saved recognizer on the unseen voice's user turns
     model = asr.ASR.load(str(tmp_path / "out" / "asr.pt"))
     clips = asr.load_clips(cfg["data_dir"], "unseen_voice", speaker="user")
     refs, wavs = [t for _, t in clips], [w.float() / 32768 for w, _ in clips]
     assert refs == ["the kotan is red", "your name is ana"]
     hyps = model.transcribe(wavs)
-    assert metrics["asr_wer"] == round(evaluate.wer(refs, hyps), 4)
-    assert metrics["asr_cer"] == round(evaluate.cer(refs, hyps), 4)
+    assert figures["asr_wer"] == round(metrics.wer(refs, hyps), 4)
+    assert figures["asr_cer"] == round(metrics.cer(refs, hyps), 4)
     history = utils.load_checkpoint(str(tmp_path / "out" / "asr.pt"))["history"]["train"]
-    assert metrics["asr_train_loss"] == pytest.approx(sum(l for _, l in history) / 6, abs=1e-4)  # all 6 steps
+    assert figures["asr_train_loss"] == pytest.approx(sum(l for _, l in history) / 6, abs=1e-4)  # all 6 steps
     # and they are scored as hand-counted: a recognizer that drops "ana" makes 1 word error in 8
     # and 4 character errors (" ana") in 32, in every decoding and on both splits
     model.transcribe = lambda wavs, beam=0, use_lm=True: ["the kotan is red.", "your name is"]
-    known = evaluate.evaluate_asr(model, cfg)
+    known = metrics.evaluate_asr(model, cfg)
     for key in ("asr_wer", "asr_wer_beam", "asr_wer_lm", "asr_wer_heldout_phrasing", "asr_wer_heldout_phrasing_lm"):
         assert known[key] == 0.125, key
     assert known["asr_cer"] == known["asr_cer_lm"] == 0.125

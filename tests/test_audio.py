@@ -5,7 +5,7 @@ import pytest
 import scipy.io.wavfile
 import torch
 
-from nanosdm import audio
+from nanosdm.corpus import audio
 
 
 def tone(sr, seconds=0.5, freq=440.0, amp=0.5):

@@ -9,7 +9,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import codec, espeak, evaluate  # noqa: E402
+from nanosdm import codec
+from nanosdm.corpus import espeak
+from nanosdm.eval import metrics  # noqa: E402
 from nanosdm.codec import FRAME, Codec  # noqa: E402
 
 TINY = dict(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, kernel=3, latent_dim=8,
@@ -192,23 +194,23 @@ def test_stage_trains_resumes_and_reports(tmp_path, spoken, speech, capsys):
     cfg.update(device="cpu", data_dir=str(tmp_path), out_dir=str(tmp_path / "out"))
     assert codec.train(cfg, stop_step=5) == {}                       # "killed" at step 5
     assert torch.load(tmp_path / "out" / "codec.pt", weights_only=True)["step"] == 5
-    metrics = codec.train(cfg)
-    metrics.update(evaluate.evaluate_codec_checkpoint(cfg))  # what the stage runner does next
+    figures = codec.train(cfg)
+    figures.update(metrics.evaluate_codec_checkpoint(cfg))  # what the stage runner does next
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "training without semantic distillation" in printed
-    assert metrics["codec_bitrate_bps"] == 12.5 * 2 * 4
+    assert figures["codec_bitrate_bps"] == 12.5 * 2 * 4
     model = Codec.load(str(tmp_path / "out" / "codec.pt"))
     # the figures are those of the saved codec on the unseen-voice clips, recomputed here
-    from nanosdm.data import SpeechSplit
+    from nanosdm.corpus.spokenworld import SpeechSplit
     clips = [w for w, _ in SpeechSplit(str(tmp_path), "unseen_voice").utterances(speaker="user") if len(w) >= 8000][:2]
     codes = [model.encode(w[None]) for w in clips]
     decoded = [model.decode(c)[0] for c in codes]
-    delay = evaluate.best_delay(clips, decoded)
-    mel = np.mean([evaluate.mel_distance_db(w, evaluate.align(o, delay, len(w))) for w, o in zip(clips, decoded)])
-    assert metrics["codec_mel_db"] == pytest.approx(mel, abs=1e-3)
-    usage, _ = evaluate.codebook_usage(torch.cat([c[0].T for c in codes]), 16)
-    assert metrics["codec_usage_min"] == pytest.approx(min(usage), abs=1e-4) and 1 / 16 <= min(usage) <= 1
-    assert metrics["codec_stream_rtf_x"] > 1                     # streams faster than real time
+    delay = metrics.best_delay(clips, decoded)
+    mel = np.mean([metrics.mel_distance_db(w, metrics.align(o, delay, len(w))) for w, o in zip(clips, decoded)])
+    assert figures["codec_mel_db"] == pytest.approx(mel, abs=1e-3)
+    usage, _ = metrics.codebook_usage(torch.cat([c[0].T for c in codes]), 16)
+    assert figures["codec_usage_min"] == pytest.approx(min(usage), abs=1e-4) and 1 / 16 <= min(usage) <= 1
+    assert figures["codec_stream_rtf_x"] > 1                     # streams faster than real time
     assert model.encode(speech[:1]).shape == (1, 2, speech.shape[1] // FRAME)
     assert (tmp_path / "out" / "plots" / "codec_spectrograms.png").exists()
     assert (tmp_path / "out" / "plots" / "codec_usage.png").exists()

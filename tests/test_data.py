@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanosdm import audio, data
+from nanosdm.corpus import audio, spokenworld
 
 CFG = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=300, data_dialogues=3,
            data_eval_dialogues=2, seed=7, workers=2)
@@ -18,28 +18,28 @@ CFG = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=300, data_
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     cfg = dict(CFG, data_dir=str(root / "data"), out_dir=str(root / "out"))
-    metrics = data.build(cfg)
+    metrics = spokenworld.build(cfg)
     return cfg, metrics
 
 
 def test_text_is_deterministic_given_the_seed():
     def sample(seed):
-        world = data.make_world(30, 0.2, seed)
+        world = spokenworld.make_world(30, 0.2, seed)
         rng = random.Random(seed)
-        return world, [data.text_document(rng, world) for _ in range(50)]
+        return world, [spokenworld.text_document(rng, world) for _ in range(50)]
     assert sample(3) == sample(3)
     assert sample(3) != sample(4)
 
 
 def test_world_has_text_only_facts_and_distinct_names():
-    world = data.make_world(200, 0.15, 1)
+    world = spokenworld.make_world(200, 0.15, 1)
     names = [e["name"] for e in world]
     assert len(set(names)) == 200
     assert sum(e["text_only"] for e in world) == 30
     assert all(e["text_only"] == (i < 30) for i, e in enumerate(world))      # the first 30 are text-only
     # each attribute drawn uniformly from its values: with 200 creatures every value occurs, none
     # more than twice its share (measured: at most 1.5x)
-    for attr, (values, *_rest) in data.ATTRIBUTES.items():
+    for attr, (values, *_rest) in spokenworld.ATTRIBUTES.items():
         counts = Counter(e[attr] for e in world)
         assert set(counts) == set(values), attr
         assert max(counts.values()) <= 2 * len(world) / len(values), (attr, counts)
@@ -47,14 +47,14 @@ def test_world_has_text_only_facts_and_distinct_names():
 
 def test_held_out_questions_are_seen_frames_on_other_attributes():
     # a held-out question of one attribute is a frame the training questions use for another
-    # attribute: held out is the combination, not the shape (see data.QUESTION_FRAMES)
+    # attribute: held out is the combination, not the shape (see spokenworld.QUESTION_FRAMES)
     pattern = lambda frame: re.escape(frame).replace(re.escape("{a}"), "(.+)")      # "{e}" stays literal
-    frame_of = lambda q: [f for f in data.QUESTION_FRAMES if re.fullmatch(pattern(f), q)]
-    for attr, (_, _, train_q, held_q, _) in data.ATTRIBUTES.items():
+    frame_of = lambda q: [f for f in spokenworld.QUESTION_FRAMES if re.fullmatch(pattern(f), q)]
+    for attr, (_, _, train_q, held_q, _) in spokenworld.ATTRIBUTES.items():
         assert len(held_q) == 2 and not set(held_q) & set(train_q), attr
         for q in held_q:
             (frame,) = frame_of(q)
-            others = [a for a, spec in data.ATTRIBUTES.items()
+            others = [a for a, spec in spokenworld.ATTRIBUTES.items()
                       if a != attr and any(frame_of(t) == [frame] for t in spec[2])]
             assert others, (attr, q)
             noun = re.fullmatch(pattern(frame), q).group(1)                   # "home town", "number of legs"
@@ -63,11 +63,11 @@ def test_held_out_questions_are_seen_frames_on_other_attributes():
 
 def test_held_out_phrasings_never_in_training_text(corpus):
     cfg, _ = corpus
-    train_questions = {t for doc in data.read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))
+    train_questions = {t for doc in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))
                        for role, t in doc["turns"] if role == "user"}
-    items = data.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    items = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
     facts = [it for it in items if it["kind"] == "fact"]
-    assert len(facts) == CFG["data_entities"] * len(data.ATTRIBUTES)
+    assert len(facts) == CFG["data_entities"] * len(spokenworld.ATTRIBUTES)
     assert not {it["question"] for it in facts} & train_questions
     assert all(it["answer"] in it["reply"].rstrip(".").split(" ") for it in facts)
     assert any(it["text_only"] for it in facts) and any(not it["text_only"] for it in facts)
@@ -75,14 +75,14 @@ def test_held_out_phrasings_never_in_training_text(corpus):
 
 def test_spoken_splits_hold_no_text_only_fact(corpus):
     cfg, _ = corpus
-    world = data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))
+    world = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))
     text_only = {e["name"] for e in world if e["text_only"]}
     for split in ("train", "val", "unseen_voice"):
-        for d in data.SpeechSplit(cfg["data_dir"], split).dialogues:
+        for d in spokenworld.SpeechSplit(cfg["data_dir"], split).dialogues:
             spoken = {w[0] for tr in d["turns"] for w in tr["words"]}
             assert not spoken & text_only, (split, spoken & text_only)
     # ... while the text_only split asks only about them (besides arithmetic and memory)
-    asked = [tr for d in data.SpeechSplit(cfg["data_dir"], "text_only").dialogues for tr in d["turns"]
+    asked = [tr for d in spokenworld.SpeechSplit(cfg["data_dir"], "text_only").dialogues for tr in d["turns"]
              if tr["kind"] == "question" and tr.get("text_only")]
     assert asked and all(set(tr["text"].rstrip("?.").split()) & text_only for tr in asked)
     # and the text corpus does contain the text-only facts
@@ -99,25 +99,25 @@ def test_unseen_voices_never_in_training(corpus):
     variant = lambda v: v.split("+")[1] if "+" in v else ""
     assert not {variant(v) for v in seen} & {variant(v) for v in unseen}
     for split, pool in (("train", seen), ("val", seen), ("unseen_voice", unseen)):
-        for d in data.SpeechSplit(cfg["data_dir"], split).dialogues:
+        for d in spokenworld.SpeechSplit(cfg["data_dir"], split).dialogues:
             assert d["user_voice"]["voice"] in pool
     assert metrics["data_unseen_voices"] == len(unseen)
 
 
 def test_dialogue_timings_inside_audio_and_channels_carry_their_speaker(corpus):
     cfg, metrics = corpus
-    split = data.SpeechSplit(cfg["data_dir"], "train")
+    split = spokenworld.SpeechSplit(cfg["data_dir"], "train")
     assert len(split) == CFG["data_dialogues"]
-    seconds = sum(split.dialogue(i)[0].shape[1] for i in range(len(split))) / data.SAMPLE_RATE
+    seconds = sum(split.dialogue(i)[0].shape[1] for i in range(len(split))) / spokenworld.SAMPLE_RATE
     assert 60 < seconds and metrics["data_hours_train"] == round(seconds / 3600, 3)   # 3 dialogues of ~30 s
     for i in range(len(split)):
         wav, d = split.dialogue(i)
-        dur = wav.shape[1] / data.SAMPLE_RATE
+        dur = wav.shape[1] / spokenworld.SAMPLE_RATE
         assert wav.shape[0] == 2
         kinds = {tr["kind"] for tr in d["turns"]}
         assert {"question", "answer"} <= kinds
         for tr in d["turns"]:
-            ch = data.ASSISTANT if tr["speaker"] == "assistant" else data.USER
+            ch = spokenworld.ASSISTANT if tr["speaker"] == "assistant" else spokenworld.USER
             words = tr["words"]
             assert 0 <= tr["start"] < tr["end"] <= dur
             for (_, s, e), (_, s2, _) in zip(words, words[1:]):
@@ -129,12 +129,12 @@ def test_dialogue_timings_inside_audio_and_channels_carry_their_speaker(corpus):
                 assert [w[0] for w in words] == tr["text"].replace(",", "").rstrip(".?").split()
         # the first answer comes after a gap: nothing on the assistant channel before it
         first = next(tr for tr in d["turns"] if tr["speaker"] == "assistant")
-        assert wav[data.ASSISTANT, : int(first["start"] * 16000)].abs().max() == 0
+        assert wav[spokenworld.ASSISTANT, : int(first["start"] * 16000)].abs().max() == 0
 
 
 def test_utterances_are_cut_with_relative_times(corpus):
     cfg, _ = corpus
-    split = data.SpeechSplit(cfg["data_dir"], "unseen_voice")
+    split = spokenworld.SpeechSplit(cfg["data_dir"], "unseen_voice")
     user_turns = [(i, tr) for i, d in enumerate(split.dialogues) for tr in d["turns"] if tr["speaker"] == "user"]
     cut = list(split.utterances(speaker="user"))
     assert len(cut) == len(user_turns) >= 2 * CFG["data_eval_dialogues"]    # every user turn, a question at least
@@ -144,21 +144,21 @@ def test_utterances_are_cut_with_relative_times(corpus):
         assert tr["words"][0][1] >= 0 and tr["words"][-1][2] <= tr["end"] + 1e-3
         # the user's channel of the dialogue at the turn's time, its words moved by the turn's start
         s = int(round(turn["start"] * 16000))
-        assert torch.equal(wav, split.dialogue(i)[0][data.USER, s: s + len(wav)])
+        assert torch.equal(wav, split.dialogue(i)[0][spokenworld.USER, s: s + len(wav)])
         assert tr["words"] == [[w, a - turn["start"], b - turn["start"]] for w, a, b in turn["words"]]
 
 
 def test_interruption_silences_the_assistant():
-    plan = data.plan_dialogue(random.Random(0), data.make_world(5, 0, 0), ["en-us+m3"], False)
+    plan = spokenworld.plan_dialogue(random.Random(0), spokenworld.make_world(5, 0, 0), ["en-us+m3"], False)
     for ex in plan["exchanges"]:
         ex.update(interrupt=None, backchannel=None, preface=None)
     plan["exchanges"][0].update(interrupt=0.5, reaction=0.25)
-    pcm, turns = data.render_dialogue(plan)
+    pcm, turns = spokenworld.render_dialogue(plan)
     ans = next(tr for tr in turns if tr["kind"] == "answer")
     nxt = [tr for tr in turns if tr["kind"] == "question"][1]
     assert ans["interrupted"] and nxt["start"] < ans["end"]                   # overlap: the user barges in
     assert abs(ans["end"] - nxt["start"] - 0.25) < 1e-6                        # and the assistant yields
-    after = pcm[int(ans["end"] * 16000) + 1: int(nxt["end"] * 16000), data.ASSISTANT]
+    after = pcm[int(ans["end"] * 16000) + 1: int(nxt["end"] * 16000), spokenworld.ASSISTANT]
     assert np.abs(after).max() == 0
     assert all(e <= ans["end"] for _, _, e in ans["words"])
 
@@ -169,12 +169,12 @@ def test_librispeech_loader(tmp_path):
     for i in range(2):
         audio.save_wav(chapter / f"19-198-000{i}.wav", np.zeros(1600, dtype=np.float32) + 0.1)
     (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 GOOD MORNING\n")
-    items = data.librispeech_items(tmp_path)
+    items = spokenworld.librispeech_items(tmp_path)
     assert [it["text"] for it in items] == ["hello world", "good morning"]
     assert audio.load_wav(items[0]["path"]).shape == (1600,)
     (chapter / "19-198.trans.txt").write_text("19-198-0002 MISSING FILE\n")
     with pytest.raises(FileNotFoundError, match="19-198-0002.wav"):
-        data.librispeech_items(tmp_path)
+        spokenworld.librispeech_items(tmp_path)
 
 
 def test_moshi_loader(tmp_path):
@@ -182,8 +182,8 @@ def test_moshi_loader(tmp_path):
     align = {"alignments": [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
                             ["hi", [0.9, 1.1], "SPEAKER_OTHER"], ["Bye", [1.3, 1.5], "SPEAKER_MAIN"]]}
     (tmp_path / "d1.json").write_text(json.dumps(align))
-    (d,) = data.moshi_dialogues(tmp_path)
+    (d,) = spokenworld.moshi_dialogues(tmp_path)
     assert [(t["speaker"], t["text"]) for t in d["turns"]] == [
         ("assistant", "hello there"), ("user", "hi"), ("assistant", "bye")]
     assert d["turns"][0]["start"] == 0.1 and d["turns"][0]["end"] == 0.7
-    assert audio.load_wav(d["path"], channel=data.ASSISTANT).shape == (16000,)
+    assert audio.load_wav(d["path"], channel=spokenworld.ASSISTANT).shape == (16000,)

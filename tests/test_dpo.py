@@ -192,7 +192,7 @@ def test_stage_trains_resumes_after_a_kill_and_plots(tmp_path):
                dpo_max_steps=5, dpo_batch_size=2, dpo_ckpt_interval=2, dpo_warmup=1, dpo_lr=1e-3)
     dualstream.train(cfg, "align")
     dualstream.train(cfg, "sft")
-    from nanosdm.speech import Streams
+    from nanosdm.corpus.speech import Streams
     st = Streams(os.path.join(cfg["out_dir"], "speech"), "train")
     x = torch.from_numpy(st.window(0, 20))[None].repeat(3, 1, 1)
     chosen, rejected = x.clone(), x.clone()

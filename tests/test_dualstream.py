@@ -182,7 +182,8 @@ def make_tiny_run(root):
     import numpy as np
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import train
-    from nanosdm import speech, textlm, tokenizer, utils
+    from nanosdm import textlm, tokenizer, utils
+    from nanosdm.corpus import speech
     from nanosdm.codec import Codec
     from test_textlm import write_world
     cfg = train.parse_config([

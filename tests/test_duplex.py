@@ -1,10 +1,11 @@
-"""duplex.py: the live loop equals the teacher-forced model, and the scenarios put their events
+"""live.py: the live loop equals the teacher-forced model, and the scenarios put their events
 where their records say."""
 import numpy as np
 import pytest
 import torch
 
-from nanosdm import data, duplex
+from nanosdm import live
+from nanosdm.corpus import spokenworld
 from nanosdm.codec import FRAME, Codec
 from nanosdm.dualstream import DualStream
 
@@ -31,7 +32,7 @@ def test_live_loop_equals_the_teacher_forced_model():
     wav = 0.3 * torch.randn(T * FRAME, generator=g)
     script_text = torch.randint(8, VOCAB, (n_script,), generator=g)
     script_codes = torch.randint(CARD, (n_script, K), generator=g)
-    out = duplex.live(model, codec, wav, script_text, script_codes, temps=(0, 0, 0, 0))   # greedy
+    out = live.live(model, codec, wav, script_text, script_codes, temps=(0, 0, 0, 0))   # greedy
     assert out["frames"] == T and len(out["text"]) == T and out["wav"].shape == (T * FRAME,)
     assert out["text"][:n_script] == script_text.tolist()
     assert torch.equal(out["codes"][:n_script], script_codes)
@@ -57,7 +58,7 @@ def test_live_loop_is_reproducible_with_a_seed_and_times_its_parts():
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
-        runs.append(duplex.live(model, codec, wav))                  # sampled (Moshi's temperatures)
+        runs.append(live.live(model, codec, wav))                  # sampled (Moshi's temperatures)
     assert runs[0]["text"] == runs[1]["text"] and torch.equal(runs[0]["codes"], runs[1]["codes"])
     secs = runs[0]["seconds"]
     assert all(secs[p] > 0 for p in ("codec_enc", "temporal", "depth", "codec_dec"))
@@ -81,14 +82,14 @@ class FakeTok:
 def test_monologue_segments_place_the_models_words_in_time():
     from nanosdm.tokenizer import ASSISTANT, EOS, PAD, USER
     ids = [PAD, USER, 11, 12, EOS, PAD, ASSISTANT, 10, 11, 12, PAD, 13, 14, EOS, PAD]
-    segs = duplex.monologue_segments(FakeTok(), ids)
+    segs = live.monologue_segments(FakeTok(), ids)
     assert len(segs) == 1                                            # the user's words are not the model's
     s = segs[0]
     assert s["text"] == "the kotan is red"
     assert [w for w, _ in s["words"]] == ["the", "kotan", "is", "red"]
     assert s["start"] == pytest.approx(6 * 0.08)                     # the first word starts at the marker
     assert [t for _, t in s["words"]][1:] == pytest.approx([8 * 0.08, 11 * 0.08, 12 * 0.08])
-    assert s["end"] == pytest.approx(12 * 0.08 + duplex.WORD_S)
+    assert s["end"] == pytest.approx(12 * 0.08 + live.WORD_S)
 
 
 def test_vad_segments_merge_short_gaps():
@@ -96,14 +97,14 @@ def test_vad_segments_merge_short_gaps():
     wav[16000:24000] = 0.5                    # 1.0-1.5 s
     wav[28000:32000] = 0.5                    # 1.75-2.0 s: 0.25 s later, merged
     wav[48000:56000] = 0.5                    # 3.0-3.5 s: a new stretch
-    segs = duplex.vad_segments(wav)
+    segs = live.vad_segments(wav)
     assert [(s["start"], s["end"]) for s in segs] == [(1.0, 2.0), (3.0, 3.5)]
 
 
 @pytest.fixture(scope="module")
 def world():
     pytest.importorskip("espeakng_loader")
-    return [e for e in data.make_world(20, 0.0, seed=0)]
+    return [e for e in spokenworld.make_world(20, 0.0, seed=0)]
 
 
 def rms(x, s, e):
@@ -111,9 +112,9 @@ def rms(x, s, e):
     return float(x.pow(2).mean().sqrt()) if len(x) else 0.0
 
 
-@pytest.mark.parametrize("kind", duplex.KINDS)
+@pytest.mark.parametrize("kind", live.KINDS)
 def test_scenarios_put_their_events_where_the_record_says(world, kind):
-    sc = duplex.scenario(kind, 5, world, ["en-us+m3"])
+    sc = live.scenario(kind, 5, world, ["en-us+m3"])
     ev, user, model = sc["events"], sc["user"], sc["model"]
     assert sc["kind"] == kind and sc["answer"] and sc["question"]
     end = len(user) / 16000
@@ -123,7 +124,7 @@ def test_scenarios_put_their_events_where_the_record_says(world, kind):
         assert rms(user, ev["pause_start"] - 0.3, ev["pause_start"]) > 0.01             # speech on both sides
         assert rms(user, ev["pause_end"], ev["pause_end"] + 0.3) > 0.01
     if kind in ("pause", "turn"):
-        assert rms(user, ev["turn_end"] + 0.03, end) < 1e-3 and end - ev["turn_end"] >= duplex.LISTEN_S - 0.01
+        assert rms(user, ev["turn_end"] + 0.03, end) < 1e-3 and end - ev["turn_end"] >= live.LISTEN_S - 0.01
         assert rms(user, ev["turn_end"] - 0.3, ev["turn_end"]) > 0.01
         assert sc["script_s"] == 0                                    # the model's channel is all its own
         assert rms(model, 0, ev["turn_end"]) < 1e-3                   # (the corpus would answer after the end)
@@ -137,14 +138,14 @@ def test_scenarios_put_their_events_where_the_record_says(world, kind):
         assert rms(user, ev["backchannel_start"], ev["backchannel_end"]) > 0.01
         assert rms(model, ev["backchannel_start"] - 0.3, ev["backchannel_start"]) > 0.01
     if kind == "silence":
-        assert ev["silence_end"] - ev["silence_start"] == pytest.approx(duplex.SILENCE_S, abs=0.01)
+        assert ev["silence_end"] - ev["silence_start"] == pytest.approx(live.SILENCE_S, abs=0.01)
         assert rms(user, ev["silence_start"], end) < 1e-3 and rms(model, ev["silence_start"] + 0.05, end) < 1e-3
         assert rms(model, ev["silence_start"] - 0.5, ev["silence_start"]) > 0.01      # it has just answered
 
 
 def test_an_unknown_scenario_kind_is_named():
     with pytest.raises(ValueError, match="unknown scenario kind 'chat'.*pause, turn"):
-        duplex.scenario("chat", 0, data.make_world(5, 0.0, seed=0), ["en-us+m3"])
-    from nanosdm.evaluate_duplex import score
+        live.scenario("chat", 0, spokenworld.make_world(5, 0.0, seed=0), ["en-us+m3"])
+    from nanosdm.eval.duplex import score
     with pytest.raises(ValueError, match="unknown scenario kind"):
         score("chat", {}, [])

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.signal
 import pytest
 
-from nanosdm import espeak
+from nanosdm.corpus import espeak
 
 SR = espeak.SAMPLE_RATE
 TOL = 0.010  # seconds

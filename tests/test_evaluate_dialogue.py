@@ -1,19 +1,19 @@
 """The dual-stream evaluation's pieces that need no trained model: the judge and the monologue parser."""
 import torch
 
-from nanosdm import data
-from nanosdm.evaluate_dialogue import judge, monologue_parts, reply_candidates, voiced_onset
+from nanosdm.corpus import spokenworld
+from nanosdm.eval.dialogue import judge, monologue_parts, reply_candidates, voiced_onset
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 
 
 def test_reply_candidates_cover_every_kind_of_question():
     c = dict(reply_candidates("what colour is the kotan?"))
-    assert set(c) == set(data.COLOURS) | {None} and c["red"] == "the kotan is red." and c[None] == "the kotan is ."
+    assert set(c) == set(spokenworld.COLOURS) | {None} and c["red"] == "the kotan is red." and c[None] == "the kotan is ."
     held = dict(reply_candidates("please name the owner of the lezis."))    # a held-out frame
-    assert set(held) == set(data.PEOPLE) | {None} and held["iris"] == "the lezis belongs to iris."
+    assert set(held) == set(spokenworld.PEOPLE) | {None} and held["iris"] == "the lezis belongs to iris."
     assert dict(reply_candidates("how much is three plus four?"))["seven"] == "three plus four is seven."
-    assert set(dict(reply_candidates("what is my name?"))) == set(data.PEOPLE) | {None}
-    assert set(dict(reply_candidates("do you remember where i live?"))) == set(data.TOWNS) | {None}
+    assert set(dict(reply_candidates("what is my name?"))) == set(spokenworld.PEOPLE) | {None}
+    assert set(dict(reply_candidates("do you remember where i live?"))) == set(spokenworld.TOWNS) | {None}
     assert reply_candidates("sing me a song") == []
 
 
@@ -60,7 +60,7 @@ def test_voiced_onset_finds_the_first_loud_window():
 
 def test_qa_batch_hears_the_question_then_silence():
     import numpy as np
-    from nanosdm.evaluate_dialogue import qa_batch
+    from nanosdm.eval.dialogue import qa_batch
 
     class FakeStreams:       # one dialogue of 40 frames, K = 2; the user never stops talking
         assistant = np.zeros((40, 2))

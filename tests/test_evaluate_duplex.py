@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nanosdm.evaluate_duplex import score, summarize, takes_turn, timing_stats
+from nanosdm.eval.duplex import score, summarize, takes_turn, timing_stats
 
 PAUSE = dict(pause_start=2.0, pause_end=3.0, turn_end=4.0)
 TURN = dict(turn_end=3.0)

@@ -87,7 +87,8 @@ def test_sample_omni_wav_in_reply_out(tmp_path):
     import sys
     import numpy as np
     from test_dualstream import make_tiny_run
-    from nanosdm import audio, utils
+    from nanosdm import utils
+    from nanosdm.corpus import audio
     from nanosdm.asr import ASR
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = make_tiny_run(tmp_path)

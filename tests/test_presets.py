@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, codec, data, dpo, dualstream, omni, speech, textlm, tokenizer, units, utils, vocoder  # noqa: E402
+from nanosdm import asr, codec, dpo, dualstream, omni, textlm, tokenizer, units, utils, vocoder
+from nanosdm.corpus import speech, spokenworld  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
@@ -70,7 +71,7 @@ def small(tmp_path_factory, one_thread):
     cfg = train.parse_config(["--preset=small"] + SHRINK)
     cfg.update(data_dir=str(root / "data"), out_dir=str(root / "out"))
     utils.seed_everything(cfg["seed"])
-    data.build(cfg)
+    spokenworld.build(cfg)
     tokenizer.build(cfg)
     assert textlm.train(cfg, stop_step=1) == {}      # stopped before its QA evaluation, a checkpoint at step 1
     units.train(cfg)

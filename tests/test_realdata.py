@@ -9,7 +9,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, audio, codec, espeak, evaluate, realdata, speech, units  # noqa: E402
+from nanosdm import asr, codec, units
+from nanosdm.corpus import audio, espeak, realdata, speech
+from nanosdm.eval import metrics  # noqa: E402
 
 SR = 16000
 # LibriSpeech-style: speaker -> (voice, transcripts as LibriSpeech writes them: upper case)
@@ -169,8 +171,8 @@ def run_cfg(tmp_path, setting, **kw):
 def test_units_train_on_a_real_corpus(corpora, tmp_path, kind, capsys):
     # canonical targets re-speak the transcripts (the LibriSpeech case checks they arrive); mfcc is quicker
     cfg = run_cfg(tmp_path, f"{kind}:{corpora[kind]}", units_targets="canonical" if kind == "librispeech" else "mfcc")
-    metrics = units.train(cfg)
-    assert metrics["units_train_hours"] > 0 and np.isfinite(metrics["units_train_loss"])
+    figures = units.train(cfg)
+    assert figures["units_train_hours"] > 0 and np.isfinite(figures["units_train_loss"])
     assert units.Units.load(os.path.join(cfg["out_dir"], "units.pt")).encode(torch.zeros(3200)).shape == (10,)
     # every training utterance went in once (held-out speakers or dialogues excluded), cut to whole frames
     speech = realdata.Speech(cfg)
@@ -182,7 +184,7 @@ def test_units_train_on_a_real_corpus(corpora, tmp_path, kind, capsys):
 def test_codec_trains_and_reports_real_figures(corpora, tmp_path, kind):
     cfg = run_cfg(tmp_path, f"{kind}:{corpora[kind]}")
     assert "codec_train_mel_db" in codec.train(cfg)
-    real = evaluate.evaluate_codec_real(cfg)
+    real = metrics.evaluate_codec_real(cfg)
     for key in ("codec_mel_db_real", "codec_si_snr_db_real", "codec_usage_min_real"):
         assert np.isfinite(real[key]), key
     assert real["codec_eval_clips_real"] >= 1
@@ -192,7 +194,7 @@ def test_codec_trains_and_reports_real_figures(corpora, tmp_path, kind):
 def test_asr_trains_and_reports_real_figures(corpora, tmp_path, kind):
     cfg = run_cfg(tmp_path, f"{kind}:{corpora[kind]}")
     assert asr.train(cfg)["asr_train_loss"] > 0
-    real = evaluate.evaluate_asr_real(asr.ASR.load(os.path.join(cfg["out_dir"], "asr.pt")), cfg)
+    real = metrics.evaluate_asr_real(asr.ASR.load(os.path.join(cfg["out_dir"], "asr.pt")), cfg)
     for key in ("asr_cer_real", "asr_wer_real", "asr_wer_lm_real"):
         assert real[key] >= 0, key
     assert real["asr_eval_clips_real"] == (2 if kind == "librispeech" else 3)   # a speaker's 2 files, a dialogue's 3 turns
@@ -241,12 +243,14 @@ def codec_and_tok(cfg):
 
 
 def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
-    from nanosdm import dualstream, evaluate_dialogue, speech
+    from nanosdm import dualstream
+    from nanosdm.corpus import speech
+    from nanosdm.eval import dialogue
     cfg = dual_run(tmp_path, f"spokenworld:0.5,moshi:{corpora['moshi']}:0.5")
     out = os.path.join(cfg["out_dir"], "speech")
-    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))
+    figures = speech.write_speech(cfg, out, *codec_and_tok(cfg))
     assert {"speech_frames_real", "speech_frames_real_heldout", "speech_frames_align_real",
-            "speech_frames_align_real_heldout"} <= set(metrics) and metrics["speech_frames_real"] > cfg["dual_context"]
+            "speech_frames_align_real_heldout"} <= set(figures) and figures["speech_frames_real"] > cfg["dual_context"]
     real = speech.Streams(out, "real")
     assert len(real.dialogues) == 1 and real.dialogues[0]["id"] in DIALOGUES   # the other dialogue is held out
     held = speech.Streams(out, "align_real_heldout")
@@ -257,10 +261,10 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
     assert "align: SpokenWorld's align 50%, the user's align_real 50%" in printed
     assert "sft: SpokenWorld's train 50%, the user's real 50%" in printed
     model = dualstream.load_model(os.path.join(cfg["out_dir"], "align.pt"))
-    wer, pairs = evaluate_dialogue.user_wer(model, *codec_and_tok(cfg), cfg, split="align_real_heldout")
+    wer, pairs = dialogue.user_wer(model, *codec_and_tok(cfg), cfg, split="align_real_heldout")
     assert wer >= 0 and [r for r, _ in pairs] == [tr["text"] for d in held.dialogues for tr in d["turns"]]
     sft = dualstream.load_model(os.path.join(cfg["out_dir"], "sft.pt"))
-    onsets = evaluate_dialogue.evaluate_sft_real(cfg, sft, *codec_and_tok(cfg))
+    onsets = dialogue.evaluate_sft_real(cfg, sft, *codec_and_tok(cfg))
     turns = speech.Streams(out, "real_heldout").dialogues[0]["turns"]
     answered = [(a, b) for a, b in zip(turns, turns[1:]) if a["speaker"] == "user" and b["speaker"] == "assistant"]
     assert onsets["sft_onset_turns_real"] == len(answered) >= 1
@@ -269,14 +273,15 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
 
 
 def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, capsys):
-    from nanosdm import dualstream, speech
+    from nanosdm import dualstream
+    from nanosdm.corpus import speech
     cfg = dual_run(tmp_path, f"librispeech:{corpora['librispeech']}")
     out = os.path.join(cfg["out_dir"], "speech")
-    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))     # no recognizer yet: no timings
-    assert "skipped: no word timings" in capsys.readouterr().out and metrics["speech_frames_align_real"] == 0
+    figures = speech.write_speech(cfg, out, *codec_and_tok(cfg))     # no recognizer yet: no timings
+    assert "skipped: no word timings" in capsys.readouterr().out and figures["speech_frames_align_real"] == 0
     asr.train(cfg)                                                     # the recognizer aligns the transcripts
-    metrics = speech.write_speech(cfg, out, *codec_and_tok(cfg))
-    assert metrics["speech_frames_align_real"] > 0 and "speech_frames_real" not in metrics   # no dialogues
+    figures = speech.write_speech(cfg, out, *codec_and_tok(cfg))
+    assert figures["speech_frames_align_real"] > 0 and "speech_frames_real" not in figures   # no dialogues
     d = speech.Streams(out, "align_real").dialogues[0]
     words = [w for tr in d["turns"] for w, _, _ in tr["words"]]
     assert set(words) <= {w for _, texts in SPEAKERS.values() for t in texts for w in t.lower().split()}
@@ -311,7 +316,7 @@ def test_the_default_setting_takes_the_old_path(tmp_path, monkeypatch):
     cfg = dict(ASR, device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,
                speech_data="spokenworld", speech_eval_data="", asr_scrambled_turns=2)
     asr.train(cfg)
-    assert "asr_wer_real" not in evaluate.evaluate_asr_checkpoint(cfg)
+    assert "asr_wer_real" not in metrics.evaluate_asr_checkpoint(cfg)
 
 
 def test_a_bad_file_drawn_twice_in_an_epoch_is_replaced_both_times(corpora, tmp_path):

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from nanosdm import audio
+from nanosdm.corpus import audio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -62,7 +62,9 @@ def text_run(tmp_path_factory):
     it answers every colour question: runs/tiny/{tokenizer.model, text.pt}."""
     import train
     from test_textlm import write_world
-    from nanosdm import data, evaluate, textlm, tokenizer, utils
+    from nanosdm import textlm, tokenizer, utils
+    from nanosdm.corpus import spokenworld
+    from nanosdm.eval import metrics
     root = tmp_path_factory.mktemp("text")
     cfg = train.parse_config([
         "--text_n_layer=2", "--text_n_head=2", "--text_d_model=64", "--text_block_size=32", "--text_batch_size=8",
@@ -73,10 +75,10 @@ def text_run(tmp_path_factory):
     utils.seed_everything(cfg["seed"])
     tokenizer.build(cfg)
     textlm.train(cfg)
-    metrics = evaluate.evaluate_text_checkpoint(cfg)          # what the stage runner does next
-    assert metrics["text_qa_acc_seen"] == 1.0, metrics       # else the answers below test the training, not sample.py
-    facts = {it["question"]: it["reply"] for it in data.read_jsonl(root / "data" / "qa_eval.jsonl")}
-    words = {w.strip(".?") for doc in data.read_jsonl(root / "data" / "text_train.jsonl")
+    figures = metrics.evaluate_text_checkpoint(cfg)          # what the stage runner does next
+    assert figures["text_qa_acc_seen"] == 1.0, figures       # else the answers below test the training, not sample.py
+    facts = {it["question"]: it["reply"] for it in spokenworld.read_jsonl(root / "data" / "qa_eval.jsonl")}
+    words = {w.strip(".?") for doc in spokenworld.read_jsonl(root / "data" / "text_train.jsonl")
              for _, text in doc["turns"] for w in text.split()}
     return root, facts, words
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanosdm import audio, speech
+from nanosdm.corpus import audio, speech
 from nanosdm.codec import Codec
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 

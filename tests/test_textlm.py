@@ -10,7 +10,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import evaluate, textlm, tokenizer, utils  # noqa: E402
+from nanosdm import textlm, tokenizer, utils
+from nanosdm.eval import metrics  # noqa: E402
 
 torch.set_num_threads(1)
 NAMES = ["kotan", "lomar", "bixu", "zeppo", "chamil", "tarvo", "nudo", "pifos"]
@@ -63,17 +64,17 @@ def test_first_loss_is_near_ln_vocab(cfg):
 
 def test_short_training_lowers_the_loss_and_answers(cfg):
     cfg = dict(cfg, text_max_steps=150, text_eval_interval=50, text_ckpt_interval=50)
-    metrics = textlm.train(cfg)
-    assert "text_qa_acc_seen" not in metrics           # training figures only: evaluation is apart
-    metrics.update(evaluate.evaluate_text_checkpoint(cfg))
+    figures = textlm.train(cfg)
+    assert "text_qa_acc_seen" not in figures           # training figures only: evaluation is apart
+    figures.update(metrics.evaluate_text_checkpoint(cfg))
     ckpt = utils.load_checkpoint(os.path.join(cfg["out_dir"], "text.pt"))  # weights_only=True
     first = ckpt["history"]["train"][0][1]
     assert abs(first - math.log(ckpt["config"]["vocab_size"])) < 0.3
-    assert metrics["text_val_loss"] < first - 2.0, (first, metrics)
-    assert metrics["text_val_loss"] == ckpt["history"]["val"][-1][1] and metrics["text_train_loss"] == ckpt["history"]["train"][-1][1]
+    assert figures["text_val_loss"] < first - 2.0, (first, figures)
+    assert figures["text_val_loss"] == ckpt["history"]["val"][-1][1] and figures["text_train_loss"] == ckpt["history"]["train"][-1][1]
     assert os.path.exists(os.path.join(cfg["out_dir"], "plots", "text_loss.png"))
     # the model has learned the world's facts, and sample.py-style greedy answers give them
-    assert metrics["text_qa_acc_seen"] >= 0.5, metrics
+    assert figures["text_qa_acc_seen"] >= 0.5, figures
 
 
 def test_a_stopped_run_resumes_where_it_stopped(cfg):

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from nanosdm import evaluate, units
+from nanosdm import units
+from nanosdm.eval import metrics
 
 
 def test_span_mask_covers_the_intended_fraction():
@@ -57,7 +58,8 @@ def test_dedup_collapses_runs_with_durations():
 
 
 def test_encode_gives_one_unit_per_frame_at_50_hz(tmp_path):
-    from nanosdm import espeak, utils
+    from nanosdm import utils
+    from nanosdm.corpus import espeak
     wav, _, _ = espeak.synthesize("the cat sat on the mat", "en-us+m3")
     encoder = units.HubertEncoder(n_targets=10, n_layer=3, n_head=2, d_model=32, proj_dim=8)
     centroids = torch.randn(12, 32)
@@ -78,7 +80,8 @@ def test_encode_gives_one_unit_per_frame_at_50_hz(tmp_path):
 
 
 def test_stage_trains_resumes_and_reports(tmp_path):
-    from nanosdm import data, utils
+    from nanosdm import utils
+    from nanosdm.corpus import spokenworld
     cfg = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=50, data_dialogues=2,
                data_eval_dialogues=2, seed=3, workers=2, device="cpu",
                data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
@@ -89,21 +92,21 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
                units_targets="canonical")
-    data.build(cfg)
+    spokenworld.build(cfg)
     assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert partial["step"] == 3 and not partial["finished"]
-    metrics = units.train(cfg)                                     # resumes at step 3
-    metrics.update(evaluate.evaluate_units_checkpoint(cfg))        # what the stage runner does next
+    figures = units.train(cfg)                                     # resumes at step 3
+    figures.update(metrics.evaluate_units_checkpoint(cfg))        # what the stage runner does next
     final = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert final["finished"] and final["step"] == 6 and [h[0] for h in final["history"]] == list(range(6))
-    assert metrics["units_k"] == 12
+    assert figures["units_k"] == 12
     # the figures are those of the saved units on the unseen voice's user turns ...
     path = str(tmp_path / "out" / "units.pt")
     wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
-    quality, ids, labels, inventory = evaluate.evaluate_units(
+    quality, ids, labels, inventory = metrics.evaluate_units(
         units.Units.load(path), utils.load_checkpoint(path)["mfcc_centroids"], wavs, phones)
-    assert {k: metrics[f"units_{k}"] for k in quality} == {k: round(v, 4) for k, v in quality.items()}
+    assert {k: figures[f"units_{k}"] for k in quality} == {k: round(v, 4) for k, v in quality.items()}
     # ... and well above chance: the same units shuffled over the frames (PNMI ~0.06 on these ~1000
     # frames, not 0: a small sample makes any labelling look a little informative)
     flat = [p for utterance in labels for p in utterance]
@@ -113,10 +116,10 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     for system in ("mfcc", "hubert"):                              # measured: 0.34 and 0.24-0.30
         u = torch.cat(ids[system])[spoken]
         shuffled = lambda: u[torch.randperm(len(u), generator=g)]
-        chance = max(evaluate.unit_quality(shuffled(), phone_ids, 12, len(inventory))["pnmi"] for _ in range(10))
-        assert metrics[f"units_pnmi_{system}"] > 2 * chance, (system, metrics[f"units_pnmi_{system}"], chance)
+        chance = max(metrics.unit_quality(shuffled(), phone_ids, 12, len(inventory))["pnmi"] for _ in range(10))
+        assert figures[f"units_pnmi_{system}"] > 2 * chance, (system, figures[f"units_pnmi_{system}"], chance)
         # labelling every unit with its own phone beats labelling all frames with the commonest phone
-        assert metrics[f"units_phone_purity_{system}"] > 2 * torch.bincount(phone_ids).max().item() / len(phone_ids)
+        assert figures[f"units_phone_purity_{system}"] > 2 * torch.bincount(phone_ids).max().item() / len(phone_ids)
     assert (tmp_path / "out" / "plots" / "units_cooccurrence.png").exists()
     assert (tmp_path / "out" / "plots" / "units_utterance.png").exists()
     u = units.Units.load(str(tmp_path / "out" / "units.pt"))

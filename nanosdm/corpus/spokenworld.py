@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import audio, utils
+from nanosdm import utils
+from nanosdm.corpus import audio
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 ASSISTANT, USER = 0, 1                     # channel index in the stereo files
@@ -235,7 +236,7 @@ def plan_dialogue(rng, world, voices, held_out):
 
 def render_dialogue(plan):
     """Synthesize and place every utterance on the two channels. Runs in a worker process."""
-    from nanosdm import espeak
+    from nanosdm.corpus import espeak
     chans = [[], []]              # (start_sample, float wav) pieces per channel
     turns = []
 
@@ -359,7 +360,7 @@ class SpeechSplit:
 
 def build(cfg):
     """Generate the whole corpus under cfg['data_dir'] (skipped when it exists for this config)."""
-    from nanosdm import espeak
+    from nanosdm.corpus import espeak
     data_dir, seed = cfg["data_dir"], cfg["seed"]
     keys = ("data_entities", "data_text_only_frac", "data_text_docs", "data_dialogues", "data_eval_dialogues", "seed")
     want = dict({k: cfg[k] for k in keys}, version=CORPUS_VERSION)

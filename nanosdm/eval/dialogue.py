@@ -1,7 +1,7 @@
 """
 The dual-stream model's figures: how well it hears (align), answers spoken questions in text and
 in speech (sft), against a cascade, how much of the text LM it keeps, and how fast it answers.
-Like evaluate.py, it loads what it scores and no component imports it.
+Like metrics.py, it loads what it scores and no component imports it.
 
     align_user_wer        the model's own transcription (its text stream) of unseen-voice user turns
     judge_acc_*           the speech judge's ceiling: the corpus's own answers it scores correct
@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanosdm import ctc, data, evaluate, realdata, textlm
+from nanosdm import ctc, textlm
+from nanosdm.corpus import realdata, spokenworld
+from nanosdm.eval import metrics
 from nanosdm.dualstream import load_model
-from nanosdm.speech import FRAME_S, Streams, encode_channels, read_text_stream
+from nanosdm.corpus.speech import FRAME_S, Streams, encode_channels, read_text_stream
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 
 ANSWER_WINDOW_S = 4.0        # the model runs freely this long after the question ends
@@ -45,14 +47,14 @@ def reply_candidates(question):
     q = question.lower().strip()
     m = re.search(r"(\w+) (plus|minus) (\w+)", q)
     if m:
-        values, reply = data.NUMBERS, f"{m.group(1)} {m.group(2)} {m.group(3)} is {{v}}."
+        values, reply = spokenworld.NUMBERS, f"{m.group(1)} {m.group(2)} {m.group(3)} is {{v}}."
     elif "name" in q and ("my" in q.split() or "remember" in q):
-        values, reply = data.PEOPLE, "your name is {v}."
+        values, reply = spokenworld.PEOPLE, "your name is {v}."
     elif "where do i live" in q or "where i live" in q:
-        values, reply = data.TOWNS, "you live in {v}."
+        values, reply = spokenworld.TOWNS, "you live in {v}."
     else:
         values = None
-        for vals, _, train_q, held_q, template in data.ATTRIBUTES.values():
+        for vals, _, train_q, held_q, template in spokenworld.ATTRIBUTES.values():
             for question_template in train_q + held_q:
                 pattern = re.escape(question_template).replace(re.escape("{e}"), r"(\w+)")
                 m = re.fullmatch(pattern, q)
@@ -75,7 +77,7 @@ def judge(transcript, question, answer, scores=None, slack=2, max_cer=0.5):
     if not cands or not text:
         return False
     replies = [" ".join(reply.replace(".", " ").split()) for _, reply in cands]
-    dist = [evaluate.edit_distance(text, r) for r in replies]
+    dist = [metrics.edit_distance(text, r) for r in replies]
     best = min(dist)
     if best > max_cer * len(replies[dist.index(best)]):
         return False
@@ -207,14 +209,14 @@ def evaluate_align(cfg):
     wer, examples = user_wer(model, codec, tok, cfg)
     print("align: the model's transcription of unseen-voice user turns, e.g.\n"
           + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
-    metrics = {"align_user_wer": round(wer, 4)}
+    figures = {"align_user_wer": round(wer, 4)}
     heldout = os.path.join(out_dir, "speech", "align_real_heldout_text.bin")
     if not realdata.is_default(cfg) and os.path.exists(heldout) and os.path.getsize(heldout):
         wer, examples = user_wer(model, codec, tok, cfg, split="align_real_heldout")   # the user's own speakers
-        metrics["align_user_wer_real"] = round(wer, 4)
+        figures["align_user_wer_real"] = round(wer, 4)
         print(f"align: WER {wer:.2%} on held-out utterances of {cfg['speech_eval_data'] or cfg['speech_data']}, e.g. "
               f"ref {examples[0][0]!r} hyp {examples[0][1]!r}")
-    return metrics
+    return figures
 
 
 def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
@@ -237,7 +239,7 @@ def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
     empty = torch.zeros(len(users), 0, 1 + 2 * K, dtype=torch.long)
     text, _ = free_run(model, empty.to(cfg["device"]), user.to(cfg["device"]), silence, (0, 0, 0, 0))
     hyps = [tok.decode(monologue_parts(row.tolist())[0]) for row in text]
-    return evaluate.wer(refs, hyps), list(zip(refs, hyps))
+    return metrics.wer(refs, hyps), list(zip(refs, hyps))
 
 
 # -----------------------------------------------------------------------------
@@ -252,7 +254,7 @@ def evaluate_sft(cfg):
     asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
-    metrics = judge_ceiling(asr, codec, cfg)
+    figures = judge_ceiling(asr, codec, cfg)
     silence = silence_codes(codec)
     pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
     onsets_text, onsets_audio, gaps = [], [], []
@@ -282,22 +284,22 @@ def evaluate_sft(cfg):
                 gaps.append(reply["start"] - tr["end"])
         speech_ok, hyps = judge_wavs(asr, clips, [tr["text"] for _, tr, _ in items],
                                      [tr["answer"] for _, tr, _ in items])
-        metrics[f"sft_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
-        metrics[f"sft_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
-        metrics[f"sft_qa_questions_{split}"] = len(items)
-        metrics[f"cascade_qa_{split}"] = cascade(asr, lm, tok, streams, items, cfg)
+        figures[f"sft_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
+        figures[f"sft_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
+        figures[f"sft_qa_questions_{split}"] = len(items)
+        figures[f"cascade_qa_{split}"] = cascade(asr, lm, tok, streams, items, cfg)
         n = 0
-        print(f"sft {split}: text {metrics[f'sft_qa_text_{split}']:.1%}, speech {metrics[f'sft_qa_speech_{split}']:.1%}, "
-              f"cascade {metrics[f'cascade_qa_{split}']:.1%} over {len(items)} questions; e.g. {items[n][1]['text']!r} -> "
+        print(f"sft {split}: text {figures[f'sft_qa_text_{split}']:.1%}, speech {figures[f'sft_qa_speech_{split}']:.1%}, "
+              f"cascade {figures[f'cascade_qa_{split}']:.1%} over {len(items)} questions; e.g. {items[n][1]['text']!r} -> "
               f"text {tok.decode(monologue_parts(text[n].tolist())[1])!r}, heard {hyps[n]!r}")
-    metrics.update(retention(model, lm, tok, cfg))
-    metrics["sft_onset_text_ms"] = round(1000 * float(np.median(onsets_text))) if onsets_text else -1
-    metrics["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
-    metrics["sft_onset_corpus_ms"] = round(1000 * float(np.median(gaps)))
-    metrics["sft_theoretical_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)))
+    figures.update(retention(model, lm, tok, cfg))
+    figures["sft_onset_text_ms"] = round(1000 * float(np.median(onsets_text))) if onsets_text else -1
+    figures["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
+    figures["sft_onset_corpus_ms"] = round(1000 * float(np.median(gaps)))
+    figures["sft_theoretical_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)))
     if not realdata.is_default(cfg):
-        metrics.update(evaluate_sft_real(cfg, model, codec, tok))
-    return metrics
+        figures.update(evaluate_sft_real(cfg, model, codec, tok))
+    return figures
 
 
 def evaluate_sft_real(cfg, model, codec, tok):
@@ -332,13 +334,13 @@ def evaluate_sft_real(cfg, model, codec, tok):
         if voiced is not None:
             onsets_audio.append(voiced)
     ms = lambda xs: round(1000 * float(np.median(xs))) if xs else -1
-    metrics = {"sft_onset_text_ms_real": ms(onsets_text), "sft_onset_audio_ms_real": ms(onsets_audio),
+    figures = {"sft_onset_text_ms_real": ms(onsets_text), "sft_onset_audio_ms_real": ms(onsets_audio),
                "sft_onset_corpus_ms_real": ms([nxt["start"] - tr["end"] for _, tr, nxt in items]),
                "sft_onset_turns_real": len(items)}
     print(f"sft on {len(items)} answered user turns of held-out dialogues of {cfg['speech_eval_data'] or cfg['speech_data']}: "
-          f"onset {metrics['sft_onset_text_ms_real']} ms (text), {metrics['sft_onset_audio_ms_real']} ms (audio), "
-          f"{metrics['sft_onset_corpus_ms_real']} ms in the recordings")
-    return metrics
+          f"onset {figures['sft_onset_text_ms_real']} ms (text), {figures['sft_onset_audio_ms_real']} ms (audio), "
+          f"{figures['sft_onset_corpus_ms_real']} ms in the recordings")
+    return figures
 
 
 def voiced_onset(wav, after_s, win=320):
@@ -355,7 +357,7 @@ def voiced_onset(wav, after_s, win=320):
 
 def judge_ceiling(asr, codec, cfg):
     """The judge on the corpus's own unseen-voice answers, original audio and through the codec."""
-    sp = data.SpeechSplit(cfg["data_dir"], "unseen_voice")
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], "unseen_voice")
     wavs, qs, ans = [], [], []
     for i in range(len(sp)):
         wav, d = sp.dialogue(i)
@@ -366,11 +368,11 @@ def judge_ceiling(asr, codec, cfg):
                 if reply is None or reply.get("interrupted"):
                     continue  # a reply cut off before its answer word cannot be judged right
                 s, e = int(reply["start"] * 16000), int(reply["end"] * 16000) + 1600
-                wavs.append(wav[data.ASSISTANT, s:e])
+                wavs.append(wav[spokenworld.ASSISTANT, s:e])
                 qs.append(tr["text"])
                 ans.append(tr["answer"])
     ok, _ = judge_wavs(asr, wavs, qs, ans)
-    decoded = [evaluate.codec_roundtrip(codec, w) for w in wavs]
+    decoded = [metrics.codec_roundtrip(codec, w) for w in wavs]
     ok_codec, _ = judge_wavs(asr, decoded, qs, ans)
     # and a judge must say no: each answer heard against another question with another answer
     pairs = [(i, next(k for k in range(1, len(wavs)) if ans[(i + k) % len(wavs)] != ans[i])) for i in range(len(wavs))]
@@ -383,7 +385,7 @@ def judge_ceiling(asr, codec, cfg):
 def cascade(asr, lm, tok, streams, items, cfg):
     """The modular baseline: every user question of the dialogue transcribed (ASR + its LM), the
     dialogue so far as text (the assistant's replies as the corpus has them), the text LM answers."""
-    sp = data.SpeechSplit(cfg["data_dir"], streams.split)
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], streams.split)
     by_dialogue = {}
     for n, (i, tr, _) in enumerate(items):
         by_dialogue.setdefault(i, []).append(n)
@@ -392,7 +394,7 @@ def cascade(asr, lm, tok, streams, items, cfg):
         wav, d = sp.dialogue(i)
         turns = [tr for tr in d["turns"] if tr["kind"] in ("question", "answer")]
         users = [tr for tr in turns if tr["speaker"] == "user"]
-        heard = asr.transcribe([wav[data.USER, int(tr["start"] * 16000):int(tr["end"] * 16000) + 800] for tr in users],
+        heard = asr.transcribe([wav[spokenworld.USER, int(tr["start"] * 16000):int(tr["end"] * 16000) + 800] for tr in users],
                                beam=cfg["asr_beam"])
         heard = {id(tr): h for tr, h in zip(users, heard)}
         for n in ns:

@@ -12,11 +12,12 @@ import time
 import numpy as np
 import torch
 
-from nanosdm import dpo, evaluate_dialogue as ed, textlm, utils
+from nanosdm import dpo, textlm, utils
+from nanosdm.eval import dialogue as ed
 from nanosdm.asr import ASR
 from nanosdm.codec import Codec
 from nanosdm.dualstream import load_model
-from nanosdm.speech import FRAME_S, Streams
+from nanosdm.corpus.speech import FRAME_S, Streams
 from nanosdm.tokenizer import PAD, Tokenizer
 
 

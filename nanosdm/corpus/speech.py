@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import audio, data, realdata
+from nanosdm.corpus import audio, realdata, spokenworld
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
 FRAME_S = 0.08                      # one codec frame, 12.5 Hz
-SPLITS = data.SPEECH_SPLITS + ("align",)
+SPLITS = spokenworld.SPEECH_SPLITS + ("align",)
 
 
 # -----------------------------------------------------------------------------
@@ -171,8 +171,8 @@ class StreamWriter:
         n = len(text)
         assert codes.shape[1] == n, f"{codes.shape} codes for {n} text frames"
         self.files["text"].write(text.tobytes())
-        self.files["assistant"].write(np.ascontiguousarray(codes[data.ASSISTANT]).tobytes())
-        self.files["user"].write(np.ascontiguousarray(codes[data.USER]).tobytes())
+        self.files["assistant"].write(np.ascontiguousarray(codes[spokenworld.ASSISTANT]).tobytes())
+        self.files["user"].write(np.ascontiguousarray(codes[spokenworld.USER]).tobytes())
         self.index.write(json.dumps(dict(record, offset=self.offset, frames=n)) + "\n")
         self.offset += n
 
@@ -198,7 +198,7 @@ class Streams:
         index = os.path.join(speech_dir, f"{split}.jsonl")
         if not os.path.exists(index):
             raise FileNotFoundError(f"{index} missing: run `python train.py --stage=speech` first")
-        self.split, self.dialogues = split, data.read_jsonl(index)
+        self.split, self.dialogues = split, spokenworld.read_jsonl(index)
         self.text = np.memmap(os.path.join(speech_dir, f"{split}_text.bin"), dtype=np.uint16, mode="r")
         n = len(self.text)
         self.assistant = np.memmap(os.path.join(speech_dir, f"{split}_assistant.bin"), dtype=np.uint16, mode="r").reshape(n, -1)
@@ -224,29 +224,29 @@ def align_plans(cfg, rng):
     """(channel, text, voice) for the ASR-like user turns (training questions in training voices,
     plus turns of scrambled words and new names, which force listening as in the ASR stage) and
     the TTS-like assistant turns (replies in the assistant's voice)."""
-    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["seen_voices"]
-    vocab = sorted({w for e in world for a in data.ATTRIBUTES for w in data.ATTRIBUTES[a][2][0].format(e=e["name"]).split()})
+    vocab = sorted({w for e in world for a in spokenworld.ATTRIBUTES for w in spokenworld.ATTRIBUTES[a][2][0].format(e=e["name"]).split()})
     plans = []
     for i in range(cfg["align_user_turns"] + cfg["align_assistant_turns"]):
-        ex = data.random_exchanges(rng, world, 1, held_out=False)[0]
+        ex = spokenworld.random_exchanges(rng, world, 1, held_out=False)[0]
         if i < cfg["align_user_turns"]:
             voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
             text = ex["question"]
             if rng.random() < cfg["align_scrambled_frac"]:
                 words = [rng.choice(vocab) if rng.random() > 0.3 else rng.choice(world)["name"] for _ in range(rng.randint(2, 7))]
                 text = " ".join(words) + "."
-            plans.append((data.USER, text, voice, rng.uniform(0.25, 0.6)))
+            plans.append((spokenworld.USER, text, voice, rng.uniform(0.25, 0.6)))
         else:
-            plans.append((data.ASSISTANT, ex["reply"], data.ASSISTANT_VOICE, 1.0))
+            plans.append((spokenworld.ASSISTANT, ex["reply"], spokenworld.ASSISTANT_VOICE, 1.0))
     return plans
 
 
 def align_dialogues(cfg, seed, per_dialogue=8):
     """Group the single utterances into pseudo-dialogues of `per_dialogue` turns on one channel,
     each turn followed by silence, so they are stored and windowed like any dialogue."""
-    from nanosdm import espeak
+    from nanosdm.corpus import espeak
     rng = random.Random(seed)
     plans = align_plans(cfg, rng)
     jobs = [dict(text=t, **v) for _, t, v, _ in plans]
@@ -269,13 +269,13 @@ def extra_dialogues(cfg):
     n = cfg["speech_extra_dialogues"]
     if n <= 0:
         return
-    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["seen_voices"]
     rng = random.Random(cfg["seed"] + 3 * 10**6)
-    plans = [data.plan_dialogue(rng, world, voices, held_out=False) for _ in range(n)]
+    plans = [spokenworld.plan_dialogue(rng, world, voices, held_out=False) for _ in range(n)]
     with mp.Pool(cfg.get("workers") or os.cpu_count()) as pool:
-        for pcm, turns in tqdm(pool.imap(data.render_dialogue, plans, chunksize=2), total=n, desc="speech extra", unit="dlg"):
+        for pcm, turns in tqdm(pool.imap(spokenworld.render_dialogue, plans, chunksize=2), total=n, desc="speech extra", unit="dlg"):
             yield torch.from_numpy(pcm.T.astype(np.float32) / 32768.0), turns
 
 
@@ -284,7 +284,7 @@ def _place(group, rng):
     t, pieces, turns = rng.uniform(0.2, 0.6), [], []
     for ch, text, wav, words in group:
         pieces.append((ch, int(t * sr), wav))
-        turns.append(dict(speaker="assistant" if ch == data.ASSISTANT else "user", text=text, start=t,
+        turns.append(dict(speaker="assistant" if ch == spokenworld.ASSISTANT else "user", text=text, start=t,
                           end=t + len(wav) / sr, kind="align", words=[[w, t + s, t + e] for w, s, e in words]))
         t += len(wav) / sr + rng.uniform(0.3, 1.0)
     stereo = np.zeros((2, int(t * sr)), dtype=np.float32)
@@ -302,8 +302,8 @@ def build(cfg):
     codec = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
     tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
     metrics = {}
-    for split in data.SPEECH_SPLITS:
-        sp = data.SpeechSplit(cfg["data_dir"], split)
+    for split in spokenworld.SPEECH_SPLITS:
+        sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
         w = StreamWriter(out, split)
         for i in tqdm(range(len(sp)), desc=f"speech {split}", unit="dlg"):
             wav, d = sp.dialogue(i)
@@ -330,12 +330,12 @@ def build(cfg):
 
 
 def encode_moshi(root, out, codec, tok, cfg, split="moshi"):
-    """A user's own Moshi-finetune-style folder (stereo wav + word JSON, data.moshi_dialogues)
+    """A user's own Moshi-finetune-style folder (stereo wav + word JSON, spokenworld.moshi_dialogues)
     through the very same path as SpokenWorld: channel 0 the main speaker (the assistant)."""
     w = StreamWriter(out, split)
-    for d in tqdm(data.moshi_dialogues(root), desc=f"speech {split}", unit="dlg"):
+    for d in tqdm(spokenworld.moshi_dialogues(root), desc=f"speech {split}", unit="dlg"):
         # load_wav names the file if it is not stereo (no channel 1), empty or corrupt
-        wav = torch.stack([audio.load_wav(d["path"], channel=c) for c in (data.ASSISTANT, data.USER)])
+        wav = torch.stack([audio.load_wav(d["path"], channel=c) for c in (spokenworld.ASSISTANT, spokenworld.USER)])
         text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
         w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
     return w.close()
@@ -365,16 +365,16 @@ def write_speech(cfg, out, codec, tok):
     metrics = {}
     moshi = [s for s in realdata.parse(cfg["speech_data"]) if s["kind"] == "moshi"]
     if moshi:   # whole dialogues, held out by dialogue
-        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in data.moshi_dialogues(s["path"])]
+        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in spokenworld.moshi_dialogues(s["path"])]
         train, held = realdata.split_heldout(dialogues)
         if cfg.get("speech_eval_data"):
             train, held = dialogues, [d for s in realdata.parse(cfg["speech_eval_data"]) if s["kind"] == "moshi"
-                                      for d in data.moshi_dialogues(s["path"])]
+                                      for d in spokenworld.moshi_dialogues(s["path"])]
         reader = realdata.Reader(len(dialogues) + len(held))
         for split, part in (("real", train), ("real_heldout", held)):
             w = StreamWriter(out, split)
             for d in part:
-                wavs = [reader.read(dict(path=d["path"], channel=c, start=None, end=None)) for c in (data.ASSISTANT, data.USER)]
+                wavs = [reader.read(dict(path=d["path"], channel=c, start=None, end=None)) for c in (spokenworld.ASSISTANT, spokenworld.USER)]
                 if any(x is None for x in wavs):
                     continue
                 text, codes = encode_dialogue(codec, tok, torch.stack(wavs), d["turns"], cfg)
@@ -408,7 +408,7 @@ def write_speech(cfg, out, codec, tok):
             if not words:
                 untimed += 1
                 continue
-            ch = data.USER if split.endswith("heldout") or rng.random() < user_share else data.ASSISTANT
+            ch = spokenworld.USER if split.endswith("heldout") or rng.random() < user_share else spokenworld.ASSISTANT
             group.append((ch, " ".join(word for word, _, _ in words), wav.numpy(), words))
             if len(group) == PER_DIALOGUE:
                 flush()

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, audio, codec, ctc, realdata, textlm, units, utils
+from nanosdm import asr, codec, ctc, textlm, units, utils
+from nanosdm.corpus import audio, realdata
 from nanosdm.codec import Codec
 from nanosdm.kmeans import assign
 
@@ -215,7 +216,7 @@ def evaluate_codec(model, cfg, teacher=None):
     """Unseen-voice user turns through the codec (and codec2, when pycodec2 is installed): log-mel
     distance and SI-SNR after delay alignment, codebook usage and phone information, streaming speed;
     plots and a few wavs."""
-    from nanosdm.data import SpeechSplit
+    from nanosdm.corpus.spokenworld import SpeechSplit
     turns = [(w, tr) for w, tr in SpeechSplit(cfg["data_dir"], "unseen_voice").utterances(speaker="user")
              if len(w) >= SAMPLE_RATE // 2][:cfg["codec_eval_clips"]]
     clips = [w for w, _ in turns]

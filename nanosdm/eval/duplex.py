@@ -1,6 +1,6 @@
 """
 Stage `duplex`: when does the model speak? Full-Duplex-Bench's measurements (shared/REFERENCE.md
-§7) on SpokenWorld scenarios (duplex.py), and dGSLM's timing statistics of whole conversations.
+§7) on SpokenWorld scenarios (live.py), and dGSLM's timing statistics of whole conversations.
 Like the other evaluations it loads what it scores, and no component imports it.
 
 Every scenario runs through the live loop at batch 1, and the model's speech is located twice:
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import data, duplex, utils
+from nanosdm import live, utils
+from nanosdm.corpus import spokenworld
 from nanosdm.codec import Codec
 from nanosdm.dualstream import load_model
-from nanosdm.speech import FRAME_S, encode_channels
+from nanosdm.corpus.speech import FRAME_S, encode_channels
 from nanosdm.textlm import answer_in
 from nanosdm.tokenizer import Tokenizer
 
@@ -117,7 +118,7 @@ def runs(mask):
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
 
 
-def ipu_mask(on, gap_s=IPU_GAP_S, win_s=duplex.VAD_WIN / data.SAMPLE_RATE):
+def ipu_mask(on, gap_s=IPU_GAP_S, win_s=live.VAD_WIN / spokenworld.SAMPLE_RATE):
     """Voiced windows with silences shorter than gap_s filled: True inside an IPU."""
     on = np.asarray(on, bool).copy()
     r = runs(~on)
@@ -127,7 +128,7 @@ def ipu_mask(on, gap_s=IPU_GAP_S, win_s=duplex.VAD_WIN / data.SAMPLE_RATE):
     return on
 
 
-def timing_stats(a, b, win_s=duplex.VAD_WIN / data.SAMPLE_RATE):
+def timing_stats(a, b, win_s=live.VAD_WIN / spokenworld.SAMPLE_RATE):
     """Voiced masks (20 ms windows) of the speaker measured (a: the model, or the corpus's
     assistant) and of the user (b, the same recording either way) -> {ipu, pause, gap, overlap:
     [durations in s]}. IPU: a's speech bounded by >= 0.2 s of silence; pause: silence between two
@@ -179,7 +180,7 @@ def evaluate_duplex(cfg):
     model = load_model(os.path.join(out_dir, f"{cfg['duplex_model']}.pt"), device)
     codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
-    world = [e for e in data.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
     temps = (cfg["duplex_text_temperature"], cfg["duplex_text_top_k"], cfg["duplex_audio_temperature"],
@@ -190,10 +191,10 @@ def evaluate_duplex(cfg):
     cost = dict(codec_enc=0.0, temporal=0.0, depth=0.0, codec_dec=0.0, total=0.0)
     frames = 0
     n = cfg["duplex_scenarios"]
-    for k, kind in enumerate(duplex.KINDS):
+    for k, kind in enumerate(live.KINDS):
         for i in tqdm(range(n), desc=f"duplex {kind}", unit="scenario"):
-            sc = duplex.scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
-            out = duplex.run_scenario(model, codec, tok, sc, temps)
+            sc = live.scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
+            out = live.run_scenario(model, codec, tok, sc, temps)
             said.setdefault(kind, []).append(score(kind, sc["events"], out["said"], sc["answer"]))
             voiced.setdefault(kind, []).append(score(kind, sc["events"], out["voiced"], sc["answer"]))
             for part in cost:
@@ -201,7 +202,7 @@ def evaluate_duplex(cfg):
             frames += out["frames"]
             if i == 0:
                 verdict = ", ".join(f"{a}={b if not isinstance(b, float) else round(b, 2)}" for a, b in said[kind][0].items())
-                duplex.plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
+                live.plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
     metrics = summarize(said)
     metrics.update(summarize(voiced, "_vad"))
     metrics["duplex_scenarios"] = n
@@ -211,19 +212,19 @@ def evaluate_duplex(cfg):
         metrics[f"duplex_frame_ms_{part}"] = round(1000 * cost[part] / frames, 2)
     metrics["duplex_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)) + 1000 * cost["total"] / frames)
     # whole conversations: the model free-running against recorded users, and the corpus itself
-    sp = data.SpeechSplit(cfg["data_dir"], "unseen_voice")
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], "unseen_voice")
     stats = {"model": {}, "corpus": {}}
     seconds = 0.0
     for i in tqdm(range(min(cfg["duplex_dialogues"], len(sp))), desc="duplex dialogues", unit="dlg"):
         wav, _ = sp.dialogue(i)
-        out = duplex.live(model, codec, wav[data.USER], temps=temps)
-        corpus = codec.decode(torch.from_numpy(encode_channels(codec, wav)[data.ASSISTANT].astype(np.int64)).T[None]
+        out = live.live(model, codec, wav[spokenworld.USER], temps=temps)
+        corpus = codec.decode(torch.from_numpy(encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)).T[None]
                               .to(device))[0].cpu()   # the corpus's voice through the same codec
-        user = duplex.voiced(wav[data.USER])
+        user = live.voiced(wav[spokenworld.USER])
         for who, x in (("model", out["wav"]), ("corpus", corpus)):
-            for name, durs in timing_stats(duplex.voiced(x), user).items():
+            for name, durs in timing_stats(live.voiced(x), user).items():
                 stats[who].setdefault(name, []).extend(durs)
-        seconds += wav.shape[1] / data.SAMPLE_RATE
+        seconds += wav.shape[1] / spokenworld.SAMPLE_RATE
     for who in stats:
         metrics.update(timing_figures(stats[who], seconds, who))
     plot_timing(metrics, os.path.join(out_dir, "plots", "duplex_timing.png"))

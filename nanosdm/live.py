@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanosdm import data, speech
+from nanosdm.corpus import speech, spokenworld
 from nanosdm.codec import FRAME
-from nanosdm.speech import FRAME_S
+from nanosdm.corpus.speech import FRAME_S
 
 KINDS = ("pause", "turn", "interrupt", "backchannel", "silence")
 LISTEN_S = 4.0          # the scenario goes on this long after the user's last word
@@ -152,7 +152,7 @@ def vad_segments(wav, merge_s=0.5):
 def _exchange(rng, world, **timing):
     """One fact question and its reply, with the dialogue planner's fields (no events unless set)."""
     ent = rng.choice(world)
-    ex = data.fact_exchange(rng, ent, rng.choice(list(data.ATTRIBUTES)), held_out=False)
+    ex = spokenworld.fact_exchange(rng, ent, rng.choice(list(spokenworld.ATTRIBUTES)), held_out=False)
     plain = dict(preface=None, split=None, pause=0.0, gap=rng.uniform(0.1, 0.4), after=0.0,
                  backchannel=None, interrupt=None, reaction=0.2)
     return dict(ex, **dict(plain, **timing))
@@ -169,7 +169,7 @@ def scenario(kind, seed, world, voices):
     if kind == "pause":
         ex = _exchange(rng, world, pause=rng.uniform(0.5, 1.5))
         if rng.random() < 0.5:
-            ex["preface"] = rng.choice(data.PREFACES)
+            ex["preface"] = rng.choice(spokenworld.PREFACES)
         else:
             n = len(ex["question"].split())
             ex["split"] = rng.randint(2, n - 1)
@@ -179,16 +179,16 @@ def scenario(kind, seed, world, voices):
     elif kind == "interrupt":
         plan["exchanges"] = [_exchange(rng, world, interrupt=rng.uniform(0.35, 0.6)), _exchange(rng, world)]
     elif kind == "backchannel":
-        plan["exchanges"] = [_exchange(rng, world, backchannel=rng.choice(data.BACKCHANNELS),
+        plan["exchanges"] = [_exchange(rng, world, backchannel=rng.choice(spokenworld.BACKCHANNELS),
                                        backchannel_at=rng.uniform(0.3, 0.5))]
     elif kind == "silence":
         plan["exchanges"] = [_exchange(rng, world, after=SILENCE_S)]
     else:
         raise ValueError(f"unknown scenario kind {kind!r}: one of {', '.join(KINDS)}")
-    pcm, turns = data.render_dialogue(plan)
+    pcm, turns = spokenworld.render_dialogue(plan)
     while kind == "backchannel" and not any(tr["kind"] == "backchannel" for tr in turns):
         plan["exchanges"][0] = _exchange(rng, world, **{k: plan["exchanges"][0][k] for k in ("backchannel", "backchannel_at")})
-        pcm, turns = data.render_dialogue(plan)    # the answer was too short for one (under 1.2 s)
+        pcm, turns = spokenworld.render_dialogue(plan)    # the answer was too short for one (under 1.2 s)
     qs = [tr for tr in turns if tr["speaker"] == "user" and tr["kind"] == "question"]
     replies = [tr for tr in turns if tr["speaker"] == "assistant"]
     events, script_s, asked = {}, 0.0, qs[0]
@@ -213,11 +213,11 @@ def scenario(kind, seed, world, voices):
     end = max(tr["end"] for tr in turns if tr["speaker"] == "user") + LISTEN_S
     if kind == "silence":
         end = events["silence_end"]
-    n = int(end * data.SAMPLE_RATE)
+    n = int(end * spokenworld.SAMPLE_RATE)
     x = np.zeros((n, 2), dtype=np.float32)
     m = min(n, len(pcm))
     x[:m] = pcm[:m] / 32768.0
-    return dict(kind=kind, user=torch.from_numpy(x[:, data.USER].copy()), model=torch.from_numpy(x[:, data.ASSISTANT].copy()),
+    return dict(kind=kind, user=torch.from_numpy(x[:, spokenworld.USER].copy()), model=torch.from_numpy(x[:, spokenworld.ASSISTANT].copy()),
                 turns=turns, script_s=script_s, events={k: round(v, 3) for k, v in events.items()},
                 question=asked["text"], answer=asked["answer"], voice=user["voice"])
 
@@ -229,7 +229,7 @@ def scenario_script(sc, codec, tok, user_text=True, markers=True):
     if n_script == 0:
         return None, None
     wav = torch.stack([sc["model"], sc["user"]])
-    codes = speech.encode_channels(codec, wav)[data.ASSISTANT].astype(np.int64)
+    codes = speech.encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)
     text = speech.text_stream(sc["turns"], codes.shape[0], tok, user_text, markers).astype(np.int64)
     return torch.from_numpy(text[:n_script]), torch.from_numpy(codes[:n_script])
 
@@ -255,7 +255,7 @@ def plot_timeline(sc, out, path, verdict=""):
     scripted part (the model's channel given, not generated) shaded."""
     from nanosdm import utils
     user, voice = sc["user"].numpy(), out["wav"].numpy()
-    t = lambda x: np.arange(len(x)) / data.SAMPLE_RATE
+    t = lambda x: np.arange(len(x)) / spokenworld.SAMPLE_RATE
     fig, (ax_m, ax_u) = utils.figure(2, 1, figsize=(12, 4.2), sharex=True)
     ax_m.plot(t(voice), voice, lw=0.4, color="tab:blue")
     ax_u.plot(t(user), user, lw=0.4, color="tab:orange")

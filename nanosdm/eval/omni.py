@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import data, evaluate, omni, textlm
-from nanosdm.evaluate_dialogue import QA_SPLITS, judge_wavs, questions
+from nanosdm import omni, textlm
+from nanosdm.corpus import spokenworld
+from nanosdm.eval import metrics
+from nanosdm.eval.dialogue import QA_SPLITS, judge_wavs, questions
 from nanosdm.units import dedup
 from nanosdm.vocoder import FRAME_MS, Vocoder, assistant_turns, duration_frames, plot_spectrograms, unit_frames
 
@@ -70,22 +72,22 @@ def evaluate_vocoder(cfg):
         seconds += len(vocoded[-1]) / 16000
         vocoded_true.append(voc.synthesize(values, codec, durations=durations).cpu())
     rtf = (time.time() - t0) / 2 / seconds
-    through_codec = [evaluate.codec_roundtrip(codec, w) for w in wavs]
+    through_codec = [metrics.codec_roundtrip(codec, w) for w in wavs]
     greedy = lambda clips: asr.transcribe(clips)          # beam 0: the acoustic model alone
-    metrics = dict(vocoder_cer=evaluate.cer(texts, greedy(vocoded)),
-                   vocoder_cer_true_durations=evaluate.cer(texts, greedy(vocoded_true)),
-                   vocoder_codec_cer=evaluate.cer(texts, greedy(through_codec)),
-                   vocoder_original_cer=evaluate.cer(texts, greedy(wavs)),
+    figures = dict(vocoder_cer=metrics.cer(texts, greedy(vocoded)),
+                   vocoder_cer_true_durations=metrics.cer(texts, greedy(vocoded_true)),
+                   vocoder_codec_cer=metrics.cer(texts, greedy(through_codec)),
+                   vocoder_original_cer=metrics.cer(texts, greedy(wavs)),
                    vocoder_duration_mae_ms=sum(errors) / n_units * FRAME_MS,
                    vocoder_length_ratio=sum(len(v) for v in vocoded) / sum(len(v) for v in vocoded_true))
-    metrics = {k: round(v, 4) for k, v in metrics.items()}
-    metrics.update(vocoder_eval_turns=len(wavs), vocoder_rtf=round(rtf, 4))
-    print(f"vocoder on {len(wavs)} held-out assistant turns: CER {metrics['vocoder_cer']:.1%} (true durations "
-          f"{metrics['vocoder_cer_true_durations']:.1%}), codec {metrics['vocoder_codec_cer']:.1%}, original "
-          f"{metrics['vocoder_original_cer']:.1%}; duration MAE {metrics['vocoder_duration_mae_ms']:.1f} ms per unit")
+    figures = {k: round(v, 4) for k, v in figures.items()}
+    figures.update(vocoder_eval_turns=len(wavs), vocoder_rtf=round(rtf, 4))
+    print(f"vocoder on {len(wavs)} held-out assistant turns: CER {figures['vocoder_cer']:.1%} (true durations "
+          f"{figures['vocoder_cer_true_durations']:.1%}), codec {figures['vocoder_codec_cer']:.1%}, original "
+          f"{figures['vocoder_original_cer']:.1%}; duration MAE {figures['vocoder_duration_mae_ms']:.1f} ms per unit")
     plot_spectrograms([(texts[i], wavs[i], vocoded[i]) for i in range(min(3, len(wavs)))],
                       os.path.join(out_dir, "plots", "vocoder_spectrograms.png"))
-    return metrics
+    return figures
 
 
 # -----------------------------------------------------------------------------
@@ -105,9 +107,9 @@ def evaluate_omni(cfg):
     units = Units.load(os.path.join(out_dir, "units.pt"), device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     k, block, omega = model.config["k"], model.lm.config["block_size"], cfg["omni_omega"]
-    metrics, latencies = {}, []
+    figures, latencies = {}, []
     for split in QA_SPLITS:
-        sp = data.SpeechSplit(cfg["data_dir"], split)
+        sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
         items = [it for it in omni.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
         assert len(items) == len(questions(sp)), "the dual-stream evaluation's questions, exactly"
         text_ok, wavs = [], []
@@ -122,17 +124,17 @@ def evaluate_omni(cfg):
             text_ok.append(textlm.answer_in(tok.decode(out["tokens"]), it["turn"]["answer"]))
             wavs.append(out["wav"])
         speech_ok, hyps = judge_wavs(asr, wavs, [it["turn"]["text"] for it in items], [it["turn"]["answer"] for it in items])
-        metrics[f"omni_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
-        metrics[f"omni_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
-        metrics[f"omni_qa_questions_{split}"] = len(items)
+        figures[f"omni_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
+        figures[f"omni_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
+        figures[f"omni_qa_questions_{split}"] = len(items)
         n = 0
-        print(f"omni {split}: text {metrics[f'omni_qa_text_{split}']:.1%}, speech {metrics[f'omni_qa_speech_{split}']:.1%} "
+        print(f"omni {split}: text {figures[f'omni_qa_text_{split}']:.1%}, speech {figures[f'omni_qa_speech_{split}']:.1%} "
               f"over {len(items)} questions; e.g. {items[n]['turn']['text']!r} -> heard {hyps[n]!r}")
-    metrics["omni_latency_ms"] = round(float(np.median(latencies))) if latencies else -1
-    metrics["omni_latency_p90_ms"] = round(float(np.percentile(latencies, 90))) if latencies else -1
-    metrics.update(unit_error_rate(model, units, asr, tok, cfg))
-    metrics.update(retention(model, tok, cfg))
-    return metrics
+    figures["omni_latency_ms"] = round(float(np.median(latencies))) if latencies else -1
+    figures["omni_latency_p90_ms"] = round(float(np.percentile(latencies, 90))) if latencies else -1
+    figures.update(unit_error_rate(model, units, asr, tok, cfg))
+    figures.update(retention(model, tok, cfg))
+    return figures
 
 
 def unit_error_rate(model, units, asr, tok, cfg, max_answers=150):
@@ -142,7 +144,7 @@ def unit_error_rate(model, units, asr, tok, cfg, max_answers=150):
     examples, refs = [], []
     for split in QA_SPLITS:
         targets = omni.reply_units(cfg, units, split)
-        ids = [d["id"] for d in data.SpeechSplit(cfg["data_dir"], split).dialogues]
+        ids = [d["id"] for d in spokenworld.SpeechSplit(cfg["data_dir"], split).dialogues]
         for it in omni.spoken_exchanges(cfg, split, asr, tok):
             ref = targets.get((ids[it["dialogue"]], it["reply"]["text"]))
             if ref is not None:
@@ -152,7 +154,7 @@ def unit_error_rate(model, units, asr, tok, cfg, max_answers=150):
     examples, refs = examples[::step][:max_answers], refs[::step][:max_answers]
     states = omni.answer_states(model, examples)
     hyps = [model.decoder.units(s[None].to(model.device))[0] for s in states]
-    errors = sum(evaluate.edit_distance(r.tolist(), h) for r, h in zip(refs, hyps))
+    errors = sum(metrics.edit_distance(r.tolist(), h) for r, h in zip(refs, hyps))
     i = 0
     pieces = [tok.sp.id_to_piece(examples[i]["ids"][p]) for p in examples[i]["answer_pos"]]
     omni.plot_alignment(model, states[i], pieces, refs[i], os.path.join(cfg["out_dir"], "plots", "omni_ctc_alignment.png"))

@@ -38,7 +38,8 @@ import numpy as np
 import scipy.io.wavfile
 import torch
 
-from nanosdm import audio, ctc, data, utils
+from nanosdm import ctc, utils
+from nanosdm.corpus import audio, spokenworld
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 KINDS = ("spokenworld", "librispeech", "moshi")
@@ -124,28 +125,28 @@ def list_items(source, data_dir=None, split="train"):
     kind, root = source["kind"], source["path"]
     items = []
     if kind == "librispeech":
-        for it in data.librispeech_items(root, missing_ok=True):
+        for it in spokenworld.librispeech_items(root, missing_ok=True):
             items.append(_samples(dict(it, channel=None, start=None, end=None, words=None)))
     elif kind == "moshi":
-        for d in data.moshi_dialogues(root):
+        for d in spokenworld.moshi_dialogues(root):
             for i, tr in enumerate(d["turns"]):
                 if tr["end"] - tr["start"] < MIN_TURN_S:
                     continue
                 start, end = max(0.0, tr["start"] - TURN_PAD_S), tr["end"] + TURN_PAD_S
                 items.append(dict(id=f"{d['id']}/{i}", path=d["path"], text=tr["text"], speaker=d["id"],
-                                  channel=data.ASSISTANT if tr["speaker"] == "assistant" else data.USER,
+                                  channel=spokenworld.ASSISTANT if tr["speaker"] == "assistant" else spokenworld.USER,
                                   start=start, end=end, words=[[w, s - start, e - start] for w, s, e in tr["words"]],
                                   n=int((end - start) * SAMPLE_RATE)))
     else:   # SpokenWorld's turns, read from its memory map
-        sp = data.SpeechSplit(data_dir, split)
+        sp = spokenworld.SpeechSplit(data_dir, split)
         path = os.path.join(data_dir, f"speech_{split}.bin")
         for d in sp.dialogues:
             for i, tr in enumerate(d["turns"]):
                 if not tr["words"]:
                     continue
                 s, e = (d["offset"] + int(round(t * SAMPLE_RATE)) for t in (tr["start"], tr["end"]))
-                items.append(dict(id=f"{d['id']}/{i}", path=path, channel=data.ASSISTANT if tr["speaker"] == "assistant"
-                                  else data.USER, start=None, end=None, memmap=(s, min(e, d["offset"] + d["length"])),
+                items.append(dict(id=f"{d['id']}/{i}", path=path, channel=spokenworld.ASSISTANT if tr["speaker"] == "assistant"
+                                  else spokenworld.USER, start=None, end=None, memmap=(s, min(e, d["offset"] + d["length"])),
                                   text=tr["text"], speaker=d.get("user_voice", {}).get("voice", d["id"]),
                                   words=[[w, a - tr["start"], b - tr["start"]] for w, a, b in tr["words"]], n=e - s))
     if not items:

@@ -1,0 +1,1 @@
+"""Measurement: every stage's figures. Nothing in nanosdm/ or nanosdm/corpus/ imports this package."""
