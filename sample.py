@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="reply.wav", help="where --say/--wav write the reply (and .json, .png beside it)")
     parser.add_argument("--listen", type=float, default=4.0, help="seconds of silence after the input, for the answer")
     parser.add_argument("--scenario", default=None, choices=["pause", "turn", "interrupt", "backchannel", "silence"],
-                        help="play one full-duplex scenario (live.py) to the model: wav, json and timeline out")
+                        help="play one full-duplex scenario (nanosdm/eval/duplex.py) to the model: wav, json and timeline out")
     parser.add_argument("--model", default="sft", help="the dual-stream checkpoint: out/<preset>/<model>.pt, "
                         "or omni: LLaMA-Omni's way (stage omni)")
     parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
@@ -162,7 +162,8 @@ def converse(args, out_dir, device):
     import json
     from nanosdm import live
     from nanosdm.corpus import audio
-    from nanosdm.codec import FRAME, Codec
+    from nanosdm.codec import FRAME, FRAME_S
+    from nanosdm.eval import duplex
     tok, codec, model = load_dual(args, out_dir, device)
     heard = user_input(args, out_dir)
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
@@ -170,10 +171,10 @@ def converse(args, out_dir, device):
     wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))
     out = live.live(model, codec, wav, temps=temps(args))        # what a live system does every 80 ms
     words = []   # [word, start_s, end_s]: a word ends where the next begins, or a word's length later
-    for seg in live.monologue_segments(tok, out["text"]):
+    for seg in duplex.monologue_segments(tok, out["text"]):
         starts = [s for _, s in seg["words"]] + [seg["end"]]
-        words += [[w, round(s, 2), round(min(e, s + live.WORD_S), 2)] for (w, s), e in zip(seg["words"], starts[1:])]
-    onset = next((s for w, s, e in words if s >= speech_end - live.FRAME_S), None)
+        words += [[w, round(s, 2), round(min(e, s + duplex.WORD_S), 2)] for (w, s), e in zip(seg["words"], starts[1:])]
+    onset = next((s for w, s, e in words if s >= speech_end - FRAME_S), None)
     result = dict(text=" ".join(w[0] for w in words), words=words,
                   onset_s=None if onset is None else round(onset - speech_end, 3),
                   rtf=round(out["seconds"]["total"] / (len(wav) / audio.SAMPLE_RATE), 3))
@@ -247,30 +248,30 @@ def temps(args):
 
 
 def scenario(args, out_dir, device):
-    """One Full-Duplex-Bench-style scenario (live.py) through the live loop: its stereo wav,
+    """One Full-Duplex-Bench-style scenario (nanosdm/eval/duplex.py) through the live loop: its stereo wav,
     a json with the events, where the model spoke and the verdict, and the timeline picture."""
     import json
-    from nanosdm import live
+    from nanosdm.codec import FRAME_S
     from nanosdm.corpus import audio, spokenworld
-    from nanosdm.eval.duplex import score
+    from nanosdm.eval import duplex
     data_dir = os.path.join(args.data_root, args.preset)
     world = [e for e in spokenworld.read_jsonl(os.path.join(data_dir, "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(data_dir, "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
     tok, codec, model = load_dual(args, out_dir, device)
-    sc = live.scenario(args.scenario, args.seed, world, voices)
-    out = live.run_scenario(model, codec, tok, sc, temps(args))
-    verdict = score(sc["kind"], sc["events"], out["said"], sc["answer"])
+    sc = duplex.scenario(args.scenario, args.seed, world, voices)
+    out = duplex.run_scenario(model, codec, tok, sc, temps(args))
+    verdict = duplex.score(sc["kind"], sc["events"], out["said"], sc["answer"])
     result = dict(kind=sc["kind"], question=sc["question"], answer=sc["answer"], voice=sc["voice"],
                   events=sc["events"], scripted_s=round(sc["script_s"], 3), said=out["said"], voiced=out["voiced"],
-                  verdict=verdict, verdict_vad=score(sc["kind"], sc["events"], out["voiced"], sc["answer"]),
-                  rtf=round(out["seconds"]["total"] / (out["frames"] * live.FRAME_S), 3))
+                  verdict=verdict, verdict_vad=duplex.score(sc["kind"], sc["events"], out["voiced"], sc["answer"]),
+                  rtf=round(out["seconds"]["total"] / (out["frames"] * FRAME_S), 3))
     base = os.path.splitext(args.out)[0] if args.out != "reply.wav" else f"scenario_{sc['kind']}"
     user = torch.nn.functional.pad(sc["user"], (0, len(out["wav"]) - len(sc["user"])))   # to whole frames
     audio.save_wav(base + ".wav", torch.stack([out["wav"], user]))
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    live.plot_timeline(sc, out, base + ".png", ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "stop"))
+    duplex.plot_timeline(sc, out, base + ".png", ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "stop"))
     print(f"scenario {sc['kind']}: the user ({sc['voice']}) says {sc['question']!r}; events {sc['events']}")
     print(f"model said: {[seg['text'] for seg in out['said']]}; verdict {verdict}")
     print(f"wrote {base}.wav, {base}.json and {base}.png")
@@ -283,7 +284,7 @@ def plot_reply(reply, user, words, path):
     fig, axes = utils.figure(2, 1, figsize=(12, 5), sharex=True)
     for ax, x, name in ((axes[0], reply, "model (channel 0)"), (axes[1], user, "user (channel 1)")):
         mel = audio.log_mel(x.float(), n_mels=64)
-        ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, len(x) / 16000, 0, 64), cmap="magma")
+        ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, len(x) / audio.SAMPLE_RATE, 0, 64), cmap="magma")
         ax.set_ylabel(name)
     for w, s, e in words:
         axes[0].axvspan(s, e, color="cyan", alpha=0.15)

@@ -141,7 +141,7 @@ asr_ckpt_interval = 100
 # --- speech, align, sft: the dual-stream model (nanosdm/corpus/speech.py, dualstream.py, depth.py)
 dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
-dual_user_text = True          # the text stream also transcribes the user (speech.py explains why)
+dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
 dual_depth_layers = 2
 dual_depth_heads = 4
@@ -151,7 +151,6 @@ dual_semantic_weight = 10.0    # codebook 0's audio loss weight against 1 for ea
 dual_turn_weight = 1.0         # text-loss weight of the turn tokens USER, ASSISTANT, EOS (when to speak)
 dual_start_frac = 0.0          # share of training windows opened at a dialogue's first frame (the conversation start)
 speech_extra_dialogues = 1200  # training dialogues rendered by the speech stage beyond the corpus's (kept as codes only)
-speech_moshi_dir = ""          # a Moshi-finetune-style folder (stereo wav + word JSON) to encode as split `moshi`
 align_user_turns = 10000       # ASR-like single user turns synthesized for `align` (training voices)
 align_assistant_turns = 2500   # TTS-like single assistant turns
 align_scrambled_frac = 0.3     # share of the user turns that are scrambled words and names (forces listening)
@@ -185,7 +184,7 @@ dpo_text_temp = 0.7            # text sampling temperature of those replies (aud
 dpo_min_margin = 0.1           # replies with the same verdicts pair only if the judge's scores differ this much
 dpo_max_pairs = 2              # pairs per question (best with worst, second best with second worst)
 dpo_history = 40               # frames of history kept before each reply when scoring it (sampled after sft_eval_history)
-dpo_beta = 0.1                 # the DPO paper's (REFERENCE §6)
+dpo_beta = 0.1                 # the DPO paper's (Rafailov et al., 2023)
 dpo_batch_size = 8             # pairs per step
 dpo_max_steps = 100
 dpo_lr = 1e-4
@@ -313,7 +312,7 @@ STAGES = [
     ("sft", step("dualstream", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues
      ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),
     ("duplex", None, step("eval.duplex", "evaluate_duplex"), ["sft", "asr"], [], []),   # when it speaks
-    ("dpo", step("eval.dpo", "train"), step("eval.dpo", "evaluate"),   # preference optimisation
+    ("dpo", step("dpo", "train_stage"), step("eval.dpo", "evaluate"),   # preference optimisation
      ["sft", "asr"], ["sft_eval_history"], ["dpo.pt"]),
     ("vocoder", step("vocoder", "train"), step("eval.omni", "evaluate_vocoder"),   # LLaMA-Omni's way
      ["units", "codec", "asr"], [], ["vocoder.pt"]),

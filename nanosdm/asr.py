@@ -16,7 +16,7 @@ clips almost no blanks; 30 ms frames keep every clip under 75% symbols.
 The stage trains on every SpokenWorld turn of both speakers (plus scrambled-word turns, see
 scrambled_clips), reports character and word error rates on the unseen-voice split (user turns),
 and, when out/<preset>/codec.pt exists, the same rates on codec-decoded audio of the same clips:
-the codec's intelligibility figure. The error rates and that evaluation live in evaluate.py.
+the codec's intelligibility figure. The error rates and that evaluation live in eval/metrics.py.
 
     asr = ASR.load("out/tiny/asr.pt")
     text = asr.transcribe(wav)           # [T] at 16 kHz -> str; beam=8 adds the LM
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import utils
-from nanosdm.corpus import audio, realdata
+from nanosdm.corpus import audio, realdata, spokenworld
 from nanosdm.ctc import (BLANK, CHARS, VOCAB_SIZE, CharLM, decode_ids, encode_text, forced_align, greedy_decode,
                          normalize_text, normalize_transcript, prefix_beam_search)
 from nanosdm.transformer import Transformer
@@ -246,7 +246,7 @@ def split_on_silence(wav, max_s, min_s=2.0):
 # -----------------------------------------------------------------------------
 # forced alignment: when each word of a known transcript is said (for corpora without timings)
 
-FRAME_S = SUBSAMPLE * HOP / audio.SAMPLE_RATE   # 30 ms: one encoder frame, centred on frame i * FRAME_S
+ENCODER_FRAME_S = SUBSAMPLE * HOP / audio.SAMPLE_RATE   # 30 ms: one encoder frame, centred on frame i * ENCODER_FRAME_S
 # Where a word's boundaries lie relative to its characters' frames on the best CTC path. The
 # first character's first frame comes about one frame after the word's onset (CTC emits a symbol
 # once it has heard some of it), the last character's last frame ends with the word. Fitted on
@@ -262,7 +262,7 @@ ALIGN_OVERLAP_S = 2.0
 @torch.no_grad()
 def frame_log_probs(model, wav, window_s=ALIGN_WINDOW_S, overlap_s=ALIGN_OVERLAP_S):
     """One 16 kHz waveform [T] -> CTC log-probs [frames, VOCAB_SIZE], frame i centred at
-    i * FRAME_S seconds. A clip longer than window_s goes through in windows that overlap by
+    i * ENCODER_FRAME_S seconds. A clip longer than window_s goes through in windows that overlap by
     overlap_s; each frame is taken from the window where it lies farthest from an edge. Windows
     start on the frame grid (multiples of SUBSAMPLE * HOP samples), so a window's frame i is
     the clip's frame start + i."""
@@ -271,8 +271,8 @@ def frame_log_probs(model, wav, window_s=ALIGN_WINDOW_S, overlap_s=ALIGN_OVERLAP
     wav = torch.as_tensor(wav, dtype=torch.float32)
     n, step = len(wav), SUBSAMPLE * HOP
     total = int(conv_lengths(torch.tensor(n // HOP + 1)))
-    win = max(1, int(window_s / FRAME_S))
-    hop = max(1, win - int(overlap_s / FRAME_S))
+    win = max(1, int(window_s / ENCODER_FRAME_S))
+    hop = max(1, win - int(overlap_s / ENCODER_FRAME_S))
     starts = list(range(0, max(total - win, 0) + hop, hop)) if total > win else [0]
     out = torch.empty(total, VOCAB_SIZE)
     for k, f0 in enumerate(starts):
@@ -310,14 +310,14 @@ def align_words(model, wav, text, sr=audio.SAMPLE_RATE):
     except ValueError as e:
         raise ValueError(f"align_words: transcript {text!r} ({len(ids)} symbols) does not fit "
                          f"{len(wav) / audio.SAMPLE_RATE:.2f} s of audio ({len(lp)} frames of "
-                         f"{FRAME_S * 1000:.0f} ms): {e}") from None
+                         f"{ENCODER_FRAME_S * 1000:.0f} ms): {e}") from None
     spans = spans.tolist()
     duration = len(wav) / audio.SAMPLE_RATE
     out, k = [], 0
     for word in words:   # the word's characters are labels k .. k + len - 1, then a space
         first, last = spans[k], spans[k + len(word) - 1]
-        start = min(max((first[0] + WORD_START_FRAMES) * FRAME_S, 0.0), duration)
-        end = min(max((last[1] + WORD_END_FRAMES) * FRAME_S, start), duration)
+        start = min(max((first[0] + WORD_START_FRAMES) * ENCODER_FRAME_S, 0.0), duration)
+        end = min(max((last[1] + WORD_END_FRAMES) * ENCODER_FRAME_S, start), duration)
         out.append((word, start, end))          # not rounded: a rounded end could pass the clip's end
         k += len(word) + 1
     return out
@@ -416,7 +416,7 @@ def epoch_batches(lengths, batch_size, seed, epoch):
 
 
 # -----------------------------------------------------------------------------
-# training (stage `asr`; evaluate.evaluate_asr measures it)
+# training (stage `asr`; eval/metrics.py's evaluate_asr measures it)
 
 def train(cfg, stop_step=None):
     """Train (or resume) the recognizer; returns its training figures for report.json.
@@ -501,7 +501,7 @@ def train(cfg, stop_step=None):
 
     # the spelling prior for beam search: a character n-gram LM of the corpus's text (the text
     # stage's data, not the transcripts of the speech), saved with the recognizer
-    lm = CharLM(text_corpus(cfg["data_dir"]) if realdata.is_default(cfg) else realdata.lm_texts(cfg, speech),
+    lm = CharLM(spokenworld.text_turns(cfg["data_dir"]) if realdata.is_default(cfg) else realdata.lm_texts(cfg, speech),
                 cfg["asr_lm_order"])
     model.attach_lm(lm, cfg["asr_lm_weight"], cfg["asr_char_bonus"])
     save(lm)
@@ -510,14 +510,7 @@ def train(cfg, stop_step=None):
     metrics = {"asr_train_loss": round(sum(last) / len(last), 4), "asr_params_m": round(n_params / 1e6, 3)}
     if audio_seconds:
         metrics["asr_train_audio_x_realtime"] = round(audio_seconds / train_seconds, 1)
-    return metrics    # the stage runner then calls evaluate.evaluate_asr on the saved checkpoint
-
-
-def text_corpus(data_dir):
-    """Every turn of the SpokenWorld text corpus (data/<preset>/text_train.jsonl)."""
-    import json
-    with open(os.path.join(data_dir, "text_train.jsonl")) as f:
-        return [text for line in f for _, text in json.loads(line)["turns"]]
+    return metrics    # the stage runner then calls eval/metrics.py's evaluate_asr_checkpoint on the saved checkpoint
 
 
 # -----------------------------------------------------------------------------

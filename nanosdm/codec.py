@@ -55,6 +55,7 @@ from nanosdm.kmeans import kmeans
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 FRAME = 1280                      # samples per codec frame: 80 ms, 12.5 Hz
+FRAME_S = FRAME / SAMPLE_RATE     # 0.08 s: the dual-stream model's step
 HOP = 320                         # STFT hop: 20 ms, 4 sub-frames per frame
 SUB = FRAME // HOP
 N_FFT = 2 * HOP                   # 40 ms windows, half overlapping: overlap-add needs only one tail
@@ -545,7 +546,7 @@ def train(cfg, stop_step=None, teacher=None):
     if step < max_steps:
         save()
         return {}
-    # the stage runner then calls evaluate.evaluate_codec on the saved checkpoint
+    # the stage runner then calls eval/metrics.py's evaluate_codec_checkpoint on the saved checkpoint
     metrics = dict(codec_params_m=round(n_params / 1e6, 3),
                    codec_train_mel_db=round(float(np.mean([m for _, m in history["mel"][-50:]])), 3))
     plot_training(history, os.path.join(out_dir, "plots", "codec_loss.png"))

@@ -391,3 +391,17 @@ class SpeechDecoderCTC(nn.Module):
         and answers are short."""
         units = self.units(states[None])[0]
         return units[emitted:]
+
+
+# -----------------------------------------------------------------------------
+# scoring a transcript
+
+def edit_distance(ref, hyp):
+    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
+    prev = list(range(len(hyp) + 1))  # distances from ref[:0] to every hyp prefix
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1]

@@ -17,20 +17,8 @@ Every position has its own input projection, token embedding and head; the stack
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from nanosdm.transformer import Transformer
-
-
-def sample_logits(logits, temperature, top_k):
-    """logits [B, V] -> ids [B]; temperature 0 is greedy."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, -1), 1)[:, 0]
+from nanosdm.transformer import Transformer, sample_logits
 
 
 class Depth(nn.Module):

@@ -12,19 +12,18 @@ Direct Preference Optimisation, with pairs ranked by the ear (Align-SLM's recipe
     loss        -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
                 (the DPO paper; ref = the `sft` model, frozen, its log-probs computed once)
 
-The ranking belongs to the stage runner (train.py wires the evaluation module's judge in): a
-component does not import the evaluations. What reaches this file is one verdict per reply:
+The stage (train_stage, at the end of this file) collects the replies with live.free_run and
+judges them with nanosdm/judge.py; the pair logic sees one verdict per reply:
 
-    judge_ok   the fact-free judge heard the right answer (evaluate_dialogue.judge_wavs)
+    judge_ok   the fact-free judge heard the right answer (nanosdm/judge.py)
     text_ok    the inner monologue holds the right answer (a string match against the world's fact)
     score      the judge's own graded score: the CTC log-likelihood per character of the right reply
                under the recognizer's acoustic model alone (ear_score). The character LM, which has
                read every fact, is never used: it would hear the right answer in any mumble.
 
-Why three, in that order: the `sft` model's speech is speech-like but the judge understands none
-of it (0%), so a pair needs something beside the binary verdict. The text channel is right often
-(27% on held-out voices, ~45% on training questions when sampling), and its speech follows its
-text; among replies with the same verdicts, the one whose audio the ear finds closer to the right
+Why three, in that order: the `sft` model's speech is speech-like but the judge understands little
+of it, so a pair needs something beside the binary verdict. The text channel is right more often,
+and its speech follows its text; among replies with the same verdicts, the one whose audio the ear finds closer to the right
 reply is preferred. No fact-knowing model ranks the speech: only the acoustic model, given the
 reply the world says is right, as the judge itself does.
 """
@@ -38,8 +37,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import ctc, utils
+from nanosdm import ctc, live, textlm, utils
+from nanosdm.asr import ASR
+from nanosdm.codec import FRAME, FRAME_S, Codec
+from nanosdm.corpus.speech import Streams
 from nanosdm.dualstream import delay, load_model
+from nanosdm.judge import judge_wavs, reply_candidates
+from nanosdm.tokenizer import PAD, Tokenizer
 
 SILENT_SCORE = -20.0     # ear_score of a clip with nothing in it (far below any real speech, ~-2..-5)
 
@@ -155,7 +159,6 @@ def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0
     and policy and reference see the same (shorter) prompt, which is all the loss needs.
     -> (pairs: dict of tensors, records: per question every reply's verdict and its pairs)."""
     Q, H, S = history.shape
-    F_ = user.shape[1]
     hist, usr = history.repeat_interleave(n_samples, 0), user.repeat_interleave(n_samples, 0)
     qidx = torch.arange(Q).repeat_interleave(n_samples)
     text, codes = sample(hist, usr)
@@ -299,3 +302,84 @@ def train(cfg, pairs, stop_step=None):
             "dpo_reward_acc": round(final["acc"], 4), "dpo_margin": round(final["margin"], 4),
             "dpo_reward_chosen": round(final["chosen"], 4), "dpo_reward_rejected": round(final["rejected"], 4),
             "dpo_pairs": P, "dpo_train_seconds": round(train_s, 1)}
+
+
+# -----------------------------------------------------------------------------
+# the stage: pairs from the sft model's own spoken replies, judged, then DPO
+
+def stage_tools(cfg):
+    """What both halves share: the checkpoints they read, the prompts, the judge, spoken QA."""
+    dev, out = cfg["device"], cfg["out_dir"]
+    codec = Codec.load(os.path.join(out, "codec.pt"), dev)
+    asr = ASR.load(os.path.join(out, "asr.pt"), dev)
+    tok = Tokenizer.load(os.path.join(out, "tokenizer.model"))
+    silence = live.silence_codes(codec)
+    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+
+    def prompts(split, items):
+        """The evaluation's prompts: history, the user's audio from the question on, reply windows."""
+        hist, user, starts, ends = live.qa_batch(Streams(os.path.join(out, "speech"), split), items,
+                                               cfg["sft_eval_history"], silence, pad_col)
+        return hist, user, [e - s + int(live.ANSWER_WINDOW_S / FRAME_S) for s, e in zip(starts, ends)]
+
+    def judge(items, windows, text, codes, rows):
+        """One verdict per reply (rows: its question): the judge's, the text channel's, the score."""
+        wavs = codec.decode(codes.transpose(1, 2).to(dev)).cpu()
+        qs, ans = [items[q][1]["text"] for q in rows], [items[q][1]["answer"] for q in rows]
+        clips = [wavs[n, :windows[q] * FRAME] for n, q in enumerate(rows)]
+        said = [tok.decode(live.monologue_parts(text[n, :windows[q]].tolist())[1]) for n, q in enumerate(rows)]
+        oks, heard = judge_wavs(asr, clips, qs, ans)
+        right = [dict(reply_candidates(q)).get(a) or "" for q, a in zip(qs, ans)]
+        return [dict(question=q, answer=a, said=s, heard=h, judge_ok=bool(ok), text_ok=textlm.answer_in(s, a),
+                     score=round(ear_score(asr, c, r), 4))
+                for q, a, s, h, ok, c, r in zip(qs, ans, said, heard, oks, clips, right)]
+
+    def spoken_qa(model, split):
+        """The spoken-QA protocol of stage sft's evaluation: greedy text, audio sampled as Moshi, the same seed."""
+        items = live.questions(Streams(os.path.join(out, "speech"), split))
+        hist, user, windows = prompts(split, items)
+        torch.manual_seed(cfg["seed"])
+        text, codes = live.free_run(model, hist.to(dev), user.to(dev), silence.to(dev), (0, 0, live.AUDIO_TEMP, live.AUDIO_TOP_K))
+        v = judge(items, windows, text.cpu(), codes, list(range(len(items))))
+        return {k: round(float(np.mean([r[k] for r in v])), 4) for k in ("judge_ok", "text_ok", "score")}
+
+    return dict(codec=codec, asr=asr, tok=tok, silence=silence, prompts=prompts, judge=judge, spoken_qa=spoken_qa)
+
+
+def train_stage(cfg):
+    """Stage dpo's training: pairs from the sft model's own spoken replies, judged by the fact-free
+    judge (nanosdm/judge.py), then DPO (train). Under torchrun
+    rank 0 collects the pairs and every rank trains on them."""
+    dev, out = cfg["device"], cfg["out_dir"]
+    t = stage_tools(cfg)
+    prompts, judge, silence = t["prompts"], t["judge"], t["silence"]
+    sft = load_model(os.path.join(out, "sft.pt"), dev)
+    # the pairs: kept on disk (dpo_pairs.pt, and every verdict readable in dpo_pairs.jsonl)
+    path = os.path.join(out, "dpo_pairs.pt")
+    info = {k: cfg[k] for k in ("seed", "dpo_questions", "dpo_samples", "dpo_text_temp", "dpo_min_margin",
+                                "dpo_max_pairs", "dpo_history", "sft_eval_history")}
+    pairs = utils.load_checkpoint(path) if os.path.exists(path) else None
+    if (pairs is None or pairs["info"] != info) and utils.is_main():
+        t0 = time.time()
+        items = live.questions(Streams(os.path.join(out, "speech"), "train"))
+        rng = np.random.default_rng(cfg["seed"])
+        items = [items[i] for i in rng.choice(len(items), min(cfg["dpo_questions"], len(items)), replace=False)]
+        hist, user, windows = prompts("train", items)
+        torch.manual_seed(cfg["seed"])
+        temps = (cfg["dpo_text_temp"], 25, live.AUDIO_TEMP, live.AUDIO_TOP_K)
+        sample = lambda h, u: [t.cpu() for t in live.free_run(sft, h.to(dev), u.to(dev), silence.to(dev), temps)]
+        pairs, records = collect_pairs(hist, user, windows, sample,
+                                           lambda text, codes, rows: judge(items, windows, text, codes, rows.tolist()),
+                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"], cfg["dpo_history"])
+        replies = [v for rec in records for v in rec["replies"]]
+        info.update(judge_ok=float(np.mean([v["judge_ok"] for v in replies])),
+                    text_ok=float(np.mean([v["text_ok"] for v in replies])), seconds=round(time.time() - t0, 1))
+        save_pairs(path, pairs, records, info)
+        print(f"dpo: {len(pairs['chosen'])} pairs from {len(replies)} replies to {len(items)} questions in "
+              f"{info['seconds']:.0f}s (judged right {info['judge_ok']:.1%}, text channel right {info['text_ok']:.1%})")
+    utils.barrier()
+    pairs = utils.load_checkpoint(path)
+    metrics = dict(dpo_sample_judge_ok=round(pairs["info"]["judge_ok"], 4), dpo_sample_text_ok=round(pairs["info"]["text_ok"], 4),
+                   dpo_pair_seconds=pairs["info"]["seconds"])
+    trained = train(cfg, pairs)
+    return dict(metrics, **trained) if trained else None

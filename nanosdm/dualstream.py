@@ -1,7 +1,7 @@
 """
 The dual-stream full-duplex model (Moshi at nano scale): it listens and speaks at once, 80 ms a step.
 
-Streams per step t (speech.py builds them): 1 text (the assistant's inner monologue) + K assistant
+Streams per step t (corpus/speech.py builds them): 1 text (the assistant's inner monologue) + K assistant
 codebooks + K user codebooks = S = 1 + 2K tokens.
 
     delays:     stream s at step t holds its token of step t - delays[s] (DELAYS: text and
@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import utils
-from nanosdm.depth import Depth, sample_logits
+from nanosdm.codec import FRAME_S
+from nanosdm.depth import Depth
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
-from nanosdm.transformer import Transformer
+from nanosdm.transformer import Transformer, sample_logits
 
 ZERO = -1               # a token that embeds to exactly zero: "no input on this stream"
 
@@ -110,8 +111,8 @@ class DualStream(nn.Module):
         self.transformer.load_state_dict(blocks)
 
     def init_from_codec(self, codebooks, seed=0):
-        """Audio embeddings that start from the codec's geometry (REFERENCE §12: with nn.Embedding's
-        N(0, 1) rows beside the text LM's small ones the model did not listen). Every audio table
+        """Audio embeddings that start from the codec's geometry (with nn.Embedding's N(0, 1)
+        rows beside the text LM's small ones the model did not listen). Every audio table
         of a channel is its codebook times one shared random projection P, so the sum of a frame's
         K embeddings is P applied to the quantized latent: the model starts by hearing the codec's
         own latent. Scaled so a frame's sum has the RMS of a text embedding row."""
@@ -375,7 +376,8 @@ def train(cfg, stage, stop_step=None):
     """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
     align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
     from nanosdm.corpus.speech import Streams, mixed_streams
-    from nanosdm.textlm import read_jsonl, tokenize_docs
+    from nanosdm.corpus.spokenworld import read_jsonl
+    from nanosdm.textlm import tokenize_docs
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]
     p = lambda key: cfg[f"{stage}_{key}"]
@@ -399,12 +401,12 @@ def train(cfg, stage, stop_step=None):
     B, T, max_steps = p("batch_size"), cfg["dual_context"], p("max_steps")
     print(f"{stage}: {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M parameters "
           f"({sum(q.numel() for q in params) / 1e6:.2f}M trained), {len(streams):,} frames "
-          f"({len(streams) * 0.08 / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
+          f"({len(streams) * FRAME_S / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
           f"{p('text_frac'):.0%} text-only batches")
     if stage == "align":
         d = Streams(speech_dir, "train").dialogues[0]
         first = next(tr for tr in d["turns"] if tr["speaker"] == "user")
-        start = d["offset"] + max(0, int(first["start"] / 0.08) - 2)
+        start = d["offset"] + max(0, int(first["start"] / FRAME_S) - 2)
         plot_layout(model, torch.from_numpy(Streams(speech_dir, "train").window(start, 48)), tok,
                     os.path.join(out_dir, "plots", "stream_layout.png"))
     path = os.path.join(out_dir, f"{stage}.pt")

@@ -1,5 +1,5 @@
 """
-Stage `omni`: LLaMA-Omni's way (seed §4.1 "Parallel Generation", §4.3): keep the text LLM as it
+Stage `omni`: LLaMA-Omni's way (the survey's §4.1 "Parallel Generation" and §4.3; Fang et al., 2024): keep the text LLM as it
 is, let it hear through a speech adapter, and let a small CTC decoder turn its hidden states into
 speech units while it writes its text answer.
 
@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from nanosdm import utils
 from nanosdm.corpus import spokenworld
+from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.ctc import SpeechDecoderCTC
 from nanosdm.textlm import TextLM
 from nanosdm.tokenizer import ASSISTANT, BOS, EOS, UNK, USER
@@ -196,7 +197,7 @@ def exchanges(split):
 
 
 def user_audio(wav, turn):
-    return wav[spokenworld.USER, int(turn["start"] * 16000):int(turn["end"] * 16000) + QUESTION_TAIL]
+    return wav[spokenworld.USER, int(turn["start"] * SAMPLE_RATE):int(turn["end"] * SAMPLE_RATE) + QUESTION_TAIL]
 
 
 def prompt_parts(tok, context, feats):
@@ -421,7 +422,7 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
 def train(cfg, stop_step=None):
     """Stage `omni`: the adapter on spoken questions -> text answers (the LM's blocks tuned or
     not), then the CTC speech decoder with everything before it frozen. Returns training figures
-    (evaluate_omni.evaluate_omni measures the model)."""
+    (eval/omni.py measures the model)."""
     from nanosdm.asr import ASR
     from nanosdm.tokenizer import Tokenizer
     from nanosdm.units import Units

@@ -15,7 +15,6 @@ world, asked in phrasings it never saw, with the answer word to check.
              batches an uninterrupted one would
     report:  validation loss; QA accuracy (greedy answer, cut at EOS) on seen and text-only facts
 """
-import json
 import os
 import re
 import time
@@ -27,8 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import utils
+from nanosdm.corpus.spokenworld import read_jsonl
 from nanosdm.tokenizer import EOS, Tokenizer
-from nanosdm.transformer import Transformer
+from nanosdm.transformer import Transformer, sample_logits
 
 
 class TextLM(nn.Module):
@@ -67,14 +67,7 @@ class TextLM(nn.Module):
         seq, step_in = idx, idx  # the first step feeds the whole prompt (the "prefill")
         for _ in range(max_len - T):
             logits = self(step_in if use_cache else seq, kv_cache=cache)[:, -1]
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, -1), 1)[:, 0]
+            nxt = sample_logits(logits, temperature, top_k)
             nxt = torch.where(done, torch.full_like(nxt, stop), nxt)
             out.append(nxt)
             done |= nxt == stop
@@ -92,11 +85,6 @@ def load_model(path, device="cpu"):
 
 # -----------------------------------------------------------------------------
 # data
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
 
 def tokenize_docs(tok, docs):
     """All documents as one uint16 stream (vocabularies here stay under 65536)."""
@@ -256,7 +244,7 @@ def train(cfg, stop_step=None):
 
     utils.report_replicas(model, "text")
     plot_losses(history, os.path.join(out_dir, "plots", "text_loss.png"))
-    # question answering is measured by evaluate.evaluate_text_checkpoint, on the saved checkpoint
+    # question answering is measured by eval/metrics.py's evaluate_text_checkpoint, on the saved checkpoint
     return {"text_val_loss": history["val"][-1][1], "text_train_loss": history["train"][-1][1],
             "text_params_m": round(sum(p.numel() for p in params) / 1e6, 3),
             "text_train_tok_per_s": round(tokens_seen / max(train_seconds, 1e-9)) if tokens_seen else 0}

@@ -187,3 +187,14 @@ class Transformer(nn.Module):
             kv_cache.length = cache_len + T
         x = rms_norm(x)
         return (x, layers) if return_layers else x
+
+
+def sample_logits(logits, temperature, top_k):
+    """logits [B, V] -> ids [B]; temperature 0 is greedy."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, -1), 1)[:, 0]

@@ -38,7 +38,7 @@ encoder's FLOPs in its first convolutions (320x downsampling through 7 layers); 
 work almost for free, which on a CPU is the difference between minutes and hours.
 
 Frames: frame i covers samples [320 i, 320 (i+1)), so a wav of T samples has T // 320 frames.
-Quality is measured in evaluate.py, against the synthesizer's phone timings: PNMI, phone purity
+Quality is measured in eval/metrics.py, against the synthesizer's phone timings: PNMI, phone purity
 and cluster purity (HuBERT paper).
 
     units = Units.load("out/tiny/units.pt")
@@ -360,7 +360,7 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
 
 def train(cfg, stop_step=None):
     """The units stage: iteration 1 (MFCC k-means), masked prediction, iteration 2 (k-means on a
-    middle layer); returns the training figures (unit quality is measured by evaluate.py).
+    middle layer); returns the training figures (unit quality is measured by eval/metrics.py).
     stop_step: stop there as if killed (to test resuming)."""
     device, out_dir, seed = cfg["device"], cfg["out_dir"], cfg["seed"]
     path = os.path.join(out_dir, "units.pt")
@@ -435,7 +435,7 @@ def train(cfg, stop_step=None):
     train_hours = len(targets) / FRAME_RATE / 3600
     del feats, stream, targets
 
-    # unit quality on unseen voices: the stage runner calls evaluate.evaluate_units_checkpoint next
+    # unit quality on unseen voices: the stage runner calls eval/metrics.py's evaluate_units_checkpoint next
     return dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
                 units_train_seconds=round(train_seconds, 1),
                 units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),

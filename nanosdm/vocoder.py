@@ -1,5 +1,5 @@
 """
-Stage `vocoder`: speech units back to audio, the last link of LLaMA-Omni's way (seed §4.3).
+Stage `vocoder`: speech units back to audio, the last link of LLaMA-Omni's way (the survey's §4.3).
 
 LLaMA-Omni's CTC decoder writes deduplicated HuBERT units ("5 9 5 ..."): what was said, without how
 long each sound lasts. A unit vocoder (there a HiFi-GAN with a duration predictor) puts the time
@@ -40,12 +40,13 @@ from tqdm import tqdm
 
 from nanosdm import utils
 from nanosdm.corpus import spokenworld
+from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.codec import DELAY, FRAME, CausalBlock, mel_loss
 from nanosdm.units import HOP, dedup
 
 SUB = FRAME // HOP           # unit frames (20 ms) per codec frame (80 ms): 4
 MAX_RUN = 32                 # runs longer than this (640 ms: silences) share the last position embedding
-FRAME_MS = 1000 * HOP / 16000
+FRAME_MS = 1000 * HOP / SAMPLE_RATE
 
 
 # -----------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def losses(model, codec, batch, mel_weight):
 
 def train(cfg, stop_step=None):
     """Train (or resume) the vocoder on the assistant's training turns; returns a few training
-    figures (evaluate_omni.evaluate_vocoder measures it)."""
+    figures (eval/omni.py's evaluate_vocoder measures it)."""
     from nanosdm.codec import Codec
     from nanosdm.units import Units
     device, out_dir = cfg["device"], cfg["out_dir"]
@@ -255,7 +256,7 @@ def train(cfg, stop_step=None):
     turns = assistant_turns(cfg["data_dir"], "train")
     wavs = [w for w, _ in turns]
     streams = training_streams(wavs, unit_frames(units, wavs, cfg, "units_train_assistant"), codec)
-    hours = len(streams[2]) / 16000 / 3600
+    hours = len(streams[2]) / SAMPLE_RATE / 3600
     print(f"vocoder: {len(turns)} assistant turns, {hours:.2f} h, prepared in {time.time() - t0:.0f}s")
 
     model = Vocoder(units.k, codec.config["latent_dim"], cfg["vocoder_dim"], cfg["vocoder_kernel"],
@@ -333,6 +334,6 @@ def plot_spectrograms(pairs, path):
         for row, (wav, name) in enumerate(((ref, "original"), (voc, "vocoded from its units"))):
             ax = axes[row, col]
             ax.imshow(audio.log_mel(wav.float()).numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0,
-                      extent=(0, len(wav) / 16000, 0, 80), cmap="magma")
+                      extent=(0, len(wav) / SAMPLE_RATE, 0, 80), cmap="magma")
             ax.set(title=f"{name}\n{title!r}" if row == 0 else name, xlabel="seconds", ylabel="mel band")
     utils.save_figure(fig, path, dpi=100)

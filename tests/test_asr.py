@@ -1,5 +1,5 @@
 """The recognizer (asr.py): its loss, padding, SpecAugment, a short training run, long audio, bad
-input, the stage (error rates: test_evaluate.py; decoding and the LM: test_ctc.py)."""
+input, the stage (error rates: test_eval_metrics.py; decoding and the LM: test_ctc.py)."""
 import math
 
 import numpy as np
@@ -143,7 +143,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
 
 
 def write_mini_corpus(data_dir):
-    """Two-channel SpokenWorld-format splits of a few eSpeak sentences (see nanosdm/data.py)."""
+    """Two-channel SpokenWorld-format splits of a few eSpeak sentences (see nanosdm/corpus/spokenworld.py)."""
     import json
     data_dir.mkdir(parents=True)
     texts = ["what colour is the kotan?", "the kotan is red.", "tell me my name.", "your name is ana."]

@@ -58,7 +58,7 @@ def test_kmeans_recovers_separated_clusters():
 
 
 def test_kmeans_ends_near_the_generating_clusters():
-    # the issue's data: 50 clusters, 20,000 points in 39 dims, k = 50, 20 iterations. Plain
+    # the benchmark's data: 50 clusters, 20,000 points in 39 dims, k = 50, 20 iterations. Plain
     # k-means++ ends at 1.7-3.3x here (test below), scikit-learn's greedy k-means++ at 1.0-1.37x
     for seed in (0, 1, 2):
         x, truth = gaussian_clusters(seed=seed)
@@ -102,7 +102,7 @@ def test_kmeans_reseeds_empty_clusters():
 
 
 def benchmark(seeds=range(20), k=50, iters=20):
-    """Inertia / generating clusters' inertia and seconds per fit on the issue's data, for plain
+    """Inertia / generating clusters' inertia and seconds per fit on the benchmark's data, for plain
     k-means++ (the old seeding), greedy k-means++ with the usual 2 + ln k candidates and with the
     default twice that, the default (twice that, KMEANS_RESTARTS fits),
     and scikit-learn's KMeans (greedy k-means++, n_init=1) when it is installed (it is not a dependency)."""

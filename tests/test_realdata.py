@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from nanosdm import asr, codec, units
-from nanosdm.corpus import audio, espeak, realdata, speech
+from nanosdm.corpus import audio, espeak, realdata, speech, spokenworld
 from nanosdm.eval import metrics  # noqa: E402
 
 SR = 16000
@@ -329,3 +329,29 @@ def test_a_bad_file_drawn_twice_in_an_epoch_is_replaced_both_times(corpora, tmp_
     clips = realdata.Clips(speech, 30 * SR, 400, seed=0)
     clips.items = [bad, bad] + clips.items[2:]
     assert clips[0][1] and clips[1][1] and clips.items[0] is not bad and clips.items[1] is not bad
+
+
+def test_librispeech_loader(tmp_path):
+    chapter = tmp_path / "19" / "198"
+    chapter.mkdir(parents=True)
+    for i in range(2):
+        audio.save_wav(chapter / f"19-198-000{i}.wav", np.zeros(1600, dtype=np.float32) + 0.1)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 GOOD MORNING\n")
+    items = realdata.librispeech_items(tmp_path)
+    assert [it["text"] for it in items] == ["hello world", "good morning"]
+    assert audio.load_wav(items[0]["path"]).shape == (1600,)
+    (chapter / "19-198.trans.txt").write_text("19-198-0002 MISSING FILE\n")
+    with pytest.raises(FileNotFoundError, match="19-198-0002.wav"):
+        realdata.librispeech_items(tmp_path)
+
+
+def test_moshi_loader(tmp_path):
+    audio.save_wav(tmp_path / "d1.wav", np.zeros((2, 16000), dtype=np.float32))
+    align = {"alignments": [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
+                            ["hi", [0.9, 1.1], "SPEAKER_OTHER"], ["Bye", [1.3, 1.5], "SPEAKER_MAIN"]]}
+    (tmp_path / "d1.json").write_text(json.dumps(align))
+    (d,) = realdata.moshi_dialogues(tmp_path)
+    assert [(t["speaker"], t["text"]) for t in d["turns"]] == [
+        ("assistant", "hello there"), ("user", "hi"), ("assistant", "bye")]
+    assert d["turns"][0]["start"] == 0.1 and d["turns"][0]["end"] == 0.7
+    assert audio.load_wav(d["path"], channel=spokenworld.ASSISTANT).shape == (16000,)

@@ -1,12 +1,8 @@
 """Stage `speech`: the inner-monologue text stream and the code files, SpokenWorld and real data alike."""
-import json
-
 import numpy as np
 import pytest
-import torch
 
-from nanosdm.corpus import audio, speech
-from nanosdm.codec import Codec
+from nanosdm.corpus import speech
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 
 
@@ -76,39 +72,3 @@ def test_read_text_stream_nests_a_backchannel_inside_the_answer(tok):
     assert turns[0]["tokens"][1] == (7, red)
 
 
-def test_moshi_dialogues_go_through_the_speech_stage(tmp_path, tok):
-    root = tmp_path / "moshi"
-    root.mkdir()
-    t = np.arange(int(1.9 * 16000)) / 16000
-    wav = np.stack([0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1.0), 0.3 * np.sin(2 * np.pi * 330 * t) * (t > 1.1)])
-    audio.save_wav(root / "call.wav", wav.astype(np.float32))
-    words = [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
-             ["bye", [1.2, 1.5], "SPEAKER_OTHER"]]
-    (root / "call.json").write_text(json.dumps({"alignments": words}))
-    torch.manual_seed(0)
-    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=2, codebook_size=16)
-    cfg = dict(dual_user_text=True, dual_markers=True)
-    out = tmp_path / "speech"
-    n = speech.encode_moshi(str(root), str(out), codec.eval(), tok, cfg)
-    assert n == -(-len(t) // 1280)                             # ceil(samples / 1280) frames
-    st = speech.Streams(str(out), "moshi")
-    x, d = st.dialogue(0)
-    assert x.shape == (n, 1 + 2 * 2) and x[:, 1:].max() < 16
-    assert x[int(0.1 / 0.08), 0] == ASSISTANT                  # the main speaker's turn opens at its first word
-    assert x[int(1.5 / 0.08) + 1, 0] == EOS                    # the other speaker's word, closed once heard
-    assert USER in x[int(1.2 / 0.08):int(1.5 / 0.08) + 1, 0]   # ... and opened while it is heard
-    # each channel's codes are the codec's own codes of that channel (left = assistant)
-    for ch, cols in ((0, slice(1, 3)), (1, slice(3, 5))):
-        want = codec.encode(torch.from_numpy(wav[ch]).float()[None])[0].T.numpy()
-        assert np.array_equal(x[:, cols], want)
-
-
-def test_a_mono_wav_is_refused_with_its_path(tmp_path, tok):
-    root = tmp_path / "bad"
-    root.mkdir()
-    audio.save_wav(root / "one.wav", np.zeros(16000, dtype=np.float32))
-    (root / "one.json").write_text(json.dumps({"alignments": [["hi", [0.1, 0.3], "SPEAKER_MAIN"]]}))
-    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=2, codebook_size=16)
-    with pytest.raises(audio.AudioError, match="one.wav"):
-        speech.encode_moshi(str(root), str(tmp_path / "out"), codec.eval(), tok, dict(dual_user_text=True, dual_markers=True))
-    assert not (tmp_path / "out" / "moshi.jsonl").exists()     # nothing half-written under the final name

@@ -22,7 +22,8 @@ import re
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
-SAMPLE_RATE = 16000
+from nanosdm.corpus.audio import SAMPLE_RATE
+
 NATIVE_RATE = 22050  # what espeak_Initialize returns; 16000 / 22050 = 320 / 441
 UP, DOWN = 320, 441
 

@@ -29,6 +29,7 @@ audio.load_wav when a batch needs it, so a corpus larger than memory works. A fi
 load is reported by path, skipped and counted; a stage fails only when more than MAX_BAD_SHARE of
 a setting's files (and more than MAX_BAD_FILES) fail.
 """
+import json
 import math
 import os
 import random
@@ -118,6 +119,53 @@ def _samples(item):
             return dict(item, n=0, error=str(e2) or str(e))
 
 
+def librispeech_items(root, missing_ok=False):
+    """LibriSpeech-style folders: <spk>/<chapter>/<id>.flac|wav with <spk>-<chapter>.trans.txt
+    lines "<id> TRANSCRIPT". Returns [{"id", "path", "text", "speaker"}] for the wav files (flac:
+    convert first). missing_ok: list a missing file anyway (the reader then reports and skips it)."""
+    items = []
+    for dirpath, _, files in sorted(os.walk(root)):
+        for fn in sorted(f for f in files if f.endswith(".trans.txt")):
+            with open(os.path.join(dirpath, fn)) as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    uid, text = line.strip().split(" ", 1)
+                    path = os.path.join(dirpath, uid + ".wav")
+                    if not os.path.exists(path) and not missing_ok:
+                        hint = " (convert .flac to .wav first)" if os.path.exists(path[:-4] + ".flac") else ""
+                        raise FileNotFoundError(f"{path}: listed in {fn} but missing{hint}")
+                    items.append(dict(id=uid, path=path, text=text.lower(), speaker=uid.split("-")[0]))
+    if not items:
+        raise FileNotFoundError(f"{root}: no *.trans.txt files found")
+    return items
+
+
+def moshi_dialogues(root, main_speaker="SPEAKER_MAIN"):
+    """Moshi-finetune-style data: <name>.wav (stereo, main speaker on the left channel) beside
+    <name>.json holding {"alignments": [[word, [start, end], speaker], ...]}. Returns
+    [{"id", "path", "turns"}] in SpokenWorld's turn format (main speaker = assistant)."""
+    out = []
+    for fn in sorted(f for f in os.listdir(root) if f.endswith(".json")):
+        wav_path = os.path.join(root, fn[:-5] + ".wav")
+        with open(os.path.join(root, fn)) as f:
+            obj = json.load(f)
+        words = obj["alignments"] if isinstance(obj, dict) else obj
+        turns = []
+        for word, (s, e), spk in words:
+            who = "assistant" if spk == main_speaker else "user"
+            if not turns or turns[-1]["speaker"] != who:
+                turns.append(dict(speaker=who, kind="speech", start=s, end=e, words=[], phones=[]))
+            turns[-1]["words"].append([word.lower(), s, e])
+            turns[-1]["end"] = e
+        for tr in turns:
+            tr["text"] = " ".join(w[0] for w in tr["words"])
+        if not os.path.exists(wav_path):
+            raise FileNotFoundError(f"{wav_path}: missing beside {fn}")
+        out.append(dict(id=fn[:-5], path=wav_path, turns=turns))
+    return out
+
+
 def list_items(source, data_dir=None, split="train"):
     """[dict(id, path, channel, start, end, text, words, speaker, n)]: channel None mixes a file
     down; start/end in seconds (None: the whole file); words [[word, start, end]] relative to
@@ -125,10 +173,10 @@ def list_items(source, data_dir=None, split="train"):
     kind, root = source["kind"], source["path"]
     items = []
     if kind == "librispeech":
-        for it in spokenworld.librispeech_items(root, missing_ok=True):
+        for it in librispeech_items(root, missing_ok=True):
             items.append(_samples(dict(it, channel=None, start=None, end=None, words=None)))
     elif kind == "moshi":
-        for d in spokenworld.moshi_dialogues(root):
+        for d in moshi_dialogues(root):
             for i, tr in enumerate(d["turns"]):
                 if tr["end"] - tr["start"] < MIN_TURN_S:
                     continue
@@ -405,6 +453,5 @@ def lm_texts(cfg, speech):
     SpokenWorld text corpus when SpokenWorld is part of the mix."""
     texts = [normalize(t) for t in speech.mix.texts()]
     if any(s["kind"] == "spokenworld" for s in speech.sources):
-        from nanosdm.asr import text_corpus
-        texts += text_corpus(cfg["data_dir"])
+        texts += spokenworld.text_turns(cfg["data_dir"])
     return texts

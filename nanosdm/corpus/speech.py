@@ -12,8 +12,8 @@ The text stream (Moshi): a word's tokens one per frame from the frame where the 
 where nothing is said, EPAD on the PAD just before a new word's first token. A word that would
 start before the previous one's tokens are out waits for them (the tokens keep their order).
 
-Two additions to Moshi's monologue, both from the probe in shared/REFERENCE.md §12, where a model
-that only wrote its own words never learnt to listen:
+Two additions to Moshi's monologue, both because a small model that only wrote its own words never
+learnt to listen:
   - `user_text`: the user's words are written too, as they are heard: a word's tokens spread over
     its duration, the last one the frame after the word ends (the model can only write what it has
     heard): the model transcribes what it hears, so the ear gets a dense training signal, and the
@@ -32,8 +32,7 @@ Files, under out/<preset>/speech/ (codes depend on the trained codec, so they li
 
 Splits: the corpus's spoken splits (train, val, unseen_voice, text_only), `align` (single
 utterances for modality adaptation: ASR-like user turns and TTS-like assistant turns, synthesized
-here), any Moshi-finetune-style folder given as `speech_moshi_dir` (split `moshi`, encoded only), and
-under a `speech_data` setting the user's corpora (write_speech below: `real`, `align_real` and
+here), and under a `speech_data` setting the user's corpora (write_speech below: `real`, `align_real` and
 their held-out parts, which sft and align then train on).
 """
 import json
@@ -45,9 +44,9 @@ import torch
 from tqdm import tqdm
 
 from nanosdm.corpus import audio, realdata, spokenworld
+from nanosdm.codec import FRAME_S
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
-FRAME_S = 0.08                      # one codec frame, 12.5 Hz
 SPLITS = spokenworld.SPEECH_SPLITS + ("align",)
 
 
@@ -319,8 +318,6 @@ def build(cfg):
         text, codes = encode_dialogue(codec, tok, wav, turns, cfg)
         w.add(dict(id=f"align-{i:05d}", turns=turns), text, codes)
     metrics["speech_frames_align"] = w.close()
-    if cfg["speech_moshi_dir"]:
-        metrics["speech_frames_moshi"] = encode_moshi(cfg["speech_moshi_dir"], out, codec, tok, cfg)
     if not realdata.is_default(cfg):   # the user's corpora: splits real, align_real and their held-out parts
         metrics.update(write_speech(cfg, out, codec, tok))
     s = Streams(out, "train")
@@ -329,22 +326,10 @@ def build(cfg):
     return metrics
 
 
-def encode_moshi(root, out, codec, tok, cfg, split="moshi"):
-    """A user's own Moshi-finetune-style folder (stereo wav + word JSON, spokenworld.moshi_dialogues)
-    through the very same path as SpokenWorld: channel 0 the main speaker (the assistant)."""
-    w = StreamWriter(out, split)
-    for d in tqdm(spokenworld.moshi_dialogues(root), desc=f"speech {split}", unit="dlg"):
-        # load_wav names the file if it is not stereo (no channel 1), empty or corrupt
-        wav = torch.stack([audio.load_wav(d["path"], channel=c) for c in (spokenworld.ASSISTANT, spokenworld.USER)])
-        text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
-        w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
-    return w.close()
-
-
 # -----------------------------------------------------------------------------
 # real corpora (nanosdm/realdata.py's --speech_data) as codes, beside SpokenWorld's: for align and sft
 
-REAL_EVAL_TURNS = 160      # held-out utterances of split align_real_heldout (evaluate_dialogue.user_wer reads 160)
+REAL_EVAL_TURNS = 160      # held-out utterances of split align_real_heldout (eval/dialogue.py's user_wer reads 160)
 PER_DIALOGUE = 8           # single utterances per pseudo-dialogue of split align_real (as speech.align_dialogues)
 
 
@@ -365,11 +350,11 @@ def write_speech(cfg, out, codec, tok):
     metrics = {}
     moshi = [s for s in realdata.parse(cfg["speech_data"]) if s["kind"] == "moshi"]
     if moshi:   # whole dialogues, held out by dialogue
-        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in spokenworld.moshi_dialogues(s["path"])]
+        dialogues = [dict(d, speaker=d["id"]) for s in moshi for d in realdata.moshi_dialogues(s["path"])]
         train, held = realdata.split_heldout(dialogues)
         if cfg.get("speech_eval_data"):
             train, held = dialogues, [d for s in realdata.parse(cfg["speech_eval_data"]) if s["kind"] == "moshi"
-                                      for d in spokenworld.moshi_dialogues(s["path"])]
+                                      for d in realdata.moshi_dialogues(s["path"])]
         reader = realdata.Reader(len(dialogues) + len(held))
         for split, part in (("real", train), ("real_heldout", held)):
             w = StreamWriter(out, split)
@@ -394,7 +379,7 @@ def write_speech(cfg, out, codec, tok):
 
         def flush():
             stereo, turns = _place(group, rng)
-            for tr in turns:   # what evaluate_dialogue.user_wer transcribes
+            for tr in turns:   # what eval/dialogue.py's user_wer transcribes
                 tr["kind"] = "question" if tr["speaker"] == "user" else "answer"
             text, codes = encode_dialogue(codec, tok, stereo, turns, cfg)
             w.add(dict(id=f"{split}-{w.offset}", turns=turns), text, codes)

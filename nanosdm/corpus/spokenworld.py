@@ -10,7 +10,7 @@ legs, food, material), plus arithmetic and "my name is ..." memory. The world be
     turns, backchannels while the assistant speaks, and interruptions the assistant yields to.
     Every spoken word and phone has exact start and end times from the synthesizer.
 
-Splits measure what the survey cares about (seed §4.2, §4.4.1):
+Splits measure what the survey cares about (its §4.2 and §4.4.1: does the model keep its text knowledge?):
   train        seen facts, seen voices, training phrasings
   val          the same facts asked in held-out phrasings
   unseen_voice training phrasings, user voices that never occur in training
@@ -200,6 +200,11 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def text_turns(data_dir):
+    """Every turn of the SpokenWorld text corpus (data/<preset>/text_train.jsonl), as text."""
+    return [text for doc in read_jsonl(os.path.join(data_dir, "text_train.jsonl")) for _, text in doc["turns"]]
+
+
 # -----------------------------------------------------------------------------
 # spoken dialogues: a plan (texts, voices, timing choices) made here, rendered to audio in workers
 
@@ -214,7 +219,7 @@ def split_voices(all_voices, seed):
 
 def plan_dialogue(rng, world, voices, held_out):
     """What a dialogue will say and when. The timing choices are what the full-duplex model learns
-    its behaviour from (duplex.py measures it): wait through a pause inside the user's turn, answer
+    its behaviour from (eval/duplex.py measures it): wait through a pause inside the user's turn, answer
     quickly when the turn ends, keep talking through a backchannel, stop when interrupted, stay
     quiet through a long silence."""
     user = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
@@ -425,53 +430,3 @@ def _plot_dialogue(cfg, index=0):
     axes[0].set_title(f"SpokenWorld dialogue {d['id']}: word alignments from eSpeak NG")
     path = os.path.join(cfg["out_dir"], "plots", "dialogue.png")
     utils.save_figure(fig, path)
-
-
-# -----------------------------------------------------------------------------
-# real data, for users who have it
-
-def librispeech_items(root, missing_ok=False):
-    """LibriSpeech-style folders: <spk>/<chapter>/<id>.flac|wav with <spk>-<chapter>.trans.txt
-    lines "<id> TRANSCRIPT". Returns [{"id", "path", "text", "speaker"}] for the wav files (flac:
-    convert first). missing_ok: list a missing file anyway (the reader then reports and skips it)."""
-    items = []
-    for dirpath, _, files in sorted(os.walk(root)):
-        for fn in sorted(f for f in files if f.endswith(".trans.txt")):
-            with open(os.path.join(dirpath, fn)) as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    uid, text = line.strip().split(" ", 1)
-                    path = os.path.join(dirpath, uid + ".wav")
-                    if not os.path.exists(path) and not missing_ok:
-                        hint = " (convert .flac to .wav first)" if os.path.exists(path[:-4] + ".flac") else ""
-                        raise FileNotFoundError(f"{path}: listed in {fn} but missing{hint}")
-                    items.append(dict(id=uid, path=path, text=text.lower(), speaker=uid.split("-")[0]))
-    if not items:
-        raise FileNotFoundError(f"{root}: no *.trans.txt files found")
-    return items
-
-
-def moshi_dialogues(root, main_speaker="SPEAKER_MAIN"):
-    """Moshi-finetune-style data: <name>.wav (stereo, main speaker on the left channel) beside
-    <name>.json holding {"alignments": [[word, [start, end], speaker], ...]}. Returns
-    [{"id", "path", "turns"}] in SpokenWorld's turn format (main speaker = assistant)."""
-    out = []
-    for fn in sorted(f for f in os.listdir(root) if f.endswith(".json")):
-        wav_path = os.path.join(root, fn[:-5] + ".wav")
-        with open(os.path.join(root, fn)) as f:
-            obj = json.load(f)
-        words = obj["alignments"] if isinstance(obj, dict) else obj
-        turns = []
-        for word, (s, e), spk in words:
-            who = "assistant" if spk == main_speaker else "user"
-            if not turns or turns[-1]["speaker"] != who:
-                turns.append(dict(speaker=who, kind="speech", start=s, end=e, words=[], phones=[]))
-            turns[-1]["words"].append([word.lower(), s, e])
-            turns[-1]["end"] = e
-        for tr in turns:
-            tr["text"] = " ".join(w[0] for w in tr["words"])
-        if not os.path.exists(wav_path):
-            raise FileNotFoundError(f"{wav_path}: missing beside {fn}")
-        out.append(dict(id=fn[:-5], path=wav_path, turns=turns))
-    return out

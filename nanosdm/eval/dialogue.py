@@ -11,191 +11,33 @@ Like metrics.py, it loads what it scores and no component imports it.
     sft_text_retention    text-LM QA asked of the dual-stream model in text-only mode / the text LM's
     sft_onset_*_ms        median time from the end of the question to the first text token / voiced audio
 
-The judge must not know the world's facts. The recognizer's character LM read every fact, and it
-would correct a wrong answer into the right one, so the judge uses the acoustic model alone
-(greedy CTC) and only knows what the *question* tells anyone: which kind of value is asked for.
-Its transcript is matched to the nearest of the replies the question allows, one per possible
-value ("the kotan is red.", "the kotan is blue.", ...), all equally likely to it.
+Speech is scored by the fact-free judge of nanosdm/judge.py; the model runs through live.free_run.
 """
 import os
-import re
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from nanosdm import ctc, textlm
+from nanosdm import textlm
+from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.corpus import realdata, spokenworld
-from nanosdm.eval import metrics
+from nanosdm.corpus.audio import SAMPLE_RATE
+from nanosdm.corpus.speech import Streams
 from nanosdm.dualstream import load_model
-from nanosdm.corpus.speech import FRAME_S, Streams, encode_channels, read_text_stream
-from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
+from nanosdm.eval import metrics
+from nanosdm.judge import VAD_WIN, VOICED_RMS, judge_wavs
+from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, monologue_parts, qa_batch, questions,
+                          silence_codes)
+from nanosdm.tokenizer import ASSISTANT, EOS, PAD, Tokenizer
 
-ANSWER_WINDOW_S = 4.0        # the model runs freely this long after the question ends
-VOICED_RMS = 0.02            # a 20 ms window of decoded audio louder than this is speech (-34 dBFS)
 QA_SPLITS = ("val", "unseen_voice", "text_only")
-AUDIO_TEMP, AUDIO_TOP_K = 0.8, 250   # Moshi's audio sampling
 
 
 # -----------------------------------------------------------------------------
 # the judge
 
-def reply_candidates(question):
-    """Every reply the question allows, one per possible value, and the reply with no value at all:
-    [(value, reply text)], the last with value None. Uses only the question and the world's
-    vocabulary and templates, never its facts."""
-    q = question.lower().strip()
-    m = re.search(r"(\w+) (plus|minus) (\w+)", q)
-    if m:
-        values, reply = spokenworld.NUMBERS, f"{m.group(1)} {m.group(2)} {m.group(3)} is {{v}}."
-    elif "name" in q and ("my" in q.split() or "remember" in q):
-        values, reply = spokenworld.PEOPLE, "your name is {v}."
-    elif "where do i live" in q or "where i live" in q:
-        values, reply = spokenworld.TOWNS, "you live in {v}."
-    else:
-        values = None
-        for vals, _, train_q, held_q, template in spokenworld.ATTRIBUTES.values():
-            for question_template in train_q + held_q:
-                pattern = re.escape(question_template).replace(re.escape("{e}"), r"(\w+)")
-                m = re.fullmatch(pattern, q)
-                if m and values is None:
-                    values, reply = vals, template.replace("{e}", m.group(1))
-        if values is None:
-            return []
-    return [(v, reply.format(v=v)) for v in values] + [(None, reply.format(v=""))]
-
-
-def judge(transcript, question, answer, scores=None, slack=2, max_cer=0.5):
-    """Whether the reply heard says the right answer. transcript: the acoustic model's greedy
-    text; scores: its CTC log-likelihood of each allowed reply (reply_candidates' order), or None.
-    The replies within `slack` character edits of the nearest one are the plausible readings; the
-    best scored of them (the nearest, without scores) is what was said, and it must be the one
-    with the right answer: not a wrong value, not the reply without a value, not a tie. Audio
-    that is nothing like an allowed reply (edit distance over max_cer of its length) is wrong."""
-    cands = reply_candidates(question)
-    text = " ".join(transcript.split())
-    if not cands or not text:
-        return False
-    replies = [" ".join(reply.replace(".", " ").split()) for _, reply in cands]
-    dist = [metrics.edit_distance(text, r) for r in replies]
-    best = min(dist)
-    if best > max_cer * len(replies[dist.index(best)]):
-        return False
-    plausible = [i for i, d in enumerate(dist) if d <= best + slack]
-    if scores is None:
-        plausible = [i for i in plausible if dist[i] == best]
-        return len(plausible) == 1 and cands[plausible[0]][0] == answer
-    top = max(scores[i] for i in plausible)
-    winners = [i for i in plausible if scores[i] == top]
-    return len(winners) == 1 and cands[winners[0]][0] == answer
-
-
-@torch.no_grad()
-def judge_wavs(asr, wavs, questions, answers):
-    """Judge each clip: the acoustic model's posteriors give its greedy transcript and the CTC
-    likelihood of every allowed reply (constrained recognition: the judge knows what may be said,
-    never which of it is true). -> (list of bool, transcripts)."""
-    oks, hyps = [], []
-    for wav, q, a in zip(wavs, questions, answers):
-        wav = wav.float()
-        if wav.numel() < 400 or wav.abs().max() == 0:
-            oks.append(False)
-            hyps.append("")
-            continue
-        _, lp = asr.posteriors(wav)
-        lp = lp.float().cpu()
-        hyp = ctc.decode_ids(ctc.greedy_decode(lp[None])[0])
-        cands = reply_candidates(q)
-        targets = [ctc.encode_text(" ".join(r.replace(".", " ").split())) for _, r in cands]
-        scores = None
-        if cands:
-            n = len(targets)
-            scores = (-F.ctc_loss(lp[:, None].expand(-1, n, -1), torch.tensor([i for t in targets for i in t]),
-                                  torch.full((n,), lp.shape[0]), torch.tensor([len(t) for t in targets]),
-                                  blank=ctc.BLANK, reduction="none", zero_infinity=True)).tolist()
-        oks.append(judge(hyp, q, a, scores))
-        hyps.append(hyp)
-    return oks, hyps
-
-
 # -----------------------------------------------------------------------------
 # questions of a split, with the real dialogue around them
-
-def questions(streams):
-    """[(dialogue index, question turn, the answer turn after it)] for every question with an answer."""
-    out = []
-    for i, d in enumerate(streams.dialogues):
-        turns = d["turns"]
-        for j, tr in enumerate(turns):
-            if tr["speaker"] == "user" and tr.get("kind") == "question" and tr.get("answer"):
-                reply = next((u for u in turns[j + 1:] if u["speaker"] == "assistant"), None)
-                out.append((i, tr, reply))
-    return out
-
-
-def silence_codes(codec):
-    """The codes of a silent frame (what a quiet channel looks like to the model)."""
-    codes = encode_channels(codec, torch.zeros(2, 1280 * 4))
-    return torch.from_numpy(codes[0, -1].astype(np.int64))
-
-
-def monologue_parts(ids):
-    """Split a text stream into what the model wrote as the user's words and as its own:
-    the tokens of its USER ... EOS and ASSISTANT ... EOS turns (speech.read_text_stream)."""
-    turns = read_text_stream(ids)
-    return ([i for tr in turns if tr["role"] == USER for _, i in tr["tokens"]],
-            [i for tr in turns if tr["role"] == ASSISTANT for _, i in tr["tokens"]])
-
-
-@torch.no_grad()
-def free_run(model, history, user, silence, temps, batch_size=64):
-    """history [B, H, S] teacher-forced steps, then user [B, F, K] heard while the model runs freely.
-    -> (text tokens [B, F], the assistant's codes [B, F, K] of those F steps)."""
-    D = max(model.delays)
-    texts, codes = [], []
-    for b in range(0, history.shape[0], batch_size):
-        h, u = history[b:b + batch_size], user[b:b + batch_size]
-        state = model.new_state(h.shape[0])
-        if h.shape[1]:
-            model.prefill(state, h)
-        tx, au = [], []
-        for f in range(u.shape[1] + D):
-            frame = u[:, f] if f < u.shape[1] else silence.expand(h.shape[0], -1)
-            out = model.step(state, frame, *temps)
-            if f < u.shape[1]:
-                tx.append(out["text"])
-            if out["audio"] is not None:
-                au.append(out["audio"])
-        if h.shape[1] == 0:  # frames 0 .. F-1 (the first D steps complete no frame)
-            au = au[:u.shape[1]]
-        else:                # the first output completes frame H - D, part of the history
-            au = au[D:D + u.shape[1]]
-        texts.append(torch.stack(tx, 1))
-        codes.append(torch.stack(au, 1))
-    return torch.cat(texts), torch.cat(codes)
-
-
-def qa_batch(streams, items, history, silence, pad_col):
-    """History [B, history, S] (front-padded with silent steps) and the user's audio [B, F, K]
-    from each question's first frame on, F = the longest question + ANSWER_WINDOW_S. After the
-    question the user is silent: the recording's own next turn (a backchannel, or a barge-in timed
-    to the corpus's answer) would ask the model to stop before it has answered."""
-    K = (streams.assistant.shape[1])
-    starts = [int(tr["start"] / FRAME_S) for _, tr, _ in items]
-    ends = [int(np.ceil(tr["end"] / FRAME_S)) for _, tr, _ in items]
-    F = max(e - s for s, e in zip(starts, ends)) + int(ANSWER_WINDOW_S / FRAME_S)
-    hist, user = [], []
-    for (i, tr, _), s, e in zip(items, starts, ends):
-        d = streams.dialogues[i]
-        x = streams.window(d["offset"], d["frames"])
-        h = x[max(0, s - history):s]
-        h = np.concatenate([np.repeat(pad_col[None], history - len(h), 0), h])
-        u = x[s:e, 1 + K:]
-        u = np.concatenate([u, np.repeat(silence[None].numpy(), F - len(u), 0)])
-        hist.append(h)
-        user.append(u)
-    return torch.from_numpy(np.stack(hist)), torch.from_numpy(np.stack(user)), starts, ends
-
 
 # -----------------------------------------------------------------------------
 # stage `align`: does the model hear?
@@ -272,7 +114,7 @@ def evaluate_sft(cfg):
             ids = text[n, :n_frames].tolist()
             said = tok.decode(monologue_parts(ids)[1])
             text_ok.append(textlm.answer_in(said, tr["answer"]))
-            clips.append(wavs[n, :n_frames * 1280])
+            clips.append(wavs[n, :n_frames * FRAME])
             q_end = tr["end"] - starts[n] * FRAME_S                  # seconds into the free run
             first = next((f for f, t in enumerate(ids) if t == ASSISTANT and f * FRAME_S >= q_end - FRAME_S), None)
             if first is not None:
@@ -343,16 +185,16 @@ def evaluate_sft_real(cfg, model, codec, tok):
     return figures
 
 
-def voiced_onset(wav, after_s, win=320):
+def voiced_onset(wav, after_s, win=VAD_WIN):
     """Seconds from after_s to the first 20 ms window of wav louder than VOICED_RMS, or None."""
-    start = int(after_s * 16000)
+    start = int(after_s * SAMPLE_RATE)
     x = wav[max(0, start):]
     n = len(x) // win
     if n == 0:
         return None
     rms = x[:n * win].reshape(n, win).pow(2).mean(1).sqrt()
     loud = (rms > VOICED_RMS).nonzero()
-    return float(loud[0]) * win / 16000 + max(0, start) / 16000 - after_s if len(loud) else None
+    return float(loud[0]) * win / SAMPLE_RATE + max(0, start) / SAMPLE_RATE - after_s if len(loud) else None
 
 
 def judge_ceiling(asr, codec, cfg):
@@ -367,7 +209,7 @@ def judge_ceiling(asr, codec, cfg):
                 reply = next((u for u in turns[j + 1:] if u["speaker"] == "assistant"), None)
                 if reply is None or reply.get("interrupted"):
                     continue  # a reply cut off before its answer word cannot be judged right
-                s, e = int(reply["start"] * 16000), int(reply["end"] * 16000) + 1600
+                s, e = int(reply["start"] * SAMPLE_RATE), int(reply["end"] * SAMPLE_RATE) + SAMPLE_RATE // 10
                 wavs.append(wav[spokenworld.ASSISTANT, s:e])
                 qs.append(tr["text"])
                 ans.append(tr["answer"])
@@ -394,7 +236,7 @@ def cascade(asr, lm, tok, streams, items, cfg):
         wav, d = sp.dialogue(i)
         turns = [tr for tr in d["turns"] if tr["kind"] in ("question", "answer")]
         users = [tr for tr in turns if tr["speaker"] == "user"]
-        heard = asr.transcribe([wav[spokenworld.USER, int(tr["start"] * 16000):int(tr["end"] * 16000) + 800] for tr in users],
+        heard = asr.transcribe([wav[spokenworld.USER, int(tr["start"] * SAMPLE_RATE):int(tr["end"] * SAMPLE_RATE) + SAMPLE_RATE // 20] for tr in users],
                                beam=cfg["asr_beam"])
         heard = {id(tr): h for tr, h in zip(users, heard)}
         for n in ns:
@@ -425,7 +267,7 @@ class TextView:
 
 def retention(model, lm, tok, cfg):
     """The text LM's held-out-phrasing QA asked of the dual-stream model in text-only mode."""
-    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    items = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
     ours = textlm.qa_metrics(items, textlm.answer_questions(TextView(model), tok, items, cfg["device"]), "sft_text_qa_acc")
     theirs = textlm.qa_metrics(items, textlm.answer_questions(lm, tok, items, cfg["device"]))
     ours["sft_text_retention"] = round(ours["sft_text_qa_acc_seen"] / max(theirs["text_qa_acc_seen"], 1e-9), 4)

@@ -1,6 +1,6 @@
 """
-Stage `duplex`: when does the model speak? Full-Duplex-Bench's measurements (shared/REFERENCE.md
-§7) on SpokenWorld scenarios (live.py), and dGSLM's timing statistics of whole conversations.
+Stage `duplex`: when does the model speak? Full-Duplex-Bench's measurements 
+(Lin et al., 2025) on SpokenWorld scenarios (below), and dGSLM's timing statistics of whole conversations.
 Like the other evaluations it loads what it scores, and no component imports it.
 
 Every scenario runs through the live loop at batch 1, and the model's speech is located twice:
@@ -23,20 +23,25 @@ voiced stretch has no words: it takes the turn if it lasts 1 s).
 """
 import json
 import os
+import random
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import live, utils
+from nanosdm import judge, live, utils
+from nanosdm.codec import FRAME_S, Codec
 from nanosdm.corpus import spokenworld
-from nanosdm.codec import Codec
+from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.dualstream import load_model
-from nanosdm.corpus.speech import FRAME_S, encode_channels
+from nanosdm.corpus.speech import encode_channels, read_text_stream, text_stream
 from nanosdm.textlm import answer_in
-from nanosdm.tokenizer import Tokenizer
+from nanosdm.tokenizer import ASSISTANT, Tokenizer
 
+KINDS = ("pause", "turn", "interrupt", "backchannel", "silence")
+LISTEN_S = 4.0          # the scenario goes on this long after the user's last word
+SILENCE_S = 10.0        # the silence scenario's quiet stretch
 MIN_TURN_S = 1.0             # Full-Duplex-Bench: shorter than this with at most ...
 MAX_BACKCHANNEL_WORDS = 3    # ... this many words is not a turn
 IPU_GAP_S = 0.2              # dGSLM: an inter-pausal unit is speech bounded by at least this much silence
@@ -44,6 +49,187 @@ IPU_GAP_S = 0.2              # dGSLM: an inter-pausal unit is speech bounded by 
 
 # -----------------------------------------------------------------------------
 # scoring one scenario (segments: dict(start, end, words [(word, start)] or None, text))
+
+# -----------------------------------------------------------------------------
+# scenarios, from the corpus's own generator, and where the model speaks in them
+
+WORD_S = 0.36           # the assistant's mean word duration (165 words a minute): a text-stream
+
+
+def monologue_segments(tok, ids):
+    """The model's own turns from its text stream (ASSISTANT ... EOS), located in time:
+    [dict(start, end, words [(word, start_s)], text)]. A word starts at its first token (the
+    first word at the turn's marker, where the training stream puts the word's start); the turn
+    ends one word's duration after its last word starts (its EOS says when the turn is over, not
+    when the voice stopped)."""
+    segs = []
+    for tr in read_text_stream(ids):
+        if tr["role"] != ASSISTANT:
+            continue
+        words = []
+        for f, i in tr["tokens"]:
+            piece = tok.sp.id_to_piece(i)
+            if piece.startswith("\u2581") or not words:
+                words.append([piece.lstrip("\u2581"), (tr["start"] if not words else f) * FRAME_S])
+            else:
+                words[-1][0] += piece
+        if not words:
+            continue
+        end = words[-1][1] + WORD_S
+        segs.append(dict(start=round(words[0][1], 3), end=round(end, 3), words=[tuple(w) for w in words],
+                         text=tok.decode([i for _, i in tr["tokens"]])))
+    return segs
+
+
+def vad_segments(wav, merge_s=0.5):
+    """Voiced stretches of wav, gaps shorter than merge_s merged (Full-Duplex-Bench v1.5 merges a
+    model's gaps up to 0.5 s): [dict(start, end, words=None, text=None)]."""
+    on = judge.voiced(wav)
+    runs, t = [], 0
+    while t < len(on):
+        if on[t]:
+            s = t
+            while t < len(on) and on[t]:
+                t += 1
+            if runs and (s - runs[-1][1]) * judge.VAD_WIN / SAMPLE_RATE < merge_s:
+                runs[-1][1] = t
+            else:
+                runs.append([s, t])
+        else:
+            t += 1
+    return [dict(start=round(s * judge.VAD_WIN / SAMPLE_RATE, 3), end=round(e * judge.VAD_WIN / SAMPLE_RATE, 3), words=None, text=None)
+            for s, e in runs]
+
+
+def _exchange(rng, world, **timing):
+    """One fact question and its reply, with the dialogue planner's fields (no events unless set)."""
+    ent = rng.choice(world)
+    ex = spokenworld.fact_exchange(rng, ent, rng.choice(list(spokenworld.ATTRIBUTES)), held_out=False)
+    plain = dict(preface=None, split=None, pause=0.0, gap=rng.uniform(0.1, 0.4), after=0.0,
+                 backchannel=None, interrupt=None, reaction=0.2)
+    return dict(ex, **dict(plain, **timing))
+
+
+def scenario(kind, seed, world, voices):
+    """One scenario of a kind: dict(kind, user [N] float 16 kHz, model [N] the corpus's own
+    assistant channel (the script is taken from it), turns (the rendered turns, corpus format),
+    script_s (seconds of the model's channel given as its own; 0 = none), events {name: s},
+    question, answer, voice)."""
+    rng = random.Random(seed)
+    user = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
+    plan = dict(user=user, user_peak=rng.uniform(0.25, 0.9), lead=rng.uniform(0.3, 0.8))
+    if kind == "pause":
+        ex = _exchange(rng, world, pause=rng.uniform(0.5, 1.5))
+        if rng.random() < 0.5:
+            ex["preface"] = rng.choice(spokenworld.PREFACES)
+        else:
+            n = len(ex["question"].split())
+            ex["split"] = rng.randint(2, n - 1)
+        plan["exchanges"] = [ex]
+    elif kind == "turn":
+        plan["exchanges"] = [_exchange(rng, world)]
+    elif kind == "interrupt":
+        plan["exchanges"] = [_exchange(rng, world, interrupt=rng.uniform(0.35, 0.6)), _exchange(rng, world)]
+    elif kind == "backchannel":
+        plan["exchanges"] = [_exchange(rng, world, backchannel=rng.choice(spokenworld.BACKCHANNELS),
+                                       backchannel_at=rng.uniform(0.3, 0.5))]
+    elif kind == "silence":
+        plan["exchanges"] = [_exchange(rng, world, after=SILENCE_S)]
+    else:
+        raise ValueError(f"unknown scenario kind {kind!r}: one of {', '.join(KINDS)}")
+    pcm, turns = spokenworld.render_dialogue(plan)
+    while kind == "backchannel" and not any(tr["kind"] == "backchannel" for tr in turns):
+        plan["exchanges"][0] = _exchange(rng, world, **{k: plan["exchanges"][0][k] for k in ("backchannel", "backchannel_at")})
+        pcm, turns = spokenworld.render_dialogue(plan)    # the answer was too short for one (under 1.2 s)
+    qs = [tr for tr in turns if tr["speaker"] == "user" and tr["kind"] == "question"]
+    replies = [tr for tr in turns if tr["speaker"] == "assistant"]
+    events, script_s, asked = {}, 0.0, qs[0]
+    if kind == "pause":
+        pre = next((tr for tr in turns if tr["kind"] == "preface"), None)
+        events["pause_start"], events["pause_end"] = (pre["end"], asked["start"]) if pre else asked["pause"]
+        events["turn_end"] = asked["end"]
+    elif kind == "turn":
+        events["turn_end"] = asked["end"]
+    elif kind == "interrupt":
+        asked = qs[1]
+        events.update(reply_start=replies[0]["start"], interrupt_start=asked["start"], interrupt_end=asked["end"])
+        script_s = asked["start"]
+    elif kind == "backchannel":
+        bc = next(tr for tr in turns if tr["kind"] == "backchannel")
+        events.update(reply_start=replies[0]["start"], backchannel_start=bc["start"], backchannel_end=bc["end"],
+                      reply_end=replies[0]["end"])
+        script_s = bc["start"]
+    else:
+        events.update(silence_start=replies[0]["end"], silence_end=replies[0]["end"] + SILENCE_S)
+        script_s = replies[0]["end"]
+    end = max(tr["end"] for tr in turns if tr["speaker"] == "user") + LISTEN_S
+    if kind == "silence":
+        end = events["silence_end"]
+    n = int(end * spokenworld.SAMPLE_RATE)
+    x = np.zeros((n, 2), dtype=np.float32)
+    m = min(n, len(pcm))
+    x[:m] = pcm[:m] / 32768.0
+    return dict(kind=kind, user=torch.from_numpy(x[:, spokenworld.USER].copy()), model=torch.from_numpy(x[:, spokenworld.ASSISTANT].copy()),
+                turns=turns, script_s=script_s, events={k: round(v, 3) for k, v in events.items()},
+                question=asked["text"], answer=asked["answer"], voice=user["voice"])
+
+
+def scenario_script(sc, codec, tok, user_text=True, markers=True):
+    """The model's channel for the scenario's script: (text [F], codes [F, K]) or (None, None),
+    the same streams the speech stage builds from a dialogue, cut where the model takes over."""
+    n_script = int(round(sc["script_s"] / FRAME_S))
+    if n_script == 0:
+        return None, None
+    wav = torch.stack([sc["model"], sc["user"]])
+    codes = encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)
+    text = text_stream(sc["turns"], codes.shape[0], tok, user_text, markers).astype(np.int64)
+    return torch.from_numpy(text[:n_script]), torch.from_numpy(codes[:n_script])
+
+
+def run_scenario(model, codec, tok, sc, temps=live.TEMPS):
+    """A scenario through the live loop -> the live result plus where the model spoke."""
+    text, codes = scenario_script(sc, codec, tok)
+    out = live.live(model, codec, sc["user"], text, codes, temps)
+    out["said"] = monologue_segments(tok, out["text"])
+    out["voiced"] = vad_segments(out["wav"])
+    return out
+
+
+EVENT_COLOURS = dict(pause="tab:green", turn="tab:red", interrupt="tab:purple", backchannel="tab:olive",
+                     silence="tab:gray", reply="tab:blue", reply_end="tab:blue")
+
+
+def plot_timeline(sc, out, path, verdict=""):
+    """Both channels' voices over time, the model's own words on top, the events marked and the
+    scripted part (the model's channel given, not generated) shaded."""
+    from nanosdm import utils
+    user, voice = sc["user"].numpy(), out["wav"].numpy()
+    t = lambda x: np.arange(len(x)) / spokenworld.SAMPLE_RATE
+    fig, (ax_m, ax_u) = utils.figure(2, 1, figsize=(12, 4.2), sharex=True)
+    ax_m.plot(t(voice), voice, lw=0.4, color="tab:blue")
+    ax_u.plot(t(user), user, lw=0.4, color="tab:orange")
+    for seg in out["voiced"]:
+        ax_m.axvspan(seg["start"], seg["end"], ymin=0.02, ymax=0.08, color="tab:blue", alpha=0.6)
+    for seg in out["said"]:
+        for i, (w, s) in enumerate(seg["words"]):
+            ax_m.text(s, 0.85 - 0.22 * (i % 3), w, fontsize=7, color="black")
+    if sc["script_s"]:
+        ax_m.axvspan(0, sc["script_s"], color="grey", alpha=0.15, label="scripted (given)")
+    for name, s in sc["events"].items():
+        for ax in (ax_m, ax_u):
+            ax.axvline(s, color=EVENT_COLOURS.get(name.split("_")[0], "k"), ls="--", lw=1)
+        ax_u.text(s, -0.95, name, fontsize=7, rotation=90, va="bottom")
+    for ax, who in ((ax_m, "model (its voice, its words)"), (ax_u, "user")):
+        ax.set_ylim(-1, 1)
+        ax.set_ylabel(who, fontsize=8)
+    ax_u.set_xlabel("seconds")
+    ax_m.set_title(f"scenario '{sc['kind']}': {sc['question']!r}" + (f" - {verdict}" if verdict else ""), fontsize=9)
+    if sc["script_s"]:
+        ax_m.legend(loc="upper right", fontsize=7)
+    utils.save_figure(fig, path)
+
+
+
 
 def takes_turn(seg):
     """Full-Duplex-Bench's rule. A voiced stretch (words None) only has its length."""
@@ -118,7 +304,7 @@ def runs(mask):
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
 
 
-def ipu_mask(on, gap_s=IPU_GAP_S, win_s=live.VAD_WIN / spokenworld.SAMPLE_RATE):
+def ipu_mask(on, gap_s=IPU_GAP_S, win_s=judge.VAD_WIN / SAMPLE_RATE):
     """Voiced windows with silences shorter than gap_s filled: True inside an IPU."""
     on = np.asarray(on, bool).copy()
     r = runs(~on)
@@ -128,7 +314,7 @@ def ipu_mask(on, gap_s=IPU_GAP_S, win_s=live.VAD_WIN / spokenworld.SAMPLE_RATE):
     return on
 
 
-def timing_stats(a, b, win_s=live.VAD_WIN / spokenworld.SAMPLE_RATE):
+def timing_stats(a, b, win_s=judge.VAD_WIN / SAMPLE_RATE):
     """Voiced masks (20 ms windows) of the speaker measured (a: the model, or the corpus's
     assistant) and of the user (b, the same recording either way) -> {ipu, pause, gap, overlap:
     [durations in s]}. IPU: a's speech bounded by >= 0.2 s of silence; pause: silence between two
@@ -191,10 +377,10 @@ def evaluate_duplex(cfg):
     cost = dict(codec_enc=0.0, temporal=0.0, depth=0.0, codec_dec=0.0, total=0.0)
     frames = 0
     n = cfg["duplex_scenarios"]
-    for k, kind in enumerate(live.KINDS):
+    for k, kind in enumerate(KINDS):
         for i in tqdm(range(n), desc=f"duplex {kind}", unit="scenario"):
-            sc = live.scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
-            out = live.run_scenario(model, codec, tok, sc, temps)
+            sc = scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
+            out = run_scenario(model, codec, tok, sc, temps)
             said.setdefault(kind, []).append(score(kind, sc["events"], out["said"], sc["answer"]))
             voiced.setdefault(kind, []).append(score(kind, sc["events"], out["voiced"], sc["answer"]))
             for part in cost:
@@ -202,7 +388,7 @@ def evaluate_duplex(cfg):
             frames += out["frames"]
             if i == 0:
                 verdict = ", ".join(f"{a}={b if not isinstance(b, float) else round(b, 2)}" for a, b in said[kind][0].items())
-                live.plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
+                plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
     metrics = summarize(said)
     metrics.update(summarize(voiced, "_vad"))
     metrics["duplex_scenarios"] = n
@@ -220,9 +406,9 @@ def evaluate_duplex(cfg):
         out = live.live(model, codec, wav[spokenworld.USER], temps=temps)
         corpus = codec.decode(torch.from_numpy(encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)).T[None]
                               .to(device))[0].cpu()   # the corpus's voice through the same codec
-        user = live.voiced(wav[spokenworld.USER])
+        user = judge.voiced(wav[spokenworld.USER])
         for who, x in (("model", out["wav"]), ("corpus", corpus)):
-            for name, durs in timing_stats(live.voiced(x), user).items():
+            for name, durs in timing_stats(judge.voiced(x), user).items():
                 stats[who].setdefault(name, []).extend(durs)
         seconds += wav.shape[1] / spokenworld.SAMPLE_RATE
     for who in stats:

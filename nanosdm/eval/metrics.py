@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import asr, codec, ctc, textlm, units, utils
-from nanosdm.corpus import audio, realdata
+from nanosdm.corpus import audio, realdata, spokenworld
 from nanosdm.codec import Codec
+from nanosdm.ctc import edit_distance
 from nanosdm.kmeans import assign
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -246,17 +247,6 @@ def evaluate_codec(model, cfg, teacher=None):
 # -----------------------------------------------------------------------------
 # transcripts: error rates, edit distance summed over a corpus, divided by the reference length
 
-def edit_distance(ref, hyp):
-    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
-    prev = list(range(len(hyp) + 1))  # distances from ref[:0] to every hyp prefix
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1]
-
-
 def _error_rate(refs, hyps, split):
     if isinstance(refs, str):
         refs, hyps = [refs], [hyps]
@@ -362,7 +352,7 @@ def evaluate_text_checkpoint(cfg):
     from nanosdm.tokenizer import Tokenizer
     model = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
     tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
-    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    items = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
     t0 = time.time()
     replies = textlm.answer_questions(model, tok, items, cfg["device"])
     print(f"QA on {len(items)} held-out questions in {time.time() - t0:.1f}s; e.g. "

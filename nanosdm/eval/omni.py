@@ -1,5 +1,5 @@
 """
-The figures of LLaMA-Omni's way (stages `vocoder` and `omni`). Like the other evaluate*.py files it
+The figures of LLaMA-Omni's way (stages `vocoder` and `omni`). Like the other evaluations it
 loads what it scores, and no component imports it.
 
     vocoder_cer               ASR (greedy, no character LM) CER of held-out assistant turns
@@ -7,9 +7,9 @@ loads what it scores, and no component imports it.
     vocoder_codec_cer         the same turns through the codec (encode, decode): the ceiling
     vocoder_duration_mae_ms   |predicted - true| frames per deduplicated unit, in ms
 
-    omni_qa_text_<split>      spoken questions of the dual-stream issue's splits (same questions):
+    omni_qa_text_<split>      the spoken questions the sft evaluation asks (same splits):
                               the answer word is in the text the LM writes
-    omni_qa_speech_<split>    the dual-stream issue's fact-free judge hears it in the vocoded audio
+    omni_qa_speech_<split>    the fact-free judge (nanosdm/judge.py) hears it in the vocoded audio
     omni_unit_error_rate      edit distance of the decoder's units (text teacher-forced) to the
                               units of the real spoken answer, per reference unit (held-out answers)
     omni_latency_ms           median time from the end of the question to the first audio, batch 1,
@@ -26,8 +26,11 @@ from tqdm import tqdm
 
 from nanosdm import omni, textlm
 from nanosdm.corpus import spokenworld
+from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.eval import metrics
-from nanosdm.eval.dialogue import QA_SPLITS, judge_wavs, questions
+from nanosdm.eval.dialogue import QA_SPLITS
+from nanosdm.judge import judge_wavs
+from nanosdm.live import questions
 from nanosdm.units import dedup
 from nanosdm.vocoder import FRAME_MS, Vocoder, assistant_turns, duration_frames, plot_spectrograms, unit_frames
 
@@ -69,7 +72,7 @@ def evaluate_vocoder(cfg):
         errors.append((predicted - durations).abs().float().sum().item())
         n_units += len(values)
         vocoded.append(voc.synthesize(values, codec).cpu())
-        seconds += len(vocoded[-1]) / 16000
+        seconds += len(vocoded[-1]) / SAMPLE_RATE
         vocoded_true.append(voc.synthesize(values, codec, durations=durations).cpu())
     rtf = (time.time() - t0) / 2 / seconds
     through_codec = [metrics.codec_roundtrip(codec, w) for w in wavs]
@@ -165,7 +168,7 @@ def unit_error_rate(model, units, asr, tok, cfg, max_answers=150):
 
 def retention(model, tok, cfg):
     """The text LM's held-out QA asked of the omni model's LM (text in, text out)."""
-    items = textlm.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    items = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
     ours = textlm.qa_metrics(items, textlm.answer_questions(model.lm, tok, items, cfg["device"]), "omni_text_qa_acc")
     lm = textlm.load_model(os.path.join(cfg["out_dir"], "text.pt"), cfg["device"])
     theirs = textlm.qa_metrics(items, textlm.answer_questions(lm, tok, items, cfg["device"]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanosdm.corpus import audio, spokenworld
+from nanosdm.corpus import spokenworld
 
 CFG = dict(data_entities=24, data_text_only_frac=0.25, data_text_docs=300, data_dialogues=3,
            data_eval_dialogues=2, seed=7, workers=2)
@@ -163,27 +163,3 @@ def test_interruption_silences_the_assistant():
     assert all(e <= ans["end"] for _, _, e in ans["words"])
 
 
-def test_librispeech_loader(tmp_path):
-    chapter = tmp_path / "19" / "198"
-    chapter.mkdir(parents=True)
-    for i in range(2):
-        audio.save_wav(chapter / f"19-198-000{i}.wav", np.zeros(1600, dtype=np.float32) + 0.1)
-    (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 GOOD MORNING\n")
-    items = spokenworld.librispeech_items(tmp_path)
-    assert [it["text"] for it in items] == ["hello world", "good morning"]
-    assert audio.load_wav(items[0]["path"]).shape == (1600,)
-    (chapter / "19-198.trans.txt").write_text("19-198-0002 MISSING FILE\n")
-    with pytest.raises(FileNotFoundError, match="19-198-0002.wav"):
-        spokenworld.librispeech_items(tmp_path)
-
-
-def test_moshi_loader(tmp_path):
-    audio.save_wav(tmp_path / "d1.wav", np.zeros((2, 16000), dtype=np.float32))
-    align = {"alignments": [["Hello", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.45, 0.7], "SPEAKER_MAIN"],
-                            ["hi", [0.9, 1.1], "SPEAKER_OTHER"], ["Bye", [1.3, 1.5], "SPEAKER_MAIN"]]}
-    (tmp_path / "d1.json").write_text(json.dumps(align))
-    (d,) = spokenworld.moshi_dialogues(tmp_path)
-    assert [(t["speaker"], t["text"]) for t in d["turns"]] == [
-        ("assistant", "hello there"), ("user", "hi"), ("assistant", "bye")]
-    assert d["turns"][0]["start"] == 0.1 and d["turns"][0]["end"] == 0.7
-    assert audio.load_wav(d["path"], channel=spokenworld.ASSISTANT).shape == (16000,)

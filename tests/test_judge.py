@@ -1,9 +1,6 @@
-"""The dual-stream evaluation's pieces that need no trained model: the judge and the monologue parser."""
-import torch
-
+"""The fact-free judge (nanosdm/judge.py): the replies a question allows, the nearest one, scores."""
 from nanosdm.corpus import spokenworld
-from nanosdm.eval.dialogue import judge, monologue_parts, reply_candidates, voiced_onset
-from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
+from nanosdm.judge import judge, reply_candidates
 
 
 def test_reply_candidates_cover_every_kind_of_question():
@@ -43,38 +40,3 @@ def test_scores_pick_among_the_plausible_replies_only():
     scores[values.index(None)] = 60.0                        # the reply without a value wins: wrong
     assert not judge("the kotan is", q, "red", scores)
     assert judge("the bixu has seven legs", "how many legs does the bixu have?", "seven")
-
-
-def test_monologue_parts_split_what_was_heard_from_what_was_said():
-    ids = [PAD, USER, 10, 11, EPAD, 12, EOS, PAD, PAD, ASSISTANT, 20, PAD, 21, EOS, PAD, 30]
-    heard, said = monologue_parts(ids)
-    assert heard == [10, 11, 12] and said == [20, 21]
-
-
-def test_voiced_onset_finds_the_first_loud_window():
-    wav = torch.zeros(16000 * 2)
-    wav[int(1.3 * 16000):] = 0.5
-    assert abs(voiced_onset(wav, 1.0) - 0.3) < 0.021
-    assert voiced_onset(torch.zeros(16000), 0.2) is None
-
-
-def test_qa_batch_hears_the_question_then_silence():
-    import numpy as np
-    from nanosdm.eval.dialogue import qa_batch
-
-    class FakeStreams:       # one dialogue of 40 frames, K = 2; the user never stops talking
-        assistant = np.zeros((40, 2))
-        dialogues = [dict(offset=0, frames=40)]
-
-        def window(self, start, length):
-            x = np.zeros((length, 5), dtype=np.int64)
-            x[:, 3:] = 7                              # the user's codes: 7 everywhere
-            return x
-
-    silence = torch.tensor([1, 2])
-    q = dict(start=0.8, end=1.6)                      # frames 10 .. 19
-    hist, user, starts, ends = qa_batch(FakeStreams(), [(0, q, None)], 4, silence, np.array([0, 1, 2, 1, 2]))
-    assert hist.shape == (1, 4, 5) and starts == [10] and ends == [20]
-    assert (user[0, :10] == 7).all()                  # the question, as recorded
-    assert (user[0, 10:] == silence).all()            # then the user is quiet while the model answers
-    assert user.shape[1] == 10 + int(4.0 / 0.08)

@@ -1,4 +1,4 @@
-"""evaluate_duplex.py: Full-Duplex-Bench's scoring on hand-made timelines, and dGSLM's timing statistics."""
+"""eval/duplex.py: Full-Duplex-Bench's scoring on hand-made timelines, and dGSLM's timing statistics."""
 import numpy as np
 import pytest
 

@@ -1,10 +1,12 @@
 """live.py: the live loop equals the teacher-forced model, and the scenarios put their events
 where their records say."""
-import numpy as np
 import pytest
 import torch
 
 from nanosdm import live
+from nanosdm.eval import duplex
+from nanosdm.live import monologue_parts
+from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.corpus import spokenworld
 from nanosdm.codec import FRAME, Codec
 from nanosdm.dualstream import DualStream
@@ -82,14 +84,14 @@ class FakeTok:
 def test_monologue_segments_place_the_models_words_in_time():
     from nanosdm.tokenizer import ASSISTANT, EOS, PAD, USER
     ids = [PAD, USER, 11, 12, EOS, PAD, ASSISTANT, 10, 11, 12, PAD, 13, 14, EOS, PAD]
-    segs = live.monologue_segments(FakeTok(), ids)
+    segs = duplex.monologue_segments(FakeTok(), ids)
     assert len(segs) == 1                                            # the user's words are not the model's
     s = segs[0]
     assert s["text"] == "the kotan is red"
     assert [w for w, _ in s["words"]] == ["the", "kotan", "is", "red"]
     assert s["start"] == pytest.approx(6 * 0.08)                     # the first word starts at the marker
     assert [t for _, t in s["words"]][1:] == pytest.approx([8 * 0.08, 11 * 0.08, 12 * 0.08])
-    assert s["end"] == pytest.approx(12 * 0.08 + live.WORD_S)
+    assert s["end"] == pytest.approx(12 * 0.08 + duplex.WORD_S)
 
 
 def test_vad_segments_merge_short_gaps():
@@ -97,7 +99,7 @@ def test_vad_segments_merge_short_gaps():
     wav[16000:24000] = 0.5                    # 1.0-1.5 s
     wav[28000:32000] = 0.5                    # 1.75-2.0 s: 0.25 s later, merged
     wav[48000:56000] = 0.5                    # 3.0-3.5 s: a new stretch
-    segs = live.vad_segments(wav)
+    segs = duplex.vad_segments(wav)
     assert [(s["start"], s["end"]) for s in segs] == [(1.0, 2.0), (3.0, 3.5)]
 
 
@@ -112,9 +114,9 @@ def rms(x, s, e):
     return float(x.pow(2).mean().sqrt()) if len(x) else 0.0
 
 
-@pytest.mark.parametrize("kind", live.KINDS)
+@pytest.mark.parametrize("kind", duplex.KINDS)
 def test_scenarios_put_their_events_where_the_record_says(world, kind):
-    sc = live.scenario(kind, 5, world, ["en-us+m3"])
+    sc = duplex.scenario(kind, 5, world, ["en-us+m3"])
     ev, user, model = sc["events"], sc["user"], sc["model"]
     assert sc["kind"] == kind and sc["answer"] and sc["question"]
     end = len(user) / 16000
@@ -124,7 +126,7 @@ def test_scenarios_put_their_events_where_the_record_says(world, kind):
         assert rms(user, ev["pause_start"] - 0.3, ev["pause_start"]) > 0.01             # speech on both sides
         assert rms(user, ev["pause_end"], ev["pause_end"] + 0.3) > 0.01
     if kind in ("pause", "turn"):
-        assert rms(user, ev["turn_end"] + 0.03, end) < 1e-3 and end - ev["turn_end"] >= live.LISTEN_S - 0.01
+        assert rms(user, ev["turn_end"] + 0.03, end) < 1e-3 and end - ev["turn_end"] >= duplex.LISTEN_S - 0.01
         assert rms(user, ev["turn_end"] - 0.3, ev["turn_end"]) > 0.01
         assert sc["script_s"] == 0                                    # the model's channel is all its own
         assert rms(model, 0, ev["turn_end"]) < 1e-3                   # (the corpus would answer after the end)
@@ -138,14 +140,42 @@ def test_scenarios_put_their_events_where_the_record_says(world, kind):
         assert rms(user, ev["backchannel_start"], ev["backchannel_end"]) > 0.01
         assert rms(model, ev["backchannel_start"] - 0.3, ev["backchannel_start"]) > 0.01
     if kind == "silence":
-        assert ev["silence_end"] - ev["silence_start"] == pytest.approx(live.SILENCE_S, abs=0.01)
+        assert ev["silence_end"] - ev["silence_start"] == pytest.approx(duplex.SILENCE_S, abs=0.01)
         assert rms(user, ev["silence_start"], end) < 1e-3 and rms(model, ev["silence_start"] + 0.05, end) < 1e-3
         assert rms(model, ev["silence_start"] - 0.5, ev["silence_start"]) > 0.01      # it has just answered
 
 
 def test_an_unknown_scenario_kind_is_named():
     with pytest.raises(ValueError, match="unknown scenario kind 'chat'.*pause, turn"):
-        live.scenario("chat", 0, spokenworld.make_world(5, 0.0, seed=0), ["en-us+m3"])
+        duplex.scenario("chat", 0, spokenworld.make_world(5, 0.0, seed=0), ["en-us+m3"])
     from nanosdm.eval.duplex import score
     with pytest.raises(ValueError, match="unknown scenario kind"):
         score("chat", {}, [])
+
+
+def test_monologue_parts_split_what_was_heard_from_what_was_said():
+    ids = [PAD, USER, 10, 11, EPAD, 12, EOS, PAD, PAD, ASSISTANT, 20, PAD, 21, EOS, PAD, 30]
+    heard, said = monologue_parts(ids)
+    assert heard == [10, 11, 12] and said == [20, 21]
+
+
+def test_qa_batch_hears_the_question_then_silence():
+    import numpy as np
+    from nanosdm.live import qa_batch
+
+    class FakeStreams:       # one dialogue of 40 frames, K = 2; the user never stops talking
+        assistant = np.zeros((40, 2))
+        dialogues = [dict(offset=0, frames=40)]
+
+        def window(self, start, length):
+            x = np.zeros((length, 5), dtype=np.int64)
+            x[:, 3:] = 7                              # the user's codes: 7 everywhere
+            return x
+
+    silence = torch.tensor([1, 2])
+    q = dict(start=0.8, end=1.6)                      # frames 10 .. 19
+    hist, user, starts, ends = qa_batch(FakeStreams(), [(0, q, None)], 4, silence, np.array([0, 1, 2, 1, 2]))
+    assert hist.shape == (1, 4, 5) and starts == [10] and ends == [20]
+    assert (user[0, :10] == 7).all()                  # the question, as recorded
+    assert (user[0, 10:] == silence).all()            # then the user is quiet while the model answers
+    assert user.shape[1] == 10 + int(4.0 / 0.08)
