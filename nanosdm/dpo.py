@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 from nanosdm import ctc, live, textlm, utils
 from nanosdm.asr import ASR
-from nanosdm.codec import FRAME, FRAME_S, Codec
+from nanosdm.codec import FRAME_S, Codec
 from nanosdm.corpus.speech import Streams
 from nanosdm.dualstream import delay, load_model
-from nanosdm.judge import judge_wavs, reply_candidates
+from nanosdm.judge import judge_wavs, reply_candidates, trim
 from nanosdm.tokenizer import PAD, Tokenizer
 
 SILENT_SCORE = -20.0     # ear_score of a clip with nothing in it (far below any real speech, ~-2..-5)
@@ -117,7 +117,7 @@ def batched_logprob(model, x, reply, batch_size=32):
 def ear_score(asr, wav, text):
     """Per-character CTC log-likelihood of `text` in `wav` under the recognizer's acoustic model
     (no language model): how much the audio sounds like that text. SILENT_SCORE for silence."""
-    wav = torch.as_tensor(wav).float()
+    wav = trim(torch.as_tensor(wav).float())      # as the judge hears it: the voiced stretch
     target = ctc.encode_text(" ".join(text.replace(".", " ").split()))
     if wav.numel() < 400 or wav.abs().max() == 0 or not target:
         return SILENT_SCORE
@@ -326,7 +326,8 @@ def stage_tools(cfg):
         """One verdict per reply (rows: its question): the judge's, the text channel's, the score."""
         wavs = codec.decode(codes.transpose(1, 2).to(dev)).cpu()
         qs, ans = [items[q][1]["text"] for q in rows], [items[q][1]["answer"] for q in rows]
-        clips = [wavs[n, :windows[q] * FRAME] for n, q in enumerate(rows)]
+        answer_frames = int(live.ANSWER_WINDOW_S / FRAME_S)   # windows = question frames + these
+        clips = live.reply_clips(wavs, [windows[q] - answer_frames for q in rows], [windows[q] for q in rows])
         said = [tok.decode(live.monologue_parts(text[n, :windows[q]].tolist())[1]) for n, q in enumerate(rows)]
         oks, heard = judge_wavs(asr, clips, qs, ans)
         right = [dict(reply_candidates(q)).get(a) or "" for q, a in zip(qs, ans)]

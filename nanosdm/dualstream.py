@@ -115,15 +115,17 @@ class DualStream(nn.Module):
         rows beside the text LM's small ones the model did not listen). Every audio table
         of a channel is its codebook times one shared random projection P, so the sum of a frame's
         K embeddings is P applied to the quantized latent: the model starts by hearing the codec's
-        own latent. Scaled so a frame's sum has the RMS of a text embedding row."""
+        own latent. Scaled so a frame's sum has the RMS of a text embedding row. Each channel has a
+        projection of its own: with one P for both, the same sound in the user's channel and in the
+        model's own embeds identically, and the model starts unable to tell its voice from the user's."""
         g = torch.Generator().manual_seed(seed)
         d = self.text_emb.weight.shape[1]
-        P = torch.randn(codebooks.shape[-1], d, generator=g)
+        P = [torch.randn(codebooks.shape[-1], d, generator=g) for _ in ("assistant", "user")]
         latent_rms = codebooks.pow(2).sum(-1).mean(-1).sum().sqrt()       # RMS norm of a quantized latent
         scale = self.text_emb.weight[:self.vocab_size].norm(dim=-1).mean() / (latent_rms * math.sqrt(d))
         with torch.no_grad():
             for s in range(2 * self.n_q):
-                self.audio_emb[s].weight[:self.card] = codebooks[s % self.n_q] @ P * scale
+                self.audio_emb[s].weight[:self.card] = codebooks[s % self.n_q] @ P[s // self.n_q] * scale
 
     # --- the forward pass --------------------------------------------------------------------------
 

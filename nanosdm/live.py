@@ -108,8 +108,10 @@ def monologue_parts(ids):
 
 
 @torch.no_grad()
-def free_run(model, history, user, silence, temps, batch_size=64):
+def free_run(model, history, user, silence, temps, batch_size=64, force_text=None):
     """history [B, H, S] teacher-forced steps, then user [B, F, K] heard while the model runs freely.
+    force_text [B, F] (optional, -1 = the model's own): text tokens written for it, e.g. the
+    recording's words, to measure what it does when it has heard (or says) the right words.
     -> (text tokens [B, F], the assistant's codes [B, F, K] of those F steps)."""
     D = max(model.delays)
     texts, codes = [], []
@@ -121,7 +123,8 @@ def free_run(model, history, user, silence, temps, batch_size=64):
         tx, au = [], []
         for f in range(u.shape[1] + D):
             frame = u[:, f] if f < u.shape[1] else silence.expand(h.shape[0], -1)
-            out = model.step(state, frame, *temps)
+            forced = force_text[b:b + batch_size, f].to(frame.device) if force_text is not None and f < u.shape[1] else None
+            out = model.step(state, frame, *temps, force_text=forced)
             if f < u.shape[1]:
                 tx.append(out["text"])
             if out["audio"] is not None:
@@ -155,3 +158,13 @@ def qa_batch(streams, items, history, silence, pad_col):
         hist.append(h)
         user.append(u)
     return torch.from_numpy(np.stack(hist)), torch.from_numpy(np.stack(user)), starts, ends
+
+
+REPLY_LEAD = 2    # frames before the question's end where a reply clip starts (a reply may start early)
+
+
+def reply_clips(wavs, q_frames, window):
+    """The model's reply only: from just before the question's end to the window's end (the judge
+    then trims it to its voiced stretch). Audio before that is the model's channel while the user
+    speaks, not its answer."""
+    return [wavs[n, max(0, q - REPLY_LEAD) * FRAME:w * FRAME] for n, (q, w) in enumerate(zip(q_frames, window))]

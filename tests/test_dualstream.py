@@ -164,6 +164,10 @@ def test_init_from_text_lm_copies_weights():
     e = m.audio_emb[0].weight[:CARD]
     # the embedding is a linear map of the codebook: same rank structure
     assert torch.linalg.matrix_rank(e) <= 8
+    # the user's table of codebook 0 maps the same codebook through another projection: the model
+    # can tell the same sound in its own channel from the user's
+    u = m.audio_emb[K].weight[:CARD]
+    assert torch.linalg.matrix_rank(u) <= 8 and (u - e).abs().max() > 0.1 * e.abs().max()
 
 
 def test_delays_must_match_streams():

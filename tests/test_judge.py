@@ -1,6 +1,10 @@
 """The fact-free judge (nanosdm/judge.py): the replies a question allows, the nearest one, scores."""
+import math
+
+import torch
+
 from nanosdm.corpus import spokenworld
-from nanosdm.judge import judge, reply_candidates
+from nanosdm.judge import VAD_WIN, judge, judge_wavs, reply_candidates, trim
 
 
 def test_reply_candidates_cover_every_kind_of_question():
@@ -40,3 +44,42 @@ def test_scores_pick_among_the_plausible_replies_only():
     scores[values.index(None)] = 60.0                        # the reply without a value wins: wrong
     assert not judge("the kotan is", q, "red", scores)
     assert judge("the bixu has seven legs", "how many legs does the bixu have?", "seven")
+
+
+class SpellingASR:
+    """A stand-in recognizer that hears `text` in any clip, and records the clips it was given:
+    CTC posteriors with one character per 3 frames, blanks between."""
+
+    def __init__(self, text):
+        self.text, self.heard = text, []
+
+    def posteriors(self, wav):
+        from nanosdm import ctc
+        self.heard.append(len(wav))
+        ids = ctc.encode_text(self.text)
+        lp = torch.full((3 * len(ids) + 1, ctc.VOCAB_SIZE), -20.0)
+        lp[:, ctc.BLANK] = 0.0
+        for i, c in enumerate(ids):
+            lp[3 * i + 1] = -20.0
+            lp[3 * i + 1, c] = 0.0
+        return None, lp
+
+
+def speech_in_silence(before_s, speech_s, after_s):
+    sr = 16000
+    t = torch.arange(int(speech_s * sr)) / sr
+    return torch.cat([torch.zeros(int(before_s * sr)), 0.3 * torch.sin(2 * math.pi * 220 * t), torch.zeros(int(after_s * sr))])
+
+
+def test_the_judge_hears_only_the_voiced_stretch_of_a_clip():
+    """The recognizer normalises a clip over all its frames, so seconds of silence around a reply
+    garbled it: the judge cuts a clip to its voiced stretch (and a margin) before hearing it."""
+    wav = speech_in_silence(2.0, 1.0, 3.0)
+    assert abs(len(trim(wav)) - (1.0 + 2 * 0.1) * 16000) <= VAD_WIN
+    assert torch.equal(trim(torch.zeros(8000)), torch.zeros(8000))     # silence stays as it is
+    right = SpellingASR("the kotan is red")
+    oks, heard = judge_wavs(right, [wav], ["what colour is the kotan?"], ["red"])
+    assert oks == [True] and heard == ["the kotan is red"]
+    assert abs(right.heard[0] - 1.2 * 16000) <= VAD_WIN               # what the recognizer was given
+    wrong = SpellingASR("the kotan is blue")                            # a wrong answer is still refused
+    assert judge_wavs(wrong, [wav], ["what colour is the kotan?"], ["red"])[0] == [False]

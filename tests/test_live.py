@@ -89,7 +89,7 @@ def test_monologue_segments_place_the_models_words_in_time():
     s = segs[0]
     assert s["text"] == "the kotan is red"
     assert [w for w, _ in s["words"]] == ["the", "kotan", "is", "red"]
-    assert s["start"] == pytest.approx(6 * 0.08)                     # the first word starts at the marker
+    assert s["start"] == pytest.approx(7 * 0.08)                     # at its first token (the marker is a frame before)
     assert [t for _, t in s["words"]][1:] == pytest.approx([8 * 0.08, 11 * 0.08, 12 * 0.08])
     assert s["end"] == pytest.approx(12 * 0.08 + duplex.WORD_S)
 

@@ -47,7 +47,9 @@ def test_user_words_after_they_are_heard_with_turn_markers(tok):
     assert s[3] == USER and s[4] == tok.encode("what")[0] and s[2] == EPAD
     eos = int(np.flatnonzero(s == EOS)[0])
     assert eos == int(1.20 / speech.FRAME_S) + 1               # the user's EOS: the frame after "kotan?" ends
-    assert int(np.flatnonzero(s == ASSISTANT)[0]) == int(2.0 / speech.FRAME_S)
+    # the reply's marker the frame before its first word, whose first token starts with its audio
+    assert int(np.flatnonzero(s == ASSISTANT)[0]) == int(2.0 / speech.FRAME_S) - 1
+    assert s[int(2.0 / speech.FRAME_S)] == tok.encode("the")[0]
     ids = [int(i) for i in s if i not in (PAD, EPAD)]
     # with the PADs removed the stream reads as the text LM's own turn format
     assert ids == tok.encode_turns([["user", user["text"]], ["assistant", reply["text"]]], bos=False)

@@ -27,7 +27,7 @@ from nanosdm.dualstream import load_model
 from nanosdm.eval import metrics
 from nanosdm.judge import VAD_WIN, VOICED_RMS, judge_wavs
 from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, monologue_parts, qa_batch, questions,
-                          silence_codes)
+                          reply_clips, silence_codes)
 from nanosdm.tokenizer import ASSISTANT, EOS, PAD, Tokenizer
 
 QA_SPLITS = ("val", "unseen_voice", "text_only")
@@ -99,41 +99,70 @@ def evaluate_sft(cfg):
     figures = judge_ceiling(asr, codec, cfg)
     silence = silence_codes(codec)
     pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
+    run = lambda hist, user, force=None: free_run(model, hist.to(device), user.to(device), silence.to(device),
+                                                  (0, 0, AUDIO_TEMP, AUDIO_TOP_K), force_text=force)
     onsets_text, onsets_audio, gaps = [], [], []
     for split in QA_SPLITS:
         streams = Streams(os.path.join(out_dir, "speech"), split)
         items = questions(streams)
         hist, user, starts, ends = qa_batch(streams, items, cfg["sft_eval_history"], silence, pad_col)
-        # greedy text; audio sampled as Moshi does (greedy acoustic codes decode to a drone)
+        q_frames = [e - s for s, e in zip(starts, ends)]
+        window = [q + int(ANSWER_WINDOW_S / FRAME_S) for q in q_frames]
+        qs, ans = [tr["text"] for _, tr, _ in items], [tr["answer"] for _, tr, _ in items]
+        # greedy text; audio sampled (live.py's defaults) from the same seed everywhere
         torch.manual_seed(cfg["seed"])
-        text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, AUDIO_TEMP, AUDIO_TOP_K))
+        text, codes = run(hist, user)
         wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
-        text_ok, clips = [], []
+        text_ok = []
         for n, (i, tr, reply) in enumerate(items):
-            n_frames = ends[n] - starts[n] + int(ANSWER_WINDOW_S / FRAME_S)
-            ids = text[n, :n_frames].tolist()
-            said = tok.decode(monologue_parts(ids)[1])
-            text_ok.append(textlm.answer_in(said, tr["answer"]))
-            clips.append(wavs[n, :n_frames * FRAME])
+            ids = text[n, :window[n]].tolist()
+            text_ok.append(textlm.answer_in(tok.decode(monologue_parts(ids)[1]), tr["answer"]))
             q_end = tr["end"] - starts[n] * FRAME_S                  # seconds into the free run
             first = next((f for f, t in enumerate(ids) if t == ASSISTANT and f * FRAME_S >= q_end - FRAME_S), None)
             if first is not None:
                 onsets_text.append(first * FRAME_S - q_end)
-            voiced = voiced_onset(clips[-1], q_end)
+            voiced = voiced_onset(wavs[n, :window[n] * FRAME], q_end)
             if voiced is not None:
                 onsets_audio.append(voiced)
             if reply is not None:
                 gaps.append(reply["start"] - tr["end"])
-        speech_ok, hyps = judge_wavs(asr, clips, [tr["text"] for _, tr, _ in items],
-                                     [tr["answer"] for _, tr, _ in items])
+        speech_ok, hyps = judge_wavs(asr, reply_clips(wavs, q_frames, window), qs, ans)
         figures[f"sft_qa_text_{split}"] = round(float(np.mean(text_ok)), 4)
         figures[f"sft_qa_speech_{split}"] = round(float(np.mean(speech_ok)), 4)
+        figures[f"sft_qa_speech_given_text_{split}"] = round(float(np.mean([s for s, t in zip(speech_ok, text_ok) if t]))
+                                                              if any(text_ok) else 0.0, 4)
         figures[f"sft_qa_questions_{split}"] = len(items)
         figures[f"cascade_qa_{split}"] = cascade(asr, lm, tok, streams, items, cfg)
-        n = 0
         print(f"sft {split}: text {figures[f'sft_qa_text_{split}']:.1%}, speech {figures[f'sft_qa_speech_{split}']:.1%}, "
-              f"cascade {figures[f'cascade_qa_{split}']:.1%} over {len(items)} questions; e.g. {items[n][1]['text']!r} -> "
-              f"text {tok.decode(monologue_parts(text[n].tolist())[1])!r}, heard {hyps[n]!r}")
+              f"cascade {figures[f'cascade_qa_{split}']:.1%} over {len(items)} questions; e.g. {qs[0]!r} -> "
+              f"text {tok.decode(monologue_parts(text[0].tolist())[1])!r}, heard {hyps[0]!r}")
+        if split == "text_only":
+            continue
+        # taken apart: the ear, the brain given the question's words, the voice given the answer's words
+        rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], silence)
+        corpus_wavs = codec.decode(rec_codes.transpose(1, 2).to(device)).cpu()
+        ok, _ = judge_wavs(asr, reply_clips(corpus_wavs, q_frames, window), qs, ans)
+        figures[f"judge_acc_window_{split}"] = round(float(np.mean(ok)), 4)
+        heard = [tok.decode(monologue_parts(text[n, :window[n]].tolist())[0]) for n in range(len(items))]
+        named = [n for n, q in enumerate(qs) if question_name(q, names)]
+        figures[f"sft_ear_name_acc_{split}"] = round(float(np.mean(
+            [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4)
+        torch.manual_seed(cfg["seed"])
+        text_h, _ = run(hist, user, force_question(rec_text, q_frames))
+        figures[f"sft_qa_text_heard_{split}"] = round(float(np.mean(
+            [textlm.answer_in(tok.decode(monologue_parts(text_h[n, :window[n]].tolist())[1]), a) for n, a in enumerate(ans)])), 4)
+        torch.manual_seed(cfg["seed"])
+        _, codes_v = run(hist, user, rec_text)
+        wavs_v = codec.decode(codes_v.transpose(1, 2).to(device)).cpu()
+        ok, _ = judge_wavs(asr, reply_clips(wavs_v, q_frames, window), qs, ans)
+        figures[f"sft_voice_acc_{split}"] = round(float(np.mean(ok)), 4)
+        figures[f"asr_name_acc_{split}"] = asr_name_acc(asr, cfg, split, [items[n] for n in named], names)
+        print(f"sft {split} taken apart: ear (names heard) {figures[f'sft_ear_name_acc_{split}']:.1%}, "
+              f"brain (question's words given) {figures[f'sft_qa_text_heard_{split}']:.1%}, voice (answer's words "
+              f"given) {figures[f'sft_voice_acc_{split}']:.1%} of a {figures[f'judge_acc_window_{split}']:.1%} ceiling; "
+              f"the recognizer names {figures[f'asr_name_acc_{split}']:.1%}")
+    figures["judge_acc_window"] = figures["judge_acc_window_unseen_voice"]
     figures.update(retention(model, lm, tok, cfg))
     figures["sft_onset_text_ms"] = round(1000 * float(np.median(onsets_text))) if onsets_text else -1
     figures["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
@@ -142,6 +171,50 @@ def evaluate_sft(cfg):
     if not realdata.is_default(cfg):
         figures.update(evaluate_sft_real(cfg, model, codec, tok))
     return figures
+
+
+def recorded_window(streams, items, starts, n_frames, silence):
+    """What the recording holds over the evaluation's window of each question: its text stream
+    [B, F] (PAD past the dialogue's end) and the assistant's codes [B, F, K] (silence past it)."""
+    K = streams.assistant.shape[1]
+    text = np.full((len(items), n_frames), PAD, dtype=np.int64)
+    codes = np.repeat(np.repeat(silence[None, None].numpy(), n_frames, 1), len(items), 0)
+    for n, ((i, _, _), s) in enumerate(zip(items, starts)):
+        d = streams.dialogues[i]
+        x = streams.window(d["offset"], d["frames"])[s:s + n_frames]
+        text[n, :len(x)] = x[:, 0]
+        codes[n, :len(x)] = x[:, 1:1 + K]
+    return torch.from_numpy(text), torch.from_numpy(codes)
+
+
+def force_question(rec_text, q_frames):
+    """The recorded text stream forced while the question plays, up to the user's EOS (written a
+    frame or two after the voice stops) and never into the reply (-1: the model writes)."""
+    force = torch.full_like(rec_text, -1)
+    for n, q in enumerate(q_frames):
+        row = rec_text[n].tolist()
+        stop = next((f for f in range(max(0, q - 2), len(row)) if row[f] in (EOS, ASSISTANT)), q)
+        stop = stop + 1 if row[stop] == EOS else stop
+        force[n, :stop] = rec_text[n, :stop]
+    return force
+
+
+def question_name(question, names):
+    """The creature a question asks about (a word of it that is one of the world's names), or None."""
+    return next((w for w in question.lower().replace("?", " ").replace(".", " ").split() if w in names), None)
+
+
+def asr_name_acc(asr, cfg, split, items, names):
+    """The recognizer alone (greedy, no character LM) on the same questions: is the name spelled right?"""
+    if not items:
+        return 0.0
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
+    clips = []
+    for i, tr, _ in items:
+        wav, _ = sp.dialogue(i)
+        clips.append(torch.as_tensor(wav[spokenworld.USER, int(tr["start"] * SAMPLE_RATE):int(tr["end"] * SAMPLE_RATE) + SAMPLE_RATE // 20]))
+    heard = asr.transcribe(clips, beam=0)
+    return round(float(np.mean([question_name(tr["text"], names) in h.split() for (_, tr, _), h in zip(items, heard)])), 4)
 
 
 def evaluate_sft_real(cfg, model, codec, tok):

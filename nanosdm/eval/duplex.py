@@ -59,7 +59,7 @@ WORD_S = 0.36           # the assistant's mean word duration (165 words a minute
 def monologue_segments(tok, ids):
     """The model's own turns from its text stream (ASSISTANT ... EOS), located in time:
     [dict(start, end, words [(word, start_s)], text)]. A word starts at its first token (the
-    first word at the turn's marker, where the training stream puts the word's start); the turn
+    training stream writes it in the frame where the word's audio starts); the turn
     ends one word's duration after its last word starts (its EOS says when the turn is over, not
     when the voice stopped)."""
     segs = []
@@ -70,7 +70,7 @@ def monologue_segments(tok, ids):
         for f, i in tr["tokens"]:
             piece = tok.sp.id_to_piece(i)
             if piece.startswith("\u2581") or not words:
-                words.append([piece.lstrip("\u2581"), (tr["start"] if not words else f) * FRAME_S])
+                words.append([piece.lstrip("\u2581"), f * FRAME_S])
             else:
                 words[-1][0] += piece
         if not words:
