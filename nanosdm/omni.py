@@ -378,7 +378,10 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
     ckpt = None
     if os.path.exists(path):
         ckpt = utils.load_checkpoint(path, device)
-        if ckpt.get("train_keys") != train_keys or ckpt.get("finished"):
+        changed = utils.changed_settings(ckpt.get("train_keys", {}), train_keys)
+        if changed:                                    # as utils.resume: said by name, then from scratch
+            print(f"{path} is a run with other settings ({changed}): training from scratch")
+        if changed or ckpt.get("finished"):
             ckpt = None
     step = 0
     if ckpt is not None:
