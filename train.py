@@ -14,7 +14,8 @@ Every stage reads what earlier stages wrote under out/<preset>/ and data/<preset
 checkpoint there, and merges its measured figures into out/<preset>/report.json. Its marker
 out/<preset>/<stage>.done records the settings that shaped it and which build of each input it read:
 change a setting (or rebuild an input) and `python train.py` runs that stage and the ones after it
-again; the figures of stages left out of date are dropped from report.json, never kept stale.
+again (a setting only its evaluation reads, EVAL_ONLY, evaluates it again and no more); the figures
+of stages left out of date are dropped from report.json, never kept stale.
 """
 import importlib
 import json
@@ -369,7 +370,7 @@ def stage_reads(cfg, name):
     return reads + ["asr"] if name == "speech" and cfg["speech_data"] != "spokenworld" else reads
 
 
-def changed_settings(marker, now):
+def marker_changes(marker, now):
     """'key=old -> new, ...' for the settings in now that the marker recorded otherwise ("" if none)."""
     if marker["settings"] is None:      # a marker from before settings were recorded: taken as current
         return ""
@@ -385,7 +386,7 @@ def why_stale(cfg, name, markers):
     marker = markers.get(name)
     if marker is None:
         return "not run yet"
-    changed = changed_settings(marker, training_settings(cfg, name, extra))
+    changed = marker_changes(marker, training_settings(cfg, name, extra))
     if changed:
         return "its settings changed: " + changed
     for r in reads:
@@ -400,7 +401,7 @@ def why_reevaluate(cfg, name, markers):
     """Why a current stage must be evaluated again ("" if not): an evaluation-only setting changed."""
     marker = markers.get(name)
     eval_only = {k: cfg[k] for k in EVAL_ONLY.get(name, [])}
-    changed = changed_settings(marker, eval_only) if marker and eval_only else ""
+    changed = marker_changes(marker, eval_only) if marker and eval_only else ""
     return "its evaluation settings changed: " + changed if changed else ""
 
 
