@@ -204,7 +204,8 @@ def converse_omni(args, out_dir, device):
     heard = user_input(args, out_dir)
     t0 = time.time()
     feats = omni.encode_speech(asr, [heard])[0]
-    example = omni.build_example([("speech", feats)], model.config["k"])
+    example = omni.make_example(dict(parts=[], question=feats), model.config["k"], model.lm.config["block_size"],
+                                with_answer=False)   # a recording too long for the LM's block is refused by name
     out = omni.respond(model, example, voc, codec, args.omega, args.max_new_tokens, t0=t0)
     seconds = time.time() - t0
     onset = out["first_audio_s"] or 0.0

@@ -14,7 +14,8 @@ Every stage reads what earlier stages wrote under out/<preset>/ and data/<preset
 checkpoint there, and merges its measured figures into out/<preset>/report.json. Its marker
 out/<preset>/<stage>.done records the settings that shaped it and which build of each input it read:
 change a setting (or rebuild an input) and `python train.py` runs that stage and the ones after it
-again; the figures of stages left out of date are dropped from report.json, never kept stale.
+again (a setting only its evaluation reads, EVAL_ONLY, evaluates it again and no more); the figures
+of stages left out of date are dropped from report.json, never kept stale.
 """
 import importlib
 import json
@@ -320,12 +321,32 @@ STAGES = [
      ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
 ]
 GLOBAL_KEYS = ["seed"]   # settings that shape every stage
+# settings that only a stage's evaluation reads (its own or another stage's): a change evaluates the
+# stage again on its checkpoint, which is not trained again, so the stages that read its outputs stay
+# current. sft_eval_history is evaluation-only for sft, but dpo collects its pairs with it: it is
+# among dpo's extra settings, so a change trains dpo again. sft's evaluation transcribes with asr_beam.
+EVAL_ONLY = {
+    "codec": ["codec_eval_clips"],
+    "asr": ["asr_beam"],
+    "sft": ["sft_eval_history", "asr_beam"],
+    "dpo": ["dpo_eval_splits"],
+    "vocoder": ["vocoder_eval_turns"],
+    "omni": ["omni_omega"],
+}
 
 
 def stage_settings(cfg, name, extra):
-    """The settings that shape a stage: its own <name>_* keys, the extra ones, the global ones."""
+    """The settings that shape a stage (what its marker records): its own <name>_* keys, the extra
+    ones, the global ones, and the evaluation-only ones."""
+    extra = list(extra) + EVAL_ONLY.get(name, [])
     return {k: cfg[k] for k in sorted(cfg)
             if k in GLOBAL_KEYS or k.startswith(f"{name}_") or any(k == e or (e.endswith("_") and k.startswith(e)) for e in extra)}
+
+
+def training_settings(cfg, name, extra):
+    """The settings its training depends on: stage_settings less the evaluation-only ones. The
+    training loops record them in their checkpoints (utils.resume)."""
+    return {k: v for k, v in stage_settings(cfg, name, extra).items() if k not in EVAL_ONLY.get(name, [])}
 
 
 def read_marker(out_dir, name):
@@ -348,24 +369,39 @@ def stage_reads(cfg, name):
     return reads + ["asr"] if name == "speech" and cfg["speech_data"] != "spokenworld" else reads
 
 
+def marker_changes(marker, now):
+    """'key=old -> new, ...' for the settings in now that the marker recorded otherwise ("" if none)."""
+    if marker["settings"] is None:      # a marker from before settings were recorded: taken as current
+        return ""
+    changed = [k for k in now if marker["settings"].get(k, now[k]) != now[k]]
+    return ", ".join(f"{k}={marker['settings'][k]!r} -> {now[k]!r}" for k in changed[:4])
+
+
 def why_stale(cfg, name, markers):
-    """Why the stage must run again ("" if its marker is current): its settings changed, or an input was rebuilt."""
+    """Why the stage must be trained (built) again ("" if its marker is current): a setting its
+    training reads changed, or an input was rebuilt. Evaluation-only settings: why_reevaluate."""
     _, _, _, _, extra, _ = STAGES[[s[0] for s in STAGES].index(name)]
     reads = stage_reads(cfg, name)
     marker = markers.get(name)
     if marker is None:
         return "not run yet"
-    if marker["settings"] is not None:
-        now = stage_settings(cfg, name, extra)
-        changed = [k for k in now if marker["settings"].get(k, now[k]) != now[k]]
-        if changed:
-            return "its settings changed: " + ", ".join(f"{k}={marker['settings'][k]!r} -> {now[k]!r}" for k in changed[:4])
+    changed = marker_changes(marker, training_settings(cfg, name, extra))
+    if changed:
+        return "its settings changed: " + changed
     for r in reads:
         if markers.get(r) is not None and marker["reads"].get(r, "legacy") != markers[r]["stamp"]:
             return f"its input {r!r} was rebuilt"
         if markers.get(r) is not None and why_stale(cfg, r, markers):   # an input of an input: out of date too
             return f"its input {r!r} is out of date"
     return ""
+
+
+def why_reevaluate(cfg, name, markers):
+    """Why a current stage must be evaluated again ("" if not): an evaluation-only setting changed."""
+    marker = markers.get(name)
+    eval_only = {k: cfg[k] for k in EVAL_ONLY.get(name, [])}
+    changed = marker_changes(marker, eval_only) if marker and eval_only else ""
+    return "its evaluation settings changed: " + changed if changed else ""
 
 
 def write_marker(out_dir, name, marker):
@@ -405,7 +441,8 @@ def main(argv):
         if cfg["stage"] not in ("all", name):
             continue
         why = why_stale(cfg, name, markers)
-        if cfg["stage"] == "all" and not why:
+        why_eval = "" if why else why_reevaluate(cfg, name, markers)
+        if cfg["stage"] == "all" and not why and not why_eval:
             log(f"[{name}] up to date, skipped (--stage={name} evaluates it again, --stage={name} --retrain trains it again)")
             continue
         for r in stage_reads(cfg, name):   # asked for by name while an input is itself out of date: say so, go on
@@ -422,10 +459,13 @@ def main(argv):
                     if os.path.exists(os.path.join(cfg["out_dir"], f)):
                         os.remove(os.path.join(cfg["out_dir"], f))
             utils.barrier()
-            trained = (build(cfg) or {}) if main_rank or name in PARALLEL else {}
+            # the training loops record the settings they depend on in their checkpoints (utils.resume)
+            stage_cfg = dict(cfg, train_settings=training_settings(cfg, name, extra))
+            trained = (build(stage_cfg) or {}) if main_rank or name in PARALLEL else {}
             trained[f"{name}_seconds"] = round(time.time() - t0, 1)
             stamp = f"{time.time_ns():x}"   # this build's id: the stages that read it record it
         else:
+            why = why or why_eval
             log(f"[{name}] " + (f"{why}: evaluating it" if why else "up to date: evaluating it again (--retrain trains it again)"
                                 if evaluate is not None else "up to date, nothing to evaluate (--retrain builds it again)"))
             trained, stamp = (marker["train"], marker["stamp"]) if marker else ({}, "none")

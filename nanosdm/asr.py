@@ -450,13 +450,14 @@ def train(cfg, stop_step=None):
     print(f"asr model: {n_params / 1e6:.2f}M parameters")
 
     path = os.path.join(out_dir, "asr.pt")
-    ckpt = utils.resume(path, model, opt, device, max_steps)
+    settings = utils.run_settings(cfg, "asr")   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
     utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save(lm=None):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                         config=model.config, step=step, history=history,
+                                         config=model.config, settings=settings, step=step, history=history,
                                          lm=lm and lm.state_dict(), lm_weight=cfg["asr_lm_weight"],
                                          char_bonus=cfg["asr_char_bonus"]))
 

@@ -466,7 +466,8 @@ def train(cfg, stop_step=None, teacher=None):
 
     path = os.path.join(out_dir, "codec.pt")
     extra = (("disc", disc), ("optimizer_d", opt_d)) if adversarial else ()
-    ckpt = utils.resume(path, model, opt, device, max_steps, extra)
+    settings = utils.run_settings(cfg, "codec")   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, extra, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"mel": [], "commit": [], "distill": []})
     utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
     if adversarial:
@@ -474,7 +475,7 @@ def train(cfg, stop_step=None, teacher=None):
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
-                                         disc=disc.state_dict() if adversarial else None,
+                                         settings=settings, disc=disc.state_dict() if adversarial else None,
                                          optimizer_d=opt_d.state_dict() if adversarial else None,
                                          step=step, history=history, bitrate=model.bitrate))
 

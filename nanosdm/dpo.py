@@ -236,7 +236,8 @@ def train(cfg, pairs, stop_step=None):
     chosen, rejected = pairs["chosen"].to(device), pairs["rejected"].to(device)
     reply = pairs["reply"].to(device)
     pairs_id = [P, int(chosen.long().sum()), int(rejected.long().sum())]   # which pairs a checkpoint trained on
-    ckpt = utils.resume(path, model, opt, device, max_steps)
+    settings = utils.run_settings(cfg, "dpo")   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     if ckpt and ckpt.get("pairs_id") != pairs_id:
         print(f"{path} was trained on other pairs: starting again from the sft model")
         model.load_state_dict(load_model(os.path.join(out_dir, "sft.pt"), device).state_dict())
@@ -256,8 +257,8 @@ def train(cfg, pairs, stop_step=None):
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
-                                         step=step, history=history, ref_chosen=ref_c.cpu(), ref_rejected=ref_r.cpu(),
-                                         pairs_id=pairs_id))
+                                         settings=settings, step=step, history=history, ref_chosen=ref_c.cpu(),
+                                         ref_rejected=ref_r.cpu(), pairs_id=pairs_id))
 
     gen = torch.Generator()
     t0 = time.time()

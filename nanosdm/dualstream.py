@@ -412,13 +412,14 @@ def train(cfg, stage, stop_step=None):
         plot_layout(model, torch.from_numpy(Streams(speech_dir, "train").window(start, 48)), tok,
                     os.path.join(out_dir, "plots", "stream_layout.png"))
     path = os.path.join(out_dir, f"{stage}.pt")
-    ckpt = utils.resume(path, model, opt, device, max_steps)
+    settings = utils.run_settings(cfg, stage)   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
     utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                         config=model.config, step=step, history=history))
+                                         config=model.config, settings=settings, step=step, history=history))
 
     gen = torch.Generator()
     t0 = time.time()

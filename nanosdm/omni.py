@@ -46,6 +46,8 @@ CONTEXT_TURNS = 6         # earlier turns in the prompt (the cascade baseline ke
 SYNTH_CHUNK = 512         # synthesized questions encoded at a time
 QUESTION_TAIL = 800       # samples kept after a user turn's end (50 ms), as the cascade does
 SPEECH = UNK              # the id that stands where speech embeddings go (never read: replaced)
+ANSWER_ROOM = 32          # positions the context leaves for the question and a generated answer
+FRAME_S = 0.03            # seconds per ASR encoder frame (what the adapter hears)
 # what the adapter checkpoint depends on (λ or the decoder's size can change without retraining it),
 # and what only the evaluation reads
 ADAPTER_KEYS = ("seed", "omni_extra_exchanges", "omni_k", "omni_adapter_hidden", "omni_tune_lm", "omni_lm_lr_mult", "omni_batch_size",
@@ -172,12 +174,21 @@ def collate(examples, device):
                 segments=[s for e in examples for s in e["segments"]], answer_pos=[e["answer_pos"] for e in examples])
 
 
-def trim_context(parts, k, block_size, answer_len):
-    """Drop the oldest context turns until prompt and answer fit the LM's block."""
-    size = lambda p: 1 + sum(downsampled_length(len(x), k) + 2 if kind == "speech" else len(x) + 2 for kind, x in p)
-    while len(parts) > 1 and size(parts) + 1 + answer_len + 1 > block_size:
-        parts = parts[1:]
-    return parts
+def prompt_length(parts, k):
+    """Positions build_example gives these parts without an answer: BOS, each turn with its role
+    and EOS, ASSISTANT."""
+    return 1 + sum(downsampled_length(len(x), k) + 2 if kind == "speech" else len(x) + 2 for kind, x in parts) + 1
+
+
+def trim_context(context, question, k, block_size, answer_len):
+    """Drop the oldest context turns until the context and an answer of answer_len tokens, plus
+    ANSWER_ROOM, fit the LM's block (one turn kept: the room covers a short question); then more,
+    all if need be, until the question fits too, with room for the answer and its EOS."""
+    while len(context) > 1 and prompt_length(context, k) + answer_len + ANSWER_ROOM + 1 > block_size:
+        context = context[1:]
+    while context and prompt_length(context + question, k) + answer_len + 1 > block_size:
+        context = context[1:]
+    return context
 
 
 # -----------------------------------------------------------------------------
@@ -270,9 +281,18 @@ def synthetic_exchanges(cfg, asr, tok, n):
 
 
 def make_example(item, k, block_size, with_answer=True):
-    answer = item["answer"] if with_answer else None
-    parts = trim_context(item["parts"], k, block_size, len(answer or []) + 32)
-    return build_example(parts + [("speech", item["question"])], k, answer)
+    """The prompt of an exchange, its context trimmed to fit the LM's block (trim_context); a
+    question too long for the block with one token of answer is refused, naming the setting."""
+    answer = list(item["answer"]) if with_answer else []
+    question = [("speech", item["question"])]
+    need = prompt_length(question, k) + len(answer) + 1      # + the answer's EOS (or its first token)
+    if need > block_size:
+        raise ValueError(f"omni: a spoken question of {len(item['question'])} encoder frames "
+                         f"({len(item['question']) * FRAME_S:.1f} s) and its answer need {need} positions, more than "
+                         f"the text LM's block of {block_size} (--text_block_size): train the text stage with a "
+                         f"larger --text_block_size, or hear through more frames per position (--omni_k)")
+    context = trim_context(item["parts"], question, k, block_size, len(answer))
+    return build_example(context + question, k, answer if with_answer else None)
 
 
 # -----------------------------------------------------------------------------
@@ -379,7 +399,10 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
     ckpt = None
     if os.path.exists(path):
         ckpt = utils.load_checkpoint(path, device)
-        if ckpt.get("train_keys") != train_keys or ckpt.get("finished"):
+        changed = utils.changed_settings(ckpt.get("train_keys", {}), train_keys)
+        if changed:                                    # as utils.resume: said by name, then from scratch
+            print(f"{path} is a run with other settings ({changed}): training from scratch")
+        if changed or ckpt.get("finished"):
             ckpt = None
     step = 0
     if ckpt is not None:

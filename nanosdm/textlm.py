@@ -195,13 +195,14 @@ def train(cfg, stop_step=None):
     print(f"text LM: {sum(p.numel() for p in params) / 1e6:.2f}M parameters")
 
     path = os.path.join(out_dir, "text.pt")
-    ckpt = utils.resume(path, model, opt, device, max_steps)
+    settings = utils.run_settings(cfg, "text")   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": [], "val": []})
     utils.broadcast_module(model)
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                         config=model.config, step=step, history=history))
+                                         config=model.config, settings=settings, step=step, history=history))
 
     gen = torch.Generator()
     model.train()

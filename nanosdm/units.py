@@ -380,17 +380,21 @@ def train(cfg, stop_step=None):
                           cfg["units_proj_dim"], cfg["units_temperature"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["units_lr"], betas=(0.9, 0.98),
                             weight_decay=cfg["units_weight_decay"])
-    train_keys = {key: cfg[key] for key in sorted(cfg) if key.startswith("units_")}
+    # a partial checkpoint resumes only into the same run (its k-means targets are kept in it too)
+    settings = utils.run_settings(cfg, "units")
     step, history, ckpt = 0, [], None
     if os.path.exists(path):
         ckpt = utils.load_checkpoint(path, device)
-        if ckpt.get("train_keys") == train_keys and not ckpt["finished"]:
+        changed = utils.changed_settings(ckpt.get("settings", {}), settings)
+        if ckpt["finished"] or changed:
+            print(f"{path} is finished" if ckpt["finished"] else f"{path} is a run with other settings ({changed})",
+                  end=": training from scratch\n")
+            ckpt = None
+        else:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step, history = ckpt["step"], ckpt["history"]
             print(f"units: resuming from step {step}")
-        else:
-            ckpt = None
 
     # iteration 1: k-means on MFCC frames, of the turns themselves (HuBERT; also the baseline the
     # units are compared with) or of their canonical-voice copies (units_targets="canonical").
@@ -416,7 +420,7 @@ def train(cfg, stop_step=None):
     def save(step, centroids=None):
         utils.save_checkpoint(path, dict(
             config=model.config, model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-            history=history, train_keys=train_keys, finished=centroids is not None, layer=layer,
+            history=history, settings=settings, finished=centroids is not None, layer=layer,
             centroids=centroids, target_centroids=target_centroids, mfcc_centroids=mfcc_centroids))
 
     utils.broadcast_module(model)                      # data parallel: every rank starts from rank 0's weights

@@ -175,15 +175,48 @@ def autocast(device, enabled=True):
     return contextlib.nullcontext()
 
 
-def resume(path, model, opt, device, max_steps, extra=()):
-    """Model and optimizer state from path when it holds an unfinished run of the same model
-    config; returns the checkpoint (its "step", "history", ...), or None to start from scratch.
+# settings a killed run may change before it is resumed: they do not change the steps it takes
+RESUME_FREE_SUFFIXES = ("_ckpt_interval",)
+
+
+def run_settings(cfg, stage):
+    """The settings a stage's training run depends on, recorded in its checkpoints so that a killed
+    run resumes only into the same run: the ones train.py names for the stage (cfg["train_settings"],
+    from its STAGES table: its own keys, the extra ones, the seed, less what only its evaluation
+    reads), or, when a component is trained directly (tests, notebooks), its <stage>_* keys and the seed."""
+    settings = cfg.get("train_settings")
+    if settings is None:
+        settings = {k: cfg[k] for k in sorted(cfg) if k.startswith(f"{stage}_") or k == "seed"}
+    return {k: v for k, v in settings.items() if not k.endswith(RESUME_FREE_SUFFIXES)}
+
+
+def changed_settings(saved, now):
+    """'key=old -> new, ...' for the settings that differ between a checkpoint's and now ("" if
+    none, or if the checkpoint was written before checkpoints recorded their settings)."""
+    if saved is None or now is None:
+        return ""
+    changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return ", ".join(f"{k}={saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:4]) + (", ..." if len(changed) > 4 else "")
+
+
+def resume(path, model, opt, device, max_steps, extra=(), settings=None):
+    """Model and optimizer state from path when it holds an unfinished run of the same model config
+    and the same training settings (run_settings, saved in the checkpoint as "settings"); returns
+    the checkpoint (its "step", "history", ...), or None to start from scratch.
+    A partial run is not continued under a changed setting (a learning rate, a batch size, max_steps:
+    the steps already taken followed another schedule or data): it starts over, and says which
+    setting changed. Starting over rather than refusing: the stage runner trains a stage again
+    exactly when its settings change, so the changed setting is what was asked for.
     extra: (key, module or optimizer) pairs saved beside them, e.g. a discriminator and its optimizer."""
     if not os.path.exists(path):
         return None
     ckpt = load_checkpoint(path, device)
     if ckpt["config"] != model.config or ckpt["step"] >= max_steps or any(ckpt.get(k) is None for k, _ in extra):
         print(f"{path} is finished or from another config: training from scratch")
+        return None
+    changed = changed_settings(ckpt.get("settings"), settings)
+    if changed:
+        print(f"{path} is a run with other settings ({changed}): training from scratch")
         return None
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])

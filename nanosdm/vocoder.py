@@ -263,7 +263,8 @@ def train(cfg, stop_step=None):
                     cfg["vocoder_dur_layers"], cfg["vocoder_frame_layers"], cfg["vocoder_latent_layers"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["vocoder_lr"], betas=(0.9, 0.98), weight_decay=0.0)
     path, max_steps = os.path.join(out_dir, "vocoder.pt"), cfg["vocoder_max_steps"]
-    ckpt = utils.resume(path, model, opt, device, max_steps)
+    settings = utils.run_settings(cfg, "vocoder")   # a partial checkpoint resumes only into the same run
+    ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"latent": [], "duration": [], "mel": []})
     if ckpt is None:
         model.latent_scale.fill_(float(streams[1].std()))
@@ -272,7 +273,7 @@ def train(cfg, stop_step=None):
 
     def save():
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
-                                         step=step, history=history))
+                                         settings=settings, step=step, history=history))
 
     gen = torch.Generator()
     model.train()

@@ -79,6 +79,22 @@ def test_respond_streams_text_units_and_audio(model):
     assert len(out["wav"]) % 1280 == 0 and (out["first_audio_s"] is not None) == (len(out["wav"]) > 0)
 
 
+def test_a_prompt_longer_than_the_block_is_trimmed_to_fit_or_refused_by_name(model):
+    block = LM["block_size"]                          # 96 positions
+    # 60 frames of context speech (22 positions), an assistant turn (22), a 150-frame question (52):
+    # 98 positions with no room for a reply: the oldest turn goes, the question and a reply fit
+    item = dict(parts=[("speech", torch.randn(60, 6)), ("assistant", [11] * 20)], question=torch.randn(150, 6), answer=[20, 21])
+    ex = omni.make_example(item, 3, block, with_answer=False)
+    assert len(ex["ids"]) < block and ex["ids"].count(USER) == 1 and ex["ids"].count(ASSISTANT) == 2
+    assert len(omni.respond(model, ex, max_tokens=6)["tokens"]) >= 1          # was: "KV cache full: 0 + 98 > 96"
+    assert len(omni.make_example(item, 3, block)["ids"]) <= block           # the same with the answer (training)
+    short = dict(item, question=torch.randn(30, 6))   # a short question keeps both turns
+    assert omni.make_example(short, 3, block, with_answer=False)["ids"].count(USER) == 2
+    # a question that alone outgrows the block: the setting to change is named
+    with pytest.raises(ValueError, match=r"300 encoder frames \(9.0 s\).*--text_block_size"):
+        omni.make_example(dict(item, question=torch.randn(300, 6)), 3, block, with_answer=False)
+
+
 def test_sample_omni_wav_in_reply_out(tmp_path):
     """sample.py --model=omni on a tiny fake run: the question in, reply.wav (stereo) and reply.json out."""
     import json

@@ -96,6 +96,23 @@ def test_a_stopped_run_resumes_where_it_stopped(cfg):
     assert a["history"]["train"] == b["history"]["train"]
 
 
+def test_a_stopped_run_starts_over_when_a_training_setting_changed(cfg, capsys):
+    cfg = dict(cfg, text_max_steps=6, text_ckpt_interval=3, text_eval_interval=6)
+    textlm.train(cfg, stop_step=4)                 # "killed" after step 4: the checkpoint is step 3
+    path = os.path.join(cfg["out_dir"], "text.pt")
+    assert utils.load_checkpoint(path)["settings"]["text_lr"] == cfg["text_lr"]
+    capsys.readouterr()
+    textlm.train(dict(cfg, text_lr=cfg["text_lr"] / 2))
+    assert f"other settings (text_lr={cfg['text_lr']!r} -> {cfg['text_lr'] / 2!r}): training from scratch" in capsys.readouterr().out
+    # every step under the new rate, none kept from the old: as a run that never stopped
+    straight = dict(cfg, text_lr=cfg["text_lr"] / 2, out_dir=cfg["out_dir"] + "_straight")
+    os.makedirs(straight["out_dir"])
+    os.link(os.path.join(cfg["out_dir"], "tokenizer.model"), os.path.join(straight["out_dir"], "tokenizer.model"))
+    textlm.train(straight)
+    a, b = utils.load_checkpoint(path), utils.load_checkpoint(os.path.join(straight["out_dir"], "text.pt"))
+    assert a["history"]["train"] == b["history"]["train"] and a["settings"] == b["settings"]
+
+
 def test_cached_generation_equals_recomputing_the_prefix():
     torch.manual_seed(0)
     model = textlm.TextLM(50, 2, 2, 32, 40).eval()

@@ -125,3 +125,59 @@ def test_a_marker_from_before_settings_were_recorded_is_taken_as_current(fake_st
     assert calls == []
     train.main(args + ["--stage=tokenizer"])           # evaluated again, its old figures kept as training ones
     assert calls == ["eval tokenizer"] and report()["tokenizer_old"] == 1
+
+
+@pytest.fixture
+def fake_codec_asr(tmp_path, monkeypatch):
+    """Two stages named like the real ones, so the real EVAL_ONLY table applies (codec_eval_clips,
+    asr_beam): `asr` reads `codec`; each trains (recording the settings it is handed) and is evaluated."""
+    calls = []
+
+    def stage(name):
+        def build(cfg):
+            calls.append(f"train {name}")
+            calls.append(cfg["train_settings"])
+            return {f"{name}_loss": 1.0}
+
+        def evaluate(cfg):
+            calls.append(f"eval {name}")
+            return {f"{name}_score": 0.5}
+        return build, evaluate
+
+    monkeypatch.setattr(train, "STAGES", [("codec", *stage("codec"), [], [], []),
+                                          ("asr", *stage("asr"), ["codec"], ["speech_data"], [])])
+    args = [f"--out_root={tmp_path}", f"--data_root={tmp_path}", "--device=cpu"]
+    return calls, args
+
+
+def test_an_evaluation_only_setting_evaluates_again_without_training(fake_codec_asr, capsys):
+    calls, args = fake_codec_asr
+    train.main(args)
+    assert [c for c in calls if isinstance(c, str)] == ["train codec", "eval codec", "train asr", "eval asr"]
+    # the training loops are handed the settings they depend on: no evaluation-only ones, the extra ones kept
+    codec_settings, asr_settings = [c for c in calls if isinstance(c, dict)]
+    assert "codec_eval_clips" not in codec_settings and "codec_lr" in codec_settings
+    assert "asr_beam" not in asr_settings and asr_settings["speech_data"] == "spokenworld"
+    del calls[:]
+    train.main(args + ["--asr_beam=4"])                 # asr's checkpoint is kept: evaluated again only
+    assert calls == ["eval asr"]
+    assert "[asr] its evaluation settings changed: asr_beam=8 -> 4: evaluating it" in capsys.readouterr().out
+    train.main(args + ["--asr_beam=4"])                 # recorded: nothing to do
+    assert calls == ["eval asr"]
+    del calls[:]
+    # codec evaluated again; asr, which reads codec's checkpoint (not its figures), stays current
+    train.main(args + ["--asr_beam=4", "--codec_eval_clips=5"])
+    assert calls == ["eval codec"]
+    del calls[:]
+    train.main(args + ["--asr_beam=4", "--codec_eval_clips=5", "--codec_lr=0.001"])   # a training setting: both again
+    assert [c for c in calls if isinstance(c, str)] == ["train codec", "eval codec", "train asr", "eval asr"]
+
+
+def test_eval_only_settings_are_known_keys_and_sft_eval_history_still_shapes_dpo():
+    cfg = train.parse_config([])
+    extra = {s[0]: s[4] for s in train.STAGES}
+    for name, keys in train.EVAL_ONLY.items():
+        assert name in extra and all(k in cfg for k in keys), name
+        assert not set(keys) & set(train.training_settings(cfg, name, extra[name])), name
+    # sft evaluates with it; dpo collects its pairs with it, so it trains dpo again
+    assert "sft_eval_history" in train.EVAL_ONLY["sft"] and "sft_eval_history" in train.training_settings(cfg, "dpo", extra["dpo"])

@@ -35,3 +35,29 @@ def test_resume_restores_model_optimizer_and_extras(tmp_path):
     utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
                                      disc=None, step=5, history={}))
     assert utils.resume(path, model2, opt2, "cpu", max_steps=10, extra=(("disc", disc2),)) is None
+
+
+def test_a_partial_run_resumes_only_under_the_same_settings(tmp_path, capsys):
+    path = str(tmp_path / "run.pt")
+    model, _, opt, _ = make(0)
+    settings = dict(seed=1, text_lr=0.006, text_batch_size=32, text_max_steps=10)
+    utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
+                                     settings=settings, step=5, history={}))
+    model2, _, opt2, _ = make(1)
+    assert utils.resume(path, model2, opt2, "cpu", max_steps=10, settings=dict(settings))["step"] == 5
+    # a changed learning rate (or batch, or length): the steps taken followed another run, start over, say which
+    assert utils.resume(path, model2, opt2, "cpu", max_steps=10, settings=dict(settings, text_lr=0.001)) is None
+    assert "other settings (text_lr=0.006 -> 0.001): training from scratch" in capsys.readouterr().out
+    assert utils.resume(path, model2, opt2, "cpu", max_steps=20, settings=dict(settings, text_max_steps=20)) is None
+    assert "text_max_steps=10 -> 20" in capsys.readouterr().out
+    # a checkpoint written before checkpoints recorded their settings resumes as it always did
+    utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
+                                     step=5, history={}))
+    assert utils.resume(path, model2, opt2, "cpu", max_steps=10, settings=settings)["step"] == 5
+
+
+def test_run_settings_are_the_runners_or_the_stage_keys():
+    cfg = dict(seed=1, text_lr=0.1, text_ckpt_interval=3, units_lr=0.2, device="cpu")
+    # the checkpoint interval changes no step: a run may resume under another one
+    assert utils.run_settings(cfg, "text") == dict(seed=1, text_lr=0.1)
+    assert utils.run_settings(dict(cfg, train_settings=dict(seed=1, dual_context=8)), "text") == dict(seed=1, dual_context=8)
