@@ -357,9 +357,7 @@ def read_marker(out_dir, name):
         return None
     with open(path) as f:
         marker = json.load(f)
-    if "settings" not in marker:    # written before markers recorded their settings: its figures, taken as current
-        marker = dict(settings=None, reads={}, stamp="legacy", train=marker, eval={})
-    return marker
+    return marker if "settings" in marker else None    # an older runner's marker: the stage runs again
 
 
 def stage_reads(cfg, name):
@@ -371,8 +369,6 @@ def stage_reads(cfg, name):
 
 def marker_changes(marker, now):
     """'key=old -> new, ...' for the settings in now that the marker recorded otherwise ("" if none)."""
-    if marker["settings"] is None:      # a marker from before settings were recorded: taken as current
-        return ""
     changed = [k for k in now if marker["settings"].get(k, now[k]) != now[k]]
     return ", ".join(f"{k}={marker['settings'][k]!r} -> {now[k]!r}" for k in changed[:4])
 
@@ -389,7 +385,7 @@ def why_stale(cfg, name, markers):
     if changed:
         return "its settings changed: " + changed
     for r in reads:
-        if markers.get(r) is not None and marker["reads"].get(r, "legacy") != markers[r]["stamp"]:
+        if markers.get(r) is not None and marker["reads"].get(r) != markers[r]["stamp"]:
             return f"its input {r!r} was rebuilt"
         if markers.get(r) is not None and why_stale(cfg, r, markers):   # an input of an input: out of date too
             return f"its input {r!r} is out of date"
