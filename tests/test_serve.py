@@ -1,0 +1,253 @@
+"""sample.py --serve: the live page's server (serve.py, websocket.py) and the page itself.
+
+Without a browser: the WebSocket handshake's key (RFC 6455's own example); the monologue's roles
+token by token equal speech.read_text_stream's; frames through the server are the offline live
+loop's, exactly; bad input (a wrong-sized frame, a bad command, a page gone mid-reply, more pages
+than the server holds, a missing checkpoint) leaves the server serving; --model=omni answers a
+pushed-to-talk question. In a real browser (headless Chromium, a fake microphone playing an eSpeak
+question): frames flow both ways, the user's words land in the user colour, the voice is
+scheduled, and the latency and late frames are measured."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from nanosdm import live, serve, utils, websocket
+from nanosdm.codec import FRAME
+from nanosdm.corpus import speech
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)  # sample.py and train.py
+from test_dualstream import make_tiny_run  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py; the server runs on one thread too
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run in runs/tiny: tokenizer, text LM, codec, sft.pt (stage align, 2 steps: it writes
+    garbage, in both roles), and LLaMA-Omni's asr, omni and vocoder (untrained)."""
+    from nanosdm import dualstream, omni
+    from nanosdm.asr import ASR
+    from nanosdm.vocoder import Vocoder
+    root = tmp_path_factory.mktemp("serve")
+    cfg = make_tiny_run(root)
+    dualstream.train(dict(cfg, align_max_steps=2), "align")
+    out = cfg["out_dir"]
+    shutil.copy(os.path.join(out, "align.pt"), os.path.join(out, "sft.pt"))
+    torch.manual_seed(0)
+    asr = ASR(n_layer=1, n_head=2, d_model=16)
+    utils.save_checkpoint(os.path.join(out, "asr.pt"), dict(model=asr.state_dict(), config=asr.config))
+    lm = utils.load_checkpoint(os.path.join(out, "text.pt"))
+    model = omni.Omni(lm["config"], 16, 3, 32, 10, 4, 1, 2, 16)
+    model.lm.load_state_dict(lm["model"])
+    utils.save_checkpoint(os.path.join(out, "omni.pt"), dict(model=model.state_dict(), config=model.config))
+    voc = Vocoder(n_units=10, latent_dim=8, dim=16, kernel=3, dur_layers=1, frame_layers=1, latent_layers=1)
+    utils.save_checkpoint(os.path.join(out, "vocoder.pt"), dict(model=voc.state_dict(), config=voc.config))
+    shutil.copytree(out, root / "runs" / "tiny")
+    return root
+
+
+def start(run, *flags):
+    """An in-process server on a free port: (server, port); it serves on a daemon thread."""
+    import sample
+    args = sample.parse_args([f"--out_root={run / 'runs'}", f"--data_root={run / 'data'}", "--serve", "--port=0", *flags])
+    app = serve.App(args, str(run / "runs" / "tiny"), "cpu")
+    server = serve.make_server(app, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+@pytest.fixture
+def server(run):
+    srv, port = start(run)
+    yield srv, port
+    srv.shutdown()
+    srv.server_close()
+    assert srv.app.errors == []                       # nothing a test sent raised in the server
+
+
+def receive_json(conn):
+    kind, data = conn.receive()
+    assert kind == websocket.TEXT, data
+    return json.loads(data)
+
+
+def receive_frame(conn):
+    kind, data = conn.receive()
+    assert kind == websocket.BINARY, data
+    n = int.from_bytes(data[:4], "little")
+    return json.loads(data[4:4 + n]), np.frombuffer(data[4 + n:], "<f4")
+
+
+def vanish(conn):
+    """The page goes away without a closing handshake (a tab closed, a crash)."""
+    import socket
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.sock.close()
+
+
+def as_bytes(x):
+    return np.asarray(x, "<f4").tobytes()
+
+
+# -----------------------------------------------------------------------------
+# the parts
+
+def test_accept_key_is_the_rfcs_example():
+    assert websocket.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="   # RFC 6455 §1.3
+
+
+def test_monologue_roles_equal_read_text_stream():
+    from nanosdm.tokenizer import ASSISTANT, EOS, USER
+    g = np.random.default_rng(0)
+    for _ in range(20):      # streams dense with markers, EOS and nested turns
+        ids = g.choice([USER, ASSISTANT, EOS, 1, 2, 10, 11, 12], size=60).tolist()
+        mono = serve.Monologue()
+        got = {}
+        for f, i in enumerate(ids):
+            role, _, word = mono.add(i)
+            if word:
+                got.setdefault(role, []).append((f, i))
+        want = {}
+        for tr in speech.read_text_stream(ids):
+            want.setdefault(serve.ROLES[tr["role"]], []).extend(tr["tokens"])
+        assert {r: sorted(v) for r, v in got.items()} == {r: sorted(v) for r, v in want.items() if v}
+
+
+# -----------------------------------------------------------------------------
+# the server, with a plain WebSocket client
+
+def test_frames_through_the_server_are_the_live_loop(server, run):
+    srv, port = server
+    app = srv.app
+    wav = (0.3 * torch.randn(12 * FRAME, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)   # as a page sends
+    conn = websocket.connect("127.0.0.1", port)
+    hello = receive_json(conn)
+    assert hello["mode"] == "duplex" and hello["frame"] == FRAME and hello["delay_frames"] == 1
+    torch.manual_seed(5)
+    got = []
+    for t in range(12):                # one at a time: the sampling draws in the same order as offline
+        conn.send(as_bytes(wav[t * FRAME:(t + 1) * FRAME]))
+        got.append(receive_frame(conn))
+    conn.close()
+    torch.manual_seed(5)
+    want = live.live(app.model, app.codec, wav)
+    assert [h["t"] for h, _ in got] == list(range(12))
+    assert [h["id"] for h, _ in got] == want["text"]
+    assert [len(w) for _, w in got] == [0] + [FRAME] * 11          # frame t - 1's voice comes with step t
+    voice = np.concatenate([w for _, w in got])
+    assert np.allclose(voice, want["wav"][:11 * FRAME].numpy(), atol=1e-6)
+    assert [h["model_code"] for h, _ in got[1:]] == want["codes"][:11, 0].tolist()
+    assert all(h["step_ms"] > 0 and h["cpu_ms"] >= 0 for h, _ in got)
+
+
+def test_bad_frames_and_commands_are_answered_not_fatal(server):
+    srv, port = server
+    conn = websocket.connect("127.0.0.1", port)
+    receive_json(conn)
+    conn.send(b"\0" * 100)                                          # 25 samples, not 1280
+    err = receive_json(conn)
+    assert err["type"] == "error" and "1280" in err["message"] and "100 bytes" in err["message"]
+    conn.send("{not json")
+    assert "unknown command" in receive_json(conn)["message"]
+    conn.send(as_bytes(np.full(FRAME, np.nan)))                    # NaNs are silence, not a poisoned cache
+    h, _ = receive_frame(conn)
+    assert h["t"] == 0                                              # the bad frame did not count
+    conn.send(as_bytes(np.zeros(FRAME)))
+    h, w = receive_frame(conn)
+    assert h["t"] == 1 and np.isfinite(w).all()
+    conn.send(json.dumps({"type": "reset"}))
+    assert receive_json(conn)["type"] == "reset"
+    conn.send(as_bytes(np.zeros(FRAME)))
+    assert receive_frame(conn)[0]["t"] == 0                         # a new conversation
+    conn.close()
+
+
+def test_a_page_gone_mid_reply_and_too_many_pages(server):
+    srv, port = server
+    app = srv.app
+    gone = websocket.connect("127.0.0.1", port)
+    for _ in range(30):                                             # replies pile up unread ...
+        gone.send(as_bytes(np.zeros(FRAME)))
+    vanish(gone)                                                    # ... and the page vanishes, no close frame
+    a, b = websocket.connect("127.0.0.1", port), websocket.connect("127.0.0.1", port)
+    for c in (a, b):
+        receive_json(c)
+    for t in range(3):                                              # two pages, two conversations
+        for c in (a, b):
+            c.send(as_bytes(np.zeros(FRAME)))
+        assert receive_frame(a)[0]["t"] == t and receive_frame(b)[0]["t"] == t
+    deadline = time.time() + 10
+    while app.active > 2 and time.time() < deadline:                # the vanished page's thread ends
+        time.sleep(0.05)
+    assert app.active == 2
+    app.max_sessions = 2
+    third = websocket.connect("127.0.0.1", port)
+    msg = receive_json(third)
+    assert msg["type"] == "error" and msg["message"].startswith("busy")
+    with pytest.raises(websocket.Closed):
+        third.receive()                                             # and the server closes it
+    a.close()
+    b.close()
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/").status == 200    # still serving
+
+
+def test_files_and_the_question(server):
+    _, port = server
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/").read().decode()
+    assert 'id="monologue"' in page and "page.js" in page
+    assert b"registerProcessor" in urllib.request.urlopen(f"http://127.0.0.1:{port}/capture.js").read()
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/../sample.py")
+    pytest.importorskip("espeakng_loader")
+    r = urllib.request.urlopen(f"http://127.0.0.1:{port}/question")
+    wav = np.frombuffer(r.read(), "<f4")
+    assert r.headers["X-Question"].endswith("?") and r.headers["X-Voice"]
+    assert 0.5 < len(wav) / 16000 < 6 and 0.55 < np.abs(wav).max() <= 0.6 + 1e-6
+
+
+def test_a_missing_checkpoint_is_one_line(run, tmp_path):
+    import sample
+    (tmp_path / "tiny").mkdir()
+    shutil.copy(run / "runs" / "tiny" / "tokenizer.model", tmp_path / "tiny")
+    shutil.copy(run / "runs" / "tiny" / "codec.pt", tmp_path / "tiny")
+    with pytest.raises(SystemExit, match="checkpoint not found: " + str(tmp_path / "tiny" / "dpo.pt")):
+        sample.main([f"--out_root={tmp_path}", "--device=cpu", "--serve", "--port=0", "--model=dpo"])
+
+
+def test_omni_answers_a_pushed_question(run):
+    srv, port = start(run, "--model=omni", "--max_new_tokens=6")
+    conn = websocket.connect("127.0.0.1", port)
+    assert receive_json(conn)["mode"] == "omni"
+    conn.send(json.dumps({"type": "end"}))                         # nothing said yet
+    assert "no question" in receive_json(conn)["message"]
+    t = np.arange(15 * FRAME) / 16000
+    q = 0.3 * np.sin(2 * np.pi * 200 * t)
+    for f in range(15):
+        conn.send(as_bytes(q[f * FRAME:(f + 1) * FRAME]))
+    conn.send(json.dumps({"type": "end"}))
+    msg = receive_json(conn)
+    assert msg["type"] == "omni" and 1 <= len(msg["pieces"]) <= 6 and msg["compute_ms"] > 0
+    frames = [receive_frame(conn) for _ in range(msg["frames"])]
+    assert [h["t"] for h, _ in frames] == list(range(msg["frames"])) and all(len(w) == FRAME for _, w in frames)
+    for f in range(15):                                             # a second question, and the page leaves
+        conn.send(as_bytes(q[f * FRAME:(f + 1) * FRAME]))           # while the server is answering it
+    conn.send(json.dumps({"type": "end"}))
+    vanish(conn)
+    deadline = time.time() + 10
+    while srv.app.active and time.time() < deadline:               # it answered into a closed socket, and ended
+        time.sleep(0.05)
+    assert srv.app.active == 0
+    srv.shutdown()
+    srv.server_close()
+    assert srv.app.errors == []
