@@ -251,3 +251,104 @@ def test_omni_answers_a_pushed_question(run):
     srv.shutdown()
     srv.server_close()
     assert srv.app.errors == []
+
+
+# -----------------------------------------------------------------------------
+# the page, in a real browser
+
+SECONDS = float(os.environ.get("NANOSDM_SERVE_SECONDS", 20))   # the conversation's length
+QUESTION = "what colour is the kotan?"
+USER_COLOUR, ASSISTANT_COLOUR = "rgb(194, 84, 0)", "rgb(31, 95, 191)"   # index.html's .user, .assistant
+
+
+def browser(tmp_path, mic_wav):
+    """Headless Chromium driven by chromedriver (selenium), its microphone playing mic_wav."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("no selenium: pip install -r requirements-serve.txt")
+    if not chromium or not driver_path:
+        pytest.skip("no browser: apt-get install chromium chromium-driver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1000,820"]:
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=opts)
+
+
+def test_the_page_in_a_browser(run, tmp_path):
+    """The fake microphone asks a question; over SECONDS of conversation the page must send every
+    frame and get each back, schedule the model's voice without gaps, and show the monologue."""
+    espeak = pytest.importorskip("nanosdm.corpus.espeak")
+    from nanosdm.corpus import audio
+    from nanosdm.tokenizer import Tokenizer
+    q, _, _ = espeak.synthesize(QUESTION, voice="en-us+f2", rate=170, pitch=50)
+    q = 0.6 * q / np.abs(q).max()
+    mic = np.zeros(int((SECONDS + 5) * 16000), np.float32)   # 1 s of silence, the question, silence
+    mic[16000:16000 + len(q)] = q
+    audio.save_wav(tmp_path / "question.wav", mic)
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_root={run / 'runs'}",
+                               f"--data_root={run / 'data'}", "--device=cpu", "--serve", "--port=0", "--seed=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    driver = None
+    try:
+        line = server.stdout.readline()                       # "serving sft (tiny) on http://localhost:PORT/ ..."
+        assert "http://localhost:" in line, line + server.stderr.read()
+        url = line.split()[4]
+        driver = browser(tmp_path, tmp_path / "question.wav")
+        driver.get(url)
+        driver.find_element("id", "start").click()            # a click: the browser lets the page start audio
+        deadline = time.time() + 20
+        while not driver.execute_script("return window.nanosdm.sent") and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(SECONDS)
+        stats = driver.execute_script("return window.nanosdm")
+        turns = driver.execute_script("return [...document.querySelectorAll('#monologue > div')]"
+                                      ".map(d => [d.className, d.textContent, getComputedStyle(d).color])")
+        shot = tmp_path / "serve.png"
+        driver.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(10)
+    frames = int(SECONDS / 0.08)
+    # frames flowed both ways: all sent (the audio clock drives them), all but those in flight answered
+    assert stats["errors"] == [] and stats["sent"] >= 0.9 * frames and stats["received"] >= stats["sent"] - 3
+    # the microphone carried the question, at its own length: the worklet's 16 kHz is 16 kHz
+    rms = np.array(stats["sentRms"])
+    loud = np.flatnonzero(rms > 0.02)
+    voiced = np.flatnonzero(live.voiced(q))                    # the question's own voiced 20 ms windows
+    spoken_s = (voiced[-1] - voiced[0] + 1) * 0.02
+    assert len(loud) and abs((loud[-1] - loud[0] + 1) * 0.08 - spoken_s) <= 0.16, (loud, spoken_s)   # 2 frame edges
+    assert rms.max() > 0.1 and np.median(rms) < 0.01          # then silence, not noise
+    # the voice was scheduled: one 80 ms frame per answered step after the first (the acoustic delay)
+    assert stats["scheduledSamples"] == FRAME * stats["scheduledFrames"] >= FRAME * (stats["received"] - 1)
+    assert stats["playedEnergy"] > 0
+    # the monologue: the page shows exactly the turns of the text stream the model wrote, each word in
+    # its role's colour. A 2-step model writes garbage in both roles: the user colour got word pieces,
+    # whatever they say (a trained model writes the question there).
+    tok = Tokenizer.load(str(run / "runs" / "tiny" / "tokenizer.model"))
+    ids = stats["ids"][:stats["received"]]
+    want = [[serve.ROLES[tr["role"]], "".join(tok.sp.id_to_piece(i).replace("\u2581", " ") for _, i in tr["tokens"])]
+            for tr in speech.read_text_stream(ids)]
+    assert [t[:2] for t in turns] == want
+    assert all(c == (USER_COLOUR if r == "user" else ASSISTANT_COLOUR) for r, _, c in turns)
+    assert stats["userTokens"] > 0 and any(r == "user" and text.strip() for r, text, _ in turns)
+    # timing: every frame scheduled before its slot (late = a gap heard), and the pipeline's latency
+    lat, rtt, cpu = (np.array(stats[k]) for k in ("latency", "rtt", "cpuMs"))
+    figures = dict(seconds=SECONDS, frames_sent=stats["sent"], late_frames=stats["late"],
+                   latency_ms_median=round(1000 * float(np.median(lat)), 1), latency_ms_p95=round(1000 * float(np.percentile(lat, 95)), 1),
+                   rtt_ms_median=round(float(np.median(rtt)), 1), rtt_ms_p95=round(float(np.percentile(rtt, 95)), 1),
+                   server_cpu_ms_median=round(float(np.median(cpu)), 2), server_cpu_ms_p95=round(float(np.percentile(cpu, 95)), 2),
+                   reply_floor_ms=round(160 + 1000 * float(np.median(lat)), 1), user_tokens=stats["userTokens"])
+    print("serve figures:", json.dumps(figures))
+    assert stats["late"] <= max(2, 0.01 * frames), figures
+    assert np.median(lat) < 0.3 and np.median(rtt) < 80, figures

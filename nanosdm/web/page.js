@@ -10,6 +10,7 @@ const STRIP = 200;         // frames in the codes strip (16 s)
 const stats = window.nanosdm = {
   sent: 0, received: 0, scheduledSamples: 0, scheduledFrames: 0, late: 0, userTokens: 0, assistantTokens: 0,
   rtt: [], latency: [], stepMs: [], cpuMs: [], errors: [], hello: null, omni: [], questionEnd: null,
+  sentRms: [], ids: [], playedEnergy: 0,   // each sent frame's loudness; the text ids by frame; the voice's sum of squares
 };
 let ws = null, ctx = null, node = null, mode = "duplex";
 let playAt = 0;                 // context time where the next reply frame starts
@@ -59,6 +60,9 @@ function onCaptured(msg) {
   const t = sentAt.length;
   sentAt[t] = performance.now();
   capturedAt[t] = msg.end;
+  let sq = 0;
+  for (const x of msg.frame) sq += x * x;
+  stats.sentRms[t] = Math.sqrt(sq / FRAME);
   ws.send(msg.frame.buffer);
   stats.sent++;
 }
@@ -92,6 +96,7 @@ function onFrame(buf) {
   if (mode === "duplex") {
     if (sentAt[h.t] !== undefined) stats.rtt.push(performance.now() - sentAt[h.t]);
     stats.stepMs.push(h.step_ms); stats.cpuMs.push(h.cpu_ms);
+    stats.ids[h.t] = h.id;
     if (h.turn === "open") openTurn(h.role);
     if (h.piece) { addWords(h.role, [h.piece]); }
     userCodes[h.t] = h.user_code;
@@ -116,6 +121,7 @@ function schedule(wav) {
   src.buffer = buffer;
   src.connect(ctx.destination);
   src.start(playAt);
+  for (const x of wav) stats.playedEnergy += x * x;
   const at = playAt;
   playAt += wav.length / RATE;
   stats.scheduledSamples += wav.length;
@@ -192,7 +198,7 @@ function endTurn() {
 function reset() {
   awaitingReset = true;                              // frames of the old conversation still in flight are dropped
   ws.send(JSON.stringify({ type: "reset" }));
-  sentAt = []; capturedAt = []; userCodes = []; modelCodes = []; openTurns = {};
+  sentAt = []; capturedAt = []; stats.sentRms = []; stats.ids = []; userCodes = []; modelCodes = []; openTurns = {};
   playAt = 0;
   $("monologue").textContent = "";
 }
