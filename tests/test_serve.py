@@ -7,6 +7,7 @@ than the server holds, a missing checkpoint) leaves the server serving; --model=
 pushed-to-talk question. In a real browser (headless Chromium, a fake microphone playing an eSpeak
 question): frames flow both ways, the user's words land in the user colour, the voice is
 scheduled, and the latency and late frames are measured."""
+import contextlib
 import json
 import os
 import shutil
@@ -282,43 +283,59 @@ def browser(tmp_path, mic_wav):
     return webdriver.Chrome(service=Service(driver_path), options=opts)
 
 
+@contextlib.contextmanager
+def page(run, tmp_path, mic_wav, *flags):
+    """`python sample.py --serve` on a free port, and the browser on its page."""
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_root={run / 'runs'}",
+                               f"--data_root={run / 'data'}", "--device=cpu", "--serve", "--port=0", "--seed=1", *flags],
+                              stdout=subprocess.PIPE, stderr=open(tmp_path / "server.log", "w"), text=True, cwd=tmp_path)
+    driver = None
+    try:
+        line = server.stdout.readline()                       # "serving sft (tiny) on http://localhost:PORT/ ..."
+        assert "http://localhost:" in line, line + (tmp_path / "server.log").read_text()
+        driver = browser(tmp_path, mic_wav)
+        driver.get(line.split()[4])
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(10)
+
+
+def wait_for(driver, condition, timeout=20):
+    deadline = time.time() + timeout
+    while not driver.execute_script(f"return {condition}"):
+        assert time.time() < deadline, f"waited {timeout} s for {condition}"
+        time.sleep(0.1)
+
+
+def monologue(driver):
+    """The monologue's turns as the page shows them: [class, text, colour]."""
+    return driver.execute_script("return [...document.querySelectorAll('#monologue > div')]"
+                                 ".map(d => [d.className, d.textContent, getComputedStyle(d).color])")
+
+
 def test_the_page_in_a_browser(run, tmp_path):
     """The fake microphone asks a question; over SECONDS of conversation the page must send every
     frame and get each back, schedule the model's voice without gaps, and show the monologue."""
-    espeak = pytest.importorskip("nanosdm.corpus.espeak")
-    from nanosdm.corpus import audio
+    pytest.importorskip("espeakng_loader")
+    from nanosdm.corpus import audio, espeak
     from nanosdm.tokenizer import Tokenizer
     q, _, _ = espeak.synthesize(QUESTION, voice="en-us+f2", rate=170, pitch=50)
     q = 0.6 * q / np.abs(q).max()
     mic = np.zeros(int((SECONDS + 5) * 16000), np.float32)   # 1 s of silence, the question, silence
     mic[16000:16000 + len(q)] = q
     audio.save_wav(tmp_path / "question.wav", mic)
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_root={run / 'runs'}",
-                               f"--data_root={run / 'data'}", "--device=cpu", "--serve", "--port=0", "--seed=1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    driver = None
-    try:
-        line = server.stdout.readline()                       # "serving sft (tiny) on http://localhost:PORT/ ..."
-        assert "http://localhost:" in line, line + server.stderr.read()
-        url = line.split()[4]
-        driver = browser(tmp_path, tmp_path / "question.wav")
-        driver.get(url)
+    with page(run, tmp_path, tmp_path / "question.wav") as driver:
         driver.find_element("id", "start").click()            # a click: the browser lets the page start audio
-        deadline = time.time() + 20
-        while not driver.execute_script("return window.nanosdm.sent") and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for(driver, "window.nanosdm.sent > 0")
         time.sleep(SECONDS)
         stats = driver.execute_script("return window.nanosdm")
-        turns = driver.execute_script("return [...document.querySelectorAll('#monologue > div')]"
-                                      ".map(d => [d.className, d.textContent, getComputedStyle(d).color])")
+        turns = monologue(driver)
         shot = tmp_path / "serve.png"
         driver.save_screenshot(str(shot))
         print(f"screenshot: {shot}")
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
-        server.wait(10)
     frames = int(SECONDS / 0.08)
     # frames flowed both ways: all sent (the audio clock drives them), all but those in flight answered
     assert stats["errors"] == [] and stats["sent"] >= 0.9 * frames and stats["received"] >= stats["sent"] - 3
@@ -352,3 +369,30 @@ def test_the_page_in_a_browser(run, tmp_path):
     print("serve figures:", json.dumps(figures))
     assert stats["late"] <= max(2, 0.01 * frames), figures
     assert np.median(lat) < 0.3 and np.median(rtt) < 80, figures
+
+
+def test_omni_page_speaks_a_question(run, tmp_path):
+    """--model=omni on the page: "speak a question" plays a server-side eSpeak question in place of
+    the microphone, the turn ends by itself, the answer's words show and its voice is scheduled;
+    reset clears the conversation."""
+    pytest.importorskip("espeakng_loader")
+    from nanosdm.corpus import audio
+    audio.save_wav(tmp_path / "silence.wav", np.zeros(16000 * 5, np.float32))
+    with page(run, tmp_path, tmp_path / "silence.wav", "--model=omni", "--max_new_tokens=6") as driver:
+        driver.find_element("id", "start").click()
+        wait_for(driver, "!document.getElementById('question').disabled")
+        assert driver.execute_script("return window.nanosdm.sent") == 0      # push to talk: nothing sent yet
+        driver.find_element("id", "question").click()
+        wait_for(driver, "window.nanosdm.omni.length == 1 && "
+                         "window.nanosdm.scheduledFrames == window.nanosdm.omni[0].frames")
+        stats = driver.execute_script("return window.nanosdm")
+        turns = monologue(driver)
+        driver.find_element("id", "reset").click()
+        wait_for(driver, "document.getElementById('monologue').children.length == 0")
+        assert driver.execute_script("return window.nanosdm.errors") == []
+    reply = stats["omni"][0]
+    assert stats["errors"] == [] and stats["sent"] >= 10        # the question, 80 ms at a time (0.8 s or more)
+    assert 1 <= len(reply["pieces"]) <= 6 and reply["frames"] >= 1
+    assert [r for r, _, _ in turns if r == "assistant"] == ["assistant"]
+    assert next(t for r, t, _ in turns if r == "assistant") == "".join(reply["pieces"])
+    assert stats["scheduledSamples"] == FRAME * reply["frames"] and stats["late"] == 0

@@ -15,7 +15,7 @@ const stats = window.nanosdm = {
 let ws = null, ctx = null, node = null, mode = "duplex";
 let playAt = 0;                 // context time where the next reply frame starts
 let sentAt = [], capturedAt = [];   // by frame index t of the conversation: performance.now(), context time
-let awaitingReset = false, talking = false, sendEndAfterQuestion = false;
+let awaitingReset = false, talking = false, sendEndAfterQuestion = false, endPending = false;
 let userCodes = [], modelCodes = [], card = 16, delayFrames = 1;
 let openTurns = {};             // role -> the element its words go into
 
@@ -52,7 +52,8 @@ async function start() {
 function onCaptured(msg) {
   if (msg.injectEnd !== undefined) {
     stats.questionEnd = msg.injectEnd;
-    if (sendEndAfterQuestion) { sendEndAfterQuestion = false; endTurn(); }
+    // the question's last samples are in the frame being filled: end the turn once it is sent
+    if (sendEndAfterQuestion) { sendEndAfterQuestion = false; endPending = true; }
     return;
   }
   if (!ws || ws.readyState !== WebSocket.OPEN || !stats.hello) return;
@@ -65,6 +66,7 @@ function onCaptured(msg) {
   stats.sentRms[t] = Math.sqrt(sq / FRAME);
   ws.send(msg.frame.buffer);
   stats.sent++;
+  if (endPending) { endPending = false; endTurn(); }
 }
 
 function onJson(msg) {
