@@ -148,6 +148,11 @@ class App:
         else:
             from nanosdm import dualstream
             self.model = dualstream.load_model(os.path.join(out_dir, f"{args.model}.pt"), device)
+            # a fresh process's first steps are slow (allocations, lazy initialisation): paid here, they stay
+            # out of the first page's jitter buffer, whose start fixes that conversation's latency for good
+            warm = live.LiveSession(self.model, self.codec)
+            for _ in range(3):
+                warm.step(torch.zeros(FRAME))
         self.lock, self.active, self.errors = threading.Lock(), 0, []
         self.espeak_lock = threading.Lock()    # the eSpeak library keeps global state: one synthesis at a time
         self.max_sessions = MAX_SESSIONS
