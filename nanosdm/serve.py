@@ -43,6 +43,7 @@ MAX_SESSIONS = 4        # each page costs a model step every 80 ms: a few at onc
 IDLE_S = 60             # a page silent this long is gone (the page sends a keep-alive every 20 s):
                         # its thread and its place among MAX_SESSIONS are freed
 MIN_QUESTION_S = 0.3    # --model=omni: shorter than this, a press of the button, not a question
+HELD_S = 120            # --model=omni: what a held button keeps at most (then "too long a question")
 ROLES = {USER: "user", ASSISTANT: "assistant"}
 
 
@@ -104,15 +105,24 @@ class HalfDuplex:
         self.app, self.heard = app, []
 
     def frame(self, samples):
-        self.heard.append(samples)
+        if len(self.heard) * FRAME < HELD_S * 16000:     # a button held for an hour costs no memory
+            self.heard.append(samples)
         return []
 
     def end(self):
         from nanosdm import omni
+        from nanosdm.asr import HOP, conv_lengths
         app, heard, self.heard = self.app, self.heard, []
         if len(heard) * FRAME < MIN_QUESTION_S * 16000:
             return [json.dumps(dict(type="error", message=f"no question heard (under {MIN_QUESTION_S} s): hold the button while you speak"))]
         wav = torch.cat(heard)
+        # the ear's positions and the prompt (BOS USER speech EOS ASSISTANT) with its answer must fit
+        enc = int(conv_lengths(torch.tensor(len(wav) // HOP + 1)))
+        fits = min(app.asr.config["max_seq_len"] / enc, (app.model.lm.config["block_size"] - app.args.max_new_tokens - 1)
+                   / (omni.downsampled_length(enc, app.model.config["k"]) + 4))
+        if fits < 1:
+            return [json.dumps(dict(type="error", message=f"too long a question ({len(wav) / 16000:.1f} s): "
+                                    f"this model hears at most about {int(fits * len(wav) / 16000)} s"))]
         t0, cpu = time.time(), time.thread_time()
         feats = omni.encode_speech(app.asr, [wav])[0]
         example = omni.build_example([("speech", feats)], app.model.config["k"])
@@ -132,9 +142,8 @@ class App:
     """The loaded models and the conversations under way."""
 
     def __init__(self, args, out_dir, device):
-        self.args, self.omni, self.temps = args, args.model == "omni", live.TEMPS
-        if args.temperature != 0.7 or args.top_k != 25:   # sample.py's flags, as --say uses them
-            self.temps = (args.temperature, args.top_k, args.audio_temperature, args.audio_top_k)
+        self.args, self.omni = args, args.model == "omni"
+        self.temps = (args.temperature, args.top_k, args.audio_temperature, args.audio_top_k)   # as --say samples
         from nanosdm.codec import Codec
         self.tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
         self.codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
@@ -234,6 +243,7 @@ class App:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"     # a WebSocket upgrade answers in HTTP/1.1
+    timeout = IDLE_S                  # an idle connection (kept alive, or a silent page) is closed
 
     def log_message(self, fmt, *args):
         if self.server.app.args.verbose:
@@ -273,7 +283,6 @@ class Handler(BaseHTTPRequestHandler):
                             ("Sec-WebSocket-Accept", websocket.accept_key(key))]:
             self.send_header(name, value)
         self.end_headers()
-        self.connection.settimeout(IDLE_S)
         self.server.app.conversation(websocket.Connection(self.rfile, self.wfile))
         self.close_connection = True
 

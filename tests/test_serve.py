@@ -241,6 +241,10 @@ def test_omni_answers_a_pushed_question(run):
     assert msg["type"] == "omni" and 1 <= len(msg["pieces"]) <= 6 and msg["compute_ms"] > 0
     frames = [receive_frame(conn) for _ in range(msg["frames"])]
     assert [h["t"] for h, _ in frames] == list(range(msg["frames"])) and all(len(w) == FRAME for _, w in frames)
+    for f in range(int(120 / 0.08)):                                # two minutes: more than the LM's block holds
+        conn.send(as_bytes(np.zeros(FRAME)))
+    conn.send(json.dumps({"type": "end"}))
+    assert "too long a question (120.0 s)" in receive_json(conn)["message"]
     for f in range(15):                                             # a second question, and the page leaves
         conn.send(as_bytes(q[f * FRAME:(f + 1) * FRAME]))           # while the server is answering it
     conn.send(json.dumps({"type": "end"}))
