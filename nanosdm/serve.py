@@ -94,8 +94,8 @@ class Duplex:
                       step_ms=round((time.perf_counter() - tick) * 1000, 2), cpu_ms=round(cpu_ms, 2))
         return [pack(header, out["wav"])]
 
-    def end(self):
-        return []
+    def end(self, send):
+        pass          # full duplex: the turn ends when the model hears it end
 
 
 class HalfDuplex:
@@ -109,33 +109,43 @@ class HalfDuplex:
             self.heard.append(samples)
         return []
 
-    def end(self):
+    def end(self, send):
         from nanosdm import omni
         from nanosdm.asr import HOP, conv_lengths
         app, heard, self.heard = self.app, self.heard, []
         if len(heard) * FRAME < MIN_QUESTION_S * 16000:
-            return [json.dumps(dict(type="error", message=f"no question heard (under {MIN_QUESTION_S} s): hold the button while you speak"))]
+            return send(json.dumps(dict(type="error", message=f"no question heard (under {MIN_QUESTION_S} s): "
+                                        "hold the button while you speak")))
         wav = torch.cat(heard)
         # the ear's positions and the prompt (BOS USER speech EOS ASSISTANT) with its answer must fit
         enc = int(conv_lengths(torch.tensor(len(wav) // HOP + 1)))
         fits = min(app.asr.config["max_seq_len"] / enc, (app.model.lm.config["block_size"] - app.args.max_new_tokens - 1)
                    / (omni.downsampled_length(enc, app.model.config["k"]) + 4))
         if fits < 1:
-            return [json.dumps(dict(type="error", message=f"too long a question ({len(wav) / 16000:.1f} s): "
-                                    f"this model hears at most about {int(fits * len(wav) / 16000)} s"))]
+            return send(json.dumps(dict(type="error", message=f"too long a question ({len(wav) / 16000:.1f} s): "
+                                        f"this model hears at most about {int(fits * len(wav) / 16000)} s")))
         t0, cpu = time.time(), time.thread_time()
         feats = omni.encode_speech(app.asr, [wav])[0]
         example = omni.build_example([("speech", feats)], app.model.config["k"])
-        out = omni.respond(app.model, example, app.voc, app.codec, app.args.omega, app.args.max_new_tokens, t0=t0)
-        compute = time.time() - t0
-        cpu_ms = (time.thread_time() - cpu) * 1000
-        reply = torch.nn.functional.pad(out["wav"].float(), (0, -len(out["wav"]) % FRAME))
-        msgs = [json.dumps(dict(type="omni", user=app.asr.transcribe(wav), pieces=[app.piece(i) for i in out["tokens"]],
-                                first_audio_ms=None if out["first_audio_s"] is None else round(out["first_audio_s"] * 1000, 1),
-                                compute_ms=round(compute * 1000, 1), cpu_ms=round(cpu_ms, 1), frames=len(reply) // FRAME))]
-        for f in range(len(reply) // FRAME):     # the page's jitter buffer schedules them back to back
-            msgs.append(pack(dict(type="frame", t=f, model_frame=f), reply[f * FRAME:(f + 1) * FRAME]))
-        return msgs
+        held, sent = [torch.zeros(0)], [0]
+
+        def speak(piece, last=False):
+            # the vocoder's pieces go out as they come, in whole 80 ms frames (the last one padded):
+            # the page's jitter buffer schedules them back to back
+            held[0] = torch.cat([held[0], piece.float().cpu()])
+            if last:
+                held[0] = torch.nn.functional.pad(held[0], (0, -len(held[0]) % FRAME))
+            while len(held[0]) >= FRAME:
+                send(pack(dict(type="frame", t=sent[0], model_frame=sent[0]), held[0][:FRAME]))
+                held[0], sent[0] = held[0][FRAME:], sent[0] + 1
+
+        out = omni.respond(app.model, example, app.voc, app.codec, app.args.omega, app.args.max_new_tokens, t0=t0,
+                           on_audio=speak)
+        speak(torch.zeros(0), last=True)
+        compute, cpu_ms = time.time() - t0, (time.thread_time() - cpu) * 1000
+        send(json.dumps(dict(type="omni", user=app.asr.transcribe(wav), pieces=[app.piece(i) for i in out["tokens"]],
+                             first_audio_ms=None if out["first_audio_s"] is None else round(out["first_audio_s"] * 1000, 1),
+                             compute_ms=round(compute * 1000, 1), cpu_ms=round(cpu_ms, 1), frames=sent[0])))
 
 
 class App:
@@ -210,7 +220,8 @@ class App:
                     if cmd == "reset":
                         conv, replies = (HalfDuplex if self.omni else Duplex)(self), [json.dumps(dict(type="reset"))]
                     elif cmd == "end":
-                        replies = conv.end()
+                        replies = []
+                        conv.end(conn.send)       # omni sends its reply as the vocoder speaks it
                     else:
                         replies = [json.dumps(dict(type="error", message=f"unknown command {data[:80]!r}: "
                                                    "reset or end"))]

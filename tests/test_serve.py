@@ -237,9 +237,16 @@ def test_omni_answers_a_pushed_question(run):
     for f in range(15):
         conn.send(as_bytes(q[f * FRAME:(f + 1) * FRAME]))
     conn.send(json.dumps({"type": "end"}))
-    msg = receive_json(conn)
+    frames = []                                                     # the voice as it is spoken, then the words
+    while True:
+        kind, data = conn.receive()
+        if kind == websocket.TEXT:
+            msg = json.loads(data)
+            break
+        n = int.from_bytes(data[:4], "little")
+        frames.append((json.loads(data[4:4 + n]), np.frombuffer(data[4 + n:], "<f4")))
     assert msg["type"] == "omni" and 1 <= len(msg["pieces"]) <= 6 and msg["compute_ms"] > 0
-    frames = [receive_frame(conn) for _ in range(msg["frames"])]
+    assert msg["frames"] == len(frames) >= 1 and msg["first_audio_ms"] <= msg["compute_ms"]
     assert [h["t"] for h, _ in frames] == list(range(msg["frames"])) and all(len(w) == FRAME for _, w in frames)
     for f in range(int(120 / 0.08)):                                # two minutes: more than the LM's block holds
         conn.send(as_bytes(np.zeros(FRAME)))
@@ -428,3 +435,6 @@ def test_omni_page_speaks_a_question(run, tmp_path):
     assert [r for r, _, _ in turns if r == "assistant"] == ["assistant"]
     assert next(t for r, t, _ in turns if r == "assistant") == "".join(reply["pieces"])
     assert stats["scheduledSamples"] == FRAME * reply["frames"] and stats["late"] == 0
+    assert len(stats["omniReplyMs"]) == 1 and stats["omniReplyMs"][0] > 0
+    print("omni figures:", json.dumps(dict(reply_ms=round(stats["omniReplyMs"][0], 1), first_audio_ms=reply["first_audio_ms"],
+                                           compute_ms=reply["compute_ms"], frames=reply["frames"])))

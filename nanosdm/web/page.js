@@ -10,11 +10,12 @@ const STRIP = 200;         // frames in the codes strip (16 s)
 const stats = window.nanosdm = {
   sent: 0, received: 0, scheduledSamples: 0, scheduledFrames: 0, late: 0, userTokens: 0, assistantTokens: 0,
   rtt: [], latency: [], stepMs: [], cpuMs: [], errors: [], hello: null, omni: [], questionEnd: null,
-  sentRms: [], ids: [], playedEnergy: 0,   // each sent frame's loudness; the text ids by frame; the voice's sum of squares
+  sentRms: [], ids: [], playedEnergy: 0, omniReplyMs: [],   // each sent frame's loudness; the text ids by frame; the voice's sum of squares
 };
 let ws = null, ctx = null, node = null, mode = "duplex";
 let playAt = 0;                 // context time where the next reply frame starts
 let sentAt = [], capturedAt = [];   // by frame index t of the conversation: performance.now(), context time
+let endSentAt = null;           // --model=omni: when the question was sent off
 let awaitingReset = false, talking = false, sendEndAfterQuestion = false, endPending = false;
 let userCodes = [], modelCodes = [], card = 16, delayFrames = 1;
 let openTurns = {};             // role -> the element its words go into
@@ -82,10 +83,10 @@ function onJson(msg) {
     status(msg.message);
   } else if (msg.type === "omni") {
     stats.omni.push(msg);
-    playAt = 0;                                      // a new reply: start its own buffer
     addWords("user", msg.user ? [" " + msg.user] : []);
     addWords("assistant", msg.pieces);
-    status(`answered: first audio ${msg.first_audio_ms} ms after the question, ${msg.frames} frames`);
+    status(`answered: its voice played ${stats.omniReplyMs.slice(-1)[0].toFixed(0)} ms after the question ended ` +
+           `(server: first audio ready after ${msg.first_audio_ms} ms, all ${msg.frames} frames after ${msg.compute_ms} ms)`);
   }
 }
 
@@ -106,6 +107,10 @@ function onFrame(buf) {
   }
   if (wav.length) {
     const at = schedule(wav);
+    if (mode === "omni" && endSentAt !== null) {   // the question's end -> the reply's voice starts playing
+      stats.omniReplyMs.push(performance.now() - endSentAt + (at - ctx.currentTime) * 1000);
+      endSentAt = null;
+    }
     // pipeline latency: the user's frame t fully captured -> the voice that came back with it starts
     if (mode === "duplex" && capturedAt[h.t] !== undefined) stats.latency.push(at - capturedAt[h.t]);
   }
@@ -193,6 +198,8 @@ async function speakQuestion() {
 
 function endTurn() {
   talking = false;
+  playAt = 0;                                        // the reply starts its own jitter buffer
+  endSentAt = performance.now();
   ws.send(JSON.stringify({ type: "end" }));
   status("thinking...");
 }
