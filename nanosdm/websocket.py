@@ -27,7 +27,7 @@ import numpy as np
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455 §1.3: the same for every server
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_MESSAGE = 1 << 20      # one frame of audio is 5 KiB: anything near a MiB is a mistake, refused
-NORMAL, PROTOCOL_ERROR, TOO_BIG, TRY_LATER = 1000, 1002, 1009, 1013
+NORMAL, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG, TRY_LATER = 1000, 1002, 1007, 1009, 1013
 
 
 class Closed(Exception):
@@ -106,7 +106,13 @@ class Connection:
                 raise Closed("message too big")
             if fin:
                 data = b"".join(parts)
-                return (TEXT, data.decode("utf-8")) if kind == TEXT else (BINARY, data)
+                if kind == BINARY:
+                    return BINARY, data
+                try:
+                    return TEXT, data.decode("utf-8")
+                except UnicodeDecodeError:     # §8.1: a text message must be UTF-8
+                    self.close(INVALID_DATA, "text is not UTF-8")
+                    raise Closed("invalid UTF-8") from None
 
     def send(self, data, opcode=None):
         """Send one message in one frame: str as TEXT, bytes as BINARY (or the opcode given)."""

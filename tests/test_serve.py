@@ -174,6 +174,32 @@ def test_bad_frames_and_commands_are_answered_not_fatal(server):
     conn.close()
 
 
+def close_code(conn):
+    """Read until the server's close frame; its status code."""
+    while True:
+        fin, opcode, payload = conn._frame()
+        if opcode == websocket.CLOSE:
+            return int.from_bytes(payload[:2], "big")
+
+
+def test_broken_websocket_frames_close_only_their_connection(server):
+    srv, port = server
+    for send, code in [(lambda c: c.send(b"\xff\xfe", websocket.TEXT), websocket.INVALID_DATA),   # not UTF-8
+                       (lambda c: setattr(c, "is_client", False) or c.send(b"\0" * 5120), websocket.PROTOCOL_ERROR),  # unmasked
+                       (lambda c: c.wfile.write(bytes([0x82, 0x80 | 127]) + (websocket.MAX_MESSAGE + 1).to_bytes(8, "big")
+                                                + b"mask") or c.wfile.flush(), websocket.TOO_BIG)]:    # a header claiming 1 MiB + 1
+        conn = websocket.connect("127.0.0.1", port)
+        receive_json(conn)
+        send(conn)
+        conn.is_client = True
+        assert close_code(conn) == code
+    conn = websocket.connect("127.0.0.1", port)                    # and the server goes on
+    receive_json(conn)
+    conn.send(as_bytes(np.zeros(FRAME)))
+    assert receive_frame(conn)[0]["t"] == 0
+    conn.close()
+
+
 def test_a_page_gone_mid_reply_and_too_many_pages(server):
     srv, port = server
     app = srv.app
