@@ -185,9 +185,9 @@ def close_code(conn):
 def test_broken_websocket_frames_close_only_their_connection(server):
     srv, port = server
     for send, code in [(lambda c: c.send(b"\xff\xfe", websocket.TEXT), websocket.INVALID_DATA),   # not UTF-8
-                       (lambda c: setattr(c, "is_client", False) or c.send(b"\0" * 5120), websocket.PROTOCOL_ERROR),  # unmasked
-                       (lambda c: c.wfile.write(bytes([0x82, 0x80 | 127]) + (websocket.MAX_MESSAGE + 1).to_bytes(8, "big")
-                                                + b"mask") or c.wfile.flush(), websocket.TOO_BIG)]:    # a header claiming 1 MiB + 1
+                       (lambda c: setattr(c, "is_client", False) or c.send(b""), websocket.PROTOCOL_ERROR),   # unmasked
+                       (lambda c: c.sock.sendall(bytes([0x82, 0x80 | 127]) + (websocket.MAX_MESSAGE + 1).to_bytes(8, "big")
+                                                 + b"mask"), websocket.TOO_BIG)]:    # a header claiming 1 MiB + 1
         conn = websocket.connect("127.0.0.1", port)
         receive_json(conn)
         send(conn)
