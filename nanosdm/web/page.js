@@ -218,7 +218,7 @@ window.addEventListener("load", () => {
   $("question").onclick = speakQuestion;
   $("reset").onclick = reset;
   $("talk").onpointerdown = () => { talking = true; status("listening: release to send"); };
-  $("talk").onpointerup = () => { if (talking) endTurn(); };
+  $("talk").onpointerup = $("talk").onpointerleave = () => { if (talking) endTurn(); };   // released, or slid off
   setInterval(showStats, 250);
   // push to talk sends nothing between questions: tell the server the page is still here
   setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "keepalive" })); }, 20000);
