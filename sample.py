@@ -10,6 +10,8 @@ Talk to trained nanosdm checkpoints.
     python sample.py --scenario=interrupt --seed=3            # a full-duplex scenario: pause, turn, interrupt,
                                                               # backchannel or silence (stage duplex's kinds)
     python sample.py --model=omni --say "what colour is the ditum?"   # LLaMA-Omni's way (stage omni), half duplex
+    python sample.py --serve                                  # talk to it: http://localhost:8000/, the microphone,
+                                                              # full duplex (--model=omni: push to talk)
 
 --say and --wav run the real streaming loop, 80 ms at a time: the codec's encoder step on the input
 frame, one step of the dual-stream model (stage sft), the codec's decoder step on its reply frame.
@@ -56,6 +58,11 @@ def parse_args(argv=None):
     parser.add_argument("--data_root", default="data")
     parser.add_argument("--audio_temperature", type=float, default=0.8)
     parser.add_argument("--audio_top_k", type=int, default=250)
+    parser.add_argument("--serve", action="store_true", help="serve the live page on localhost: talk to --model "
+                        "(sft, dpo: full duplex; omni: push to talk) with the microphone (serve.py)")
+    parser.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
+    parser.add_argument("--threads", type=int, default=1, help="--serve: torch threads (batch 1: one is fastest at tiny)")
+    parser.add_argument("--verbose", action="store_true", help="--serve: log every request")
     return parser.parse_args(argv)
 
 
@@ -93,6 +100,9 @@ def run(args):
         except audio.AudioError as e:
             raise SystemExit(f"--asr: {e}" if args.asr in str(e) else f"--asr {args.asr}: {e}")
         return
+    if args.serve:
+        from nanosdm import serve
+        return serve.main(args, out_dir, device)
     if args.scenario is not None:
         return scenario(args, out_dir, device)
     if (args.say is not None or args.wav is not None) and args.model == "omni":

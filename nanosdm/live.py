@@ -34,46 +34,93 @@ ANSWER_WINDOW_S = 4.0   # after a question the model runs freely this long (eval
 # -----------------------------------------------------------------------------
 # the live loop
 
+class LiveSession:
+    """One conversation's live state, stepped one 80 ms frame at a time: the codec encoder's state,
+    the model's (KV cache, delay buffers), the codec decoder's. live() below and the server
+    (serve.py) both run a conversation through step(), so the offline loop and the live page are
+    one code path.
+
+    script_text [F] / script_codes [F, K] (optional): the model's own text tokens and codes for
+    its first F frames (undelayed), fed instead of sampled (the scenarios' scripted part)."""
+
+    def __init__(self, model, codec, script_text=None, script_codes=None, temps=TEMPS):
+        self.model, self.codec, self.temps = model, codec, temps
+        self.dev = next(model.parameters()).device
+        self.script_text, self.script_codes = script_text, script_codes
+        self.n_script = 0 if script_text is None else len(script_text)
+        self.enc, self.dec = codec.encoder_state(1), codec.decoder_state(1)
+        self.state = model.new_state(1)
+        self.state["seconds"] = dict(temporal=0.0, depth=0.0)      # model.step() adds its two parts
+        self.secs = dict(codec_enc=0.0, codec_dec=0.0)
+        self.t = 0
+
+    @property
+    def seconds(self):
+        """Seconds spent so far: codec_enc, temporal, depth, codec_dec."""
+        return dict(self.secs, **self.state["seconds"])
+
+    def _forced(self, t):
+        """The script's tokens in the delayed column of step t, or (None, None) past the script."""
+        model, K, D = self.model, self.model.n_q, max(self.model.delays)
+        if not (self.n_script and t < self.n_script + D):
+            return None, None
+        force_text = torch.tensor([int(self.script_text[t]) if t < self.n_script else -1], device=self.dev)
+        force_audio = torch.full((1, K), -1, dtype=torch.long, device=self.dev)
+        for k, d in enumerate(model.delays[1:1 + K]):
+            if 0 <= t - d < self.n_script:
+                force_audio[0, k] = int(self.script_codes[t - d, k])
+        return force_text, force_audio
+
+    @torch.no_grad()
+    def step(self, frame):
+        """One user frame [1280] float, 16 kHz -> dict(t: this step, text: the text token of step t,
+        user_codes [K]: the user's codes of frame t, frame: t - max(delays), the model frame this step
+        completed (None for the first steps), codes [K] and wav [1280]: that frame's codes and voice
+        (None with it))."""
+        frame = torch.as_tensor(frame).float().reshape(-1)
+        if frame.numel() != FRAME:   # a wrong size would silently shift every later frame: refuse it
+            raise ValueError(f"a frame is {FRAME} samples (80 ms at 16 kHz), got {frame.numel()}")
+        t, D = self.t, max(self.model.delays)
+        tick = time.perf_counter()
+        user, self.enc = self.codec.encode_step(frame.to(self.dev)[None], self.enc)
+        self.secs["codec_enc"] += time.perf_counter() - tick
+        force_text, force_audio = self._forced(t)
+        out = self.model.step(self.state, user[:, :, 0], *self.temps, force_text=force_text, force_audio=force_audio)
+        result = dict(t=t, text=int(out["text"][0]), user_codes=user[0, :, 0].cpu(), frame=None, codes=None, wav=None)
+        if out["audio"] is not None:     # frame t - D is complete: decode it
+            tick = time.perf_counter()
+            chunk, self.dec = self.codec.decode_step(out["audio"][:, :, None], self.dec)
+            self.secs["codec_dec"] += time.perf_counter() - tick
+            result.update(frame=t - D, codes=out["audio"][0].cpu(), wav=chunk[0].cpu())
+        self.t = t + 1
+        return result
+
+
 @torch.no_grad()
 def live(model, codec, user_wav, script_text=None, script_codes=None, temps=TEMPS):
-    """Run the model on a user's channel as a live stream, one 80 ms frame at a time, batch 1.
+    """Run the model on a user's channel as a live stream, one 80 ms frame at a time, batch 1
+    (a LiveSession stepped over the whole wav).
 
     user_wav [N] float, 16 kHz. script_text [F] / script_codes [F, K] (optional): the model's own
     text tokens and codes for its first F frames (undelayed), fed instead of sampled.
     Returns dict: text [T] token ids, codes [T, K] the model's codes (its last max(delays) frames
     are never completed: zeros), wav [T * 1280] its voice, seconds {codec_enc, temporal, depth,
     codec_dec, total} spent, frames T."""
-    dev = next(model.parameters()).device
-    K, D = model.n_q, max(model.delays)
-    wav = F.pad(user_wav.float(), (0, -len(user_wav) % FRAME)).to(dev)
+    K = model.n_q
+    wav = F.pad(user_wav.float(), (0, -len(user_wav) % FRAME))
     T = len(wav) // FRAME
-    n_script = 0 if script_text is None else len(script_text)
-    enc, dec = codec.encoder_state(1), codec.decoder_state(1)
-    state = model.new_state(1)
-    state["seconds"] = dict(temporal=0.0, depth=0.0)        # step() adds its two parts
-    secs = dict(codec_enc=0.0, codec_dec=0.0)
+    session = LiveSession(model, codec, script_text, script_codes, temps)
     texts, codes, voice = [], torch.zeros(T, K, dtype=torch.long), torch.zeros(T * FRAME)
     t_start = time.perf_counter()
     for t in range(T):
-        tick = time.perf_counter()
-        user, enc = codec.encode_step(wav[None, t * FRAME:(t + 1) * FRAME], enc)
-        secs["codec_enc"] += time.perf_counter() - tick
-        force_text = force_audio = None
-        if t < n_script + D and n_script:   # the script's tokens, in the delayed column of step t
-            force_text = torch.tensor([int(script_text[t]) if t < n_script else -1], device=dev)
-            force_audio = torch.full((1, K), -1, dtype=torch.long, device=dev)
-            for k, d in enumerate(model.delays[1:1 + K]):
-                if 0 <= t - d < n_script:
-                    force_audio[0, k] = int(script_codes[t - d, k])
-        out = model.step(state, user[:, :, 0], *temps, force_text=force_text, force_audio=force_audio)
-        texts.append(int(out["text"][0]))
-        if out["audio"] is not None:     # frame t - D is complete: decode it
-            tick = time.perf_counter()
-            chunk, dec = codec.decode_step(out["audio"][:, :, None], dec)
-            secs["codec_dec"] += time.perf_counter() - tick
-            codes[t - D] = out["audio"][0].cpu()
-            voice[(t - D) * FRAME:(t - D + 1) * FRAME] = chunk[0].cpu()
-    secs.update(state["seconds"], total=time.perf_counter() - t_start)
+        out = session.step(wav[t * FRAME:(t + 1) * FRAME])
+        texts.append(out["text"])
+        if out["frame"] is not None:
+            f = out["frame"]
+            codes[f] = out["codes"]
+            voice[f * FRAME:(f + 1) * FRAME] = out["wav"]
+    secs = session.seconds
+    secs.update(total=time.perf_counter() - t_start)
     return dict(text=texts, codes=codes, wav=voice, seconds=secs, frames=T)
 
 

@@ -299,9 +299,10 @@ def make_example(item, k, block_size, with_answer=True):
 # streaming generation: text, units and audio as they come
 
 @torch.no_grad()
-def respond(model, example, voc=None, codec=None, omega=10, max_tokens=40, t0=None):
+def respond(model, example, voc=None, codec=None, omega=10, max_tokens=40, t0=None, on_audio=None):
     """Greedy text answer to a prompt (build_example without answer), with the speech decoder
     streaming units after each token and the vocoder speaking every omega units (when given).
+    on_audio(wav piece): called with each piece as it is spoken (a live server sends it on).
     -> dict(tokens, units, wav, first_audio_s (from t0), units_at [units emitted after each token])."""
     t0 = time.time() if t0 is None else t0
     lm = model.lm
@@ -331,11 +332,15 @@ def respond(model, example, voc=None, codec=None, omega=10, max_tokens=40, t0=No
             if len(out) and first_audio is None:
                 first_audio = time.time() - t0
             wav.append(out)
+            if on_audio is not None and len(out):
+                on_audio(out)
     if voc is not None:
         out, state = voc.stream(torch.tensor(waiting, dtype=torch.long), state, codec, last=True)
         if len(out) and first_audio is None:
             first_audio = time.time() - t0
         wav.append(out)
+        if on_audio is not None and len(out):
+            on_audio(out)
     return dict(tokens=tokens, units=units, units_at=units_at, first_audio_s=first_audio,
                 wav=torch.cat(wav).cpu() if wav else torch.zeros(0))
 
