@@ -124,7 +124,6 @@ def live(model, codec, user_wav, script_text=None, script_codes=None, temps=TEMP
     return dict(text=texts, codes=codes, wav=voice, seconds=secs, frames=T)
 
 
-                        # word has a start (its first token) but no end
 # -----------------------------------------------------------------------------
 # batched inference on recorded dialogues: the evaluations' and DPO's prompts and free run
 

@@ -54,6 +54,7 @@ IPU_GAP_S = 0.2              # dGSLM: an inter-pausal unit is speech bounded by 
 # scenarios, from the corpus's own generator, and where the model speaks in them
 
 WORD_S = 0.36           # the assistant's mean word duration (165 words a minute): a text-stream
+                        # word has a start (its first token) but no end
 
 
 def monologue_segments(tok, ids):
