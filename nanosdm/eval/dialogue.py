@@ -147,7 +147,7 @@ def evaluate_sft(cfg):
         heard = [tok.decode(monologue_parts(text[n, :window[n]].tolist())[0]) for n in range(len(items))]
         named = [n for n, q in enumerate(qs) if question_name(q, names)]
         figures[f"sft_ear_name_acc_{split}"] = round(float(np.mean(
-            [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4)
+            [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4) if named else -1
         torch.manual_seed(cfg["seed"])
         text_h, _ = run(hist, user, force_question(rec_text, q_frames))
         figures[f"sft_qa_text_heard_{split}"] = round(float(np.mean(
