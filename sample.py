@@ -21,14 +21,14 @@ They write reply.wav (stereo 16 kHz: channel 0 the model, channel 1 the user, as
 --model=omni hears the whole question, then answers (greedy text; the speech decoder streams units
 after each token and the vocoder speaks every --omega units); the same reply.wav / .json / .png.
 
-The defaults sample like Moshi's text stream (temperature 0.7, top-k 25); --temperature=0 is greedy.
+The defaults are nanosdm/live.py's sampling (text, then audio: TEMPS); --temperature=0 is greedy text.
 """
 import argparse
 import os
 
 import torch
 
-from nanosdm import textlm, utils
+from nanosdm import live, textlm, utils
 from nanosdm.tokenizer import EOS, Tokenizer
 
 
@@ -41,8 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--text", default=None, help="a question for the text LM; without it, a text chat")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top_k", type=int, default=25)
+    parser.add_argument("--temperature", type=float, default=live.TEXT_TEMP)
+    parser.add_argument("--top_k", type=int, default=live.TEXT_TOP_K)
     parser.add_argument("--max_new_tokens", type=int, default=40)
     parser.add_argument("--asr", default=None, metavar="FILE.wav",
                         help="print the transcript of a wav file (any rate, mono or stereo) and exit")
@@ -56,8 +56,8 @@ def parse_args(argv=None):
                         "or omni: LLaMA-Omni's way (stage omni)")
     parser.add_argument("--omega", type=int, default=10, help="--model=omni: units per vocoder chunk")
     parser.add_argument("--data_root", default="data")
-    parser.add_argument("--audio_temperature", type=float, default=0.8)
-    parser.add_argument("--audio_top_k", type=int, default=250)
+    parser.add_argument("--audio_temperature", type=float, default=live.AUDIO_TEMP)
+    parser.add_argument("--audio_top_k", type=int, default=live.AUDIO_TOP_K)
     parser.add_argument("--serve", action="store_true", help="serve the live page on localhost: talk to --model "
                         "(sft, dpo: full duplex; omni: push to talk) with the microphone (serve.py)")
     parser.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
@@ -170,7 +170,6 @@ def check_creatures(args, text):
 
 def converse(args, out_dir, device):
     import json
-    from nanosdm import live
     from nanosdm.corpus import audio
     from nanosdm.codec import FRAME, FRAME_S
     from nanosdm.eval import duplex

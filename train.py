@@ -174,10 +174,6 @@ sft_eval_history = 120         # frames of real dialogue heard before each evalu
 duplex_model = "sft"           # the checkpoint measured: out/<preset>/<duplex_model>.pt
 duplex_scenarios = 40          # scenarios of each kind: pause, turn, interrupt, backchannel, silence
 duplex_dialogues = 4           # unseen-voice dialogues run free for the timing statistics
-duplex_text_temperature = 0.7  # Moshi's sampling of the text stream ...
-duplex_text_top_k = 25
-duplex_audio_temperature = 0.8  # ... and of the audio
-duplex_audio_top_k = 250
 # --- dpo: preference optimisation on the model's own spoken replies (nanosdm/dpo.py)
 dpo_questions = 200            # training-split spoken questions the sft model answers for the pairs
 dpo_samples = 4                # replies sampled per question

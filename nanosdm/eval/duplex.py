@@ -370,8 +370,7 @@ def evaluate_duplex(cfg):
     world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
-    temps = (cfg["duplex_text_temperature"], cfg["duplex_text_top_k"], cfg["duplex_audio_temperature"],
-             cfg["duplex_audio_top_k"])
+    temps = live.TEMPS                 # the live loop's sampling, as sample.py talks
     torch.manual_seed(cfg["seed"])
     t0 = time.time()
     said, voiced = {}, {}
