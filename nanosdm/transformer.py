@@ -54,12 +54,13 @@ def apply_rotary(x, rot):
 
 
 class Attention(nn.Module):
-    def __init__(self, n_head, d_model, causal, dropout):
+    def __init__(self, n_head, d_model, causal, dropout, window=0):
         super().__init__()
         assert d_model % n_head == 0, "d_model must be a multiple of n_head"
+        assert causal or not window, "an attention window is a causal model's (a streaming encoder's)"
         self.n_head, self.head_dim = n_head, d_model // n_head
         assert self.head_dim % 2 == 0, "rotary embeddings need an even head_dim"
-        self.causal, self.dropout = causal, dropout
+        self.causal, self.dropout, self.window = causal, dropout, window
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # one matmul for q, k and v
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
@@ -77,10 +78,11 @@ class Attention(nn.Module):
             v = cache_v[:, :, :cache_len + T].to(q.dtype)
         S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
-        if key_mask is None and (not self.causal or T == 1):
+        windowed = self.window and S > self.window      # some key is further back than the window
+        if key_mask is None and not windowed and (not self.causal or T == 1):
             # bidirectional, or one new query that may see every cached key: no mask at all
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        elif key_mask is None and S == T:
+        elif key_mask is None and not windowed and S == T:
             # a full causal pass: the fused kernel's own causal mask is the fastest path
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
@@ -88,6 +90,8 @@ class Attention(nn.Module):
             qpos = torch.arange(cache_len, cache_len + T, device=x.device)
             kpos = torch.arange(S, device=x.device)
             allowed = (kpos[None, :] <= qpos[:, None]) if self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device)
+            if windowed:   # query i sees the last `window` positions only, itself included
+                allowed = allowed & (kpos[None, :] > qpos[:, None] - self.window)
             allowed = allowed[None, None]  # [1, 1, T, S]
             if key_mask is not None:  # bool [B, S], True = a real (not padded) key
                 # a query always sees itself, so no row is empty: an empty row gives NaN,
@@ -119,9 +123,9 @@ def rms_norm(x):
 
 
 class Block(nn.Module):
-    def __init__(self, n_head, d_model, causal, mlp_ratio, dropout):
+    def __init__(self, n_head, d_model, causal, mlp_ratio, dropout, window=0):
         super().__init__()
-        self.attn = Attention(n_head, d_model, causal, dropout)
+        self.attn = Attention(n_head, d_model, causal, dropout, window)
         self.mlp = SwiGLU(d_model, mlp_ratio)
         self.drop = nn.Dropout(dropout)
 
@@ -132,11 +136,13 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, n_layer, n_head, d_model, causal=True, mlp_ratio=4, max_seq_len=2048,
-                 rope_base=10000.0, dropout=0.0):
+                 rope_base=10000.0, dropout=0.0, window=0):
         super().__init__()
         self.n_layer, self.n_head, self.d_model = n_layer, n_head, d_model
-        self.causal, self.max_seq_len = causal, max_seq_len
-        self.blocks = nn.ModuleList(Block(n_head, d_model, causal, mlp_ratio, dropout) for _ in range(n_layer))
+        self.causal, self.max_seq_len, self.window = causal, max_seq_len, window
+        # window > 0 (causal only): each position attends to the last `window` positions, so a
+        # stream can be encoded piece by piece, each piece with n_layer * (window - 1) positions before it
+        self.blocks = nn.ModuleList(Block(n_head, d_model, causal, mlp_ratio, dropout, window) for _ in range(n_layer))
         cos, sin = rotary_tables(d_model // n_head, max_seq_len, rope_base)
         # not saved in checkpoints: they are a function of the config
         self.register_buffer("cos", cos, persistent=False)

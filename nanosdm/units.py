@@ -120,23 +120,38 @@ def span_mask(batch, n_frames, prob, span, gen=None, device="cpu"):
 
 class HubertEncoder(nn.Module):
     def __init__(self, n_targets, n_layer, n_head, d_model, proj_dim, temperature=0.1, n_mels=N_MELS,
-                 max_seq_len=MAX_FRAMES):
+                 max_seq_len=MAX_FRAMES, causal=False, window=0):
         super().__init__()
         self.config = dict(n_targets=n_targets, n_layer=n_layer, n_head=n_head, d_model=d_model,
-                           proj_dim=proj_dim, temperature=temperature, n_mels=n_mels, max_seq_len=max_seq_len)
-        self.temperature = temperature
-        # 100 Hz mel -> 50 Hz: output i sees mel frames 2i..2i+2 (through the first conv, 2i-1..2i+3),
-        # centred on mel frame 2i+1 = sample 320 i + 160, the middle of unit frame i
-        self.conv1 = nn.Conv1d(n_mels, d_model, 3, padding=1)
+                           proj_dim=proj_dim, temperature=temperature, n_mels=n_mels, max_seq_len=max_seq_len,
+                           causal=causal, window=window)
+        self.temperature, self.causal = temperature, causal
+        # 100 Hz mel -> 50 Hz. Bidirectional: output i sees mel frames 2i..2i+2 (through the first
+        # conv, 2i-1..2i+3), centred on mel frame 2i+1 = sample 320 i + 160, the middle of unit frame
+        # i. Causal (a streaming ear): output i sees mel frames 2i-4..2i, whose windows end by sample
+        # 320 i + 200, inside frame i: a frame's unit is known as soon as the frame has been heard.
+        self.conv1 = nn.Conv1d(n_mels, d_model, 3, padding=0 if causal else 1)
         self.conv2 = nn.Conv1d(d_model, d_model, 3, stride=2)
         self.mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)   # what a masked frame looks like
-        self.transformer = Transformer(n_layer, n_head, d_model, causal=False, max_seq_len=max_seq_len)
+        self.transformer = Transformer(n_layer, n_head, d_model, causal=causal, max_seq_len=max_seq_len, window=window)
         self.proj = nn.Linear(d_model, proj_dim)
         self.label_emb = nn.Parameter(torch.randn(n_targets, proj_dim))
+        if causal:   # a fixed per-band mean (the training speech's): a stream has no "whole input" to average
+            self.register_buffer("mel_mean", torch.zeros(n_mels))
+
+    def mel(self, wav):
+        """The encoder's input, log-mel [B, n_mels, T // 160 + 1] (see wav_to_mel)."""
+        if not self.causal:
+            return wav_to_mel(wav)
+        return (audio.log_mel(wav, n_mels=self.config["n_mels"], hop=MEL_HOP) - self.mel_mean[:, None]) / 20.0
 
     def frontend(self, mel):
         """log-mel [B, n_mels, M] -> frame features [B, (M - 1) // 2, D]"""
-        return F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
+        if not self.causal:
+            return F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
+        x = F.gelu(self.conv1(F.pad(mel, (2, 0))))
+        x = F.gelu(self.conv2(F.pad(x, (2, 0))))
+        return x[..., :(mel.shape[-1] - 1) // 2].transpose(1, 2)
 
     def forward(self, mel, mask=None, layer=None):
         """mask: bool [B, N] frames to hide. Returns logits [B, N, n_targets] (cosine similarity
@@ -189,12 +204,29 @@ class Units:
     def device(self):
         return self.centroids.device
 
+    @property
+    def context(self):
+        """A windowed causal encoder's reach: the frames before a frame that its features depend
+        on (the attention's n_layer * (window - 1), and 4 for the convolutions and the STFT's edge)."""
+        return len(self.encoder.transformer.blocks) * (self.encoder.config["window"] - 1) + 4
+
     @torch.no_grad()
-    def features(self, wav):
-        """wav [B, T] (or [T]) at 16 kHz -> the clustered layer's features [B, T // 320, D], 50 Hz."""
+    def features(self, wav, piece_frames=2048):
+        """wav [B, T] (or [T]) at 16 kHz -> the clustered layer's features [B, T // 320, D], 50 Hz.
+        A windowed causal encoder reads long audio in pieces of piece_frames (each with its context
+        before it): the same features as one pass, with no limit on the length."""
         squeeze = wav.dim() == 1
-        mel = wav_to_mel(wav.reshape(-1, wav.shape[-1]).to(self.device))
-        feats = self.encoder(mel, layer=self.layer).float()
+        wav = wav.reshape(-1, wav.shape[-1]).to(self.device)
+        n = num_frames(wav.shape[-1])
+        if self.encoder.config.get("window") and n > piece_frames:
+            parts = []
+            for a in range(0, n, piece_frames):
+                s = max(0, a - self.context)
+                b = min(n, a + piece_frames)
+                parts.append(self.features(wav[:, s * HOP:b * HOP], piece_frames=b - s)[:, a - s:])
+            feats = torch.cat(parts, 1)
+        else:
+            feats = self.encoder(self.encoder.mel(wav), layer=self.layer).float()
         return feats[0] if squeeze else feats
 
     @torch.no_grad()
@@ -202,6 +234,29 @@ class Units:
         """wav [T] or [B, T] -> unit ids [T // 320] or [B, T // 320] (long), one per 20 ms frame."""
         feats = F.normalize(self.features(wav), dim=-1)
         return assign(feats.reshape(-1, self.dim), self.centroids)[0].reshape(feats.shape[:-1])
+
+
+class UnitStream:
+    """A live stream's units, a few 20 ms frames at a time (80 ms in the live loop): the ids that
+    Units.encode gives for the whole stream, from the last `context` frames of audio only, so a
+    conversation of any length costs the same per step. Needs a causal encoder with an attention
+    window (units_causal, units_window)."""
+
+    def __init__(self, units):
+        cfg = units.encoder.config
+        if not (cfg.get("causal") and cfg.get("window")):
+            raise ValueError("a streaming ear needs causal units with an attention window: "
+                             "python train.py --stage=units --units_causal=True --units_window=100")
+        self.units, self.buf = units, torch.zeros(0)
+
+    def step(self, wav):
+        """wav [n * 320] float, the next n frames of the stream -> their unit ids [n]."""
+        wav = torch.as_tensor(wav).float().reshape(-1)
+        if wav.numel() % HOP:
+            raise ValueError(f"a stream is read in whole 20 ms frames ({HOP} samples), got {wav.numel()} samples")
+        n = wav.numel() // HOP
+        self.buf = torch.cat([self.buf, wav])[-(self.units.context + n) * HOP:]   # frame-aligned: the STFT's hops too
+        return self.units.encode(self.buf)[-n:]
 
 
 def dedup(units):
@@ -257,7 +312,7 @@ def layer_features(encoder, stream, layer, max_frames, chunk_frames, device, gen
     for c in tqdm(order.tolist(), desc="units: features", leave=False):
         wav = stream[c * chunk_frames * HOP:(c + 1) * chunk_frames * HOP].float()[None] / 32768.0
         with utils.autocast(device):
-            feats.append(encoder(wav_to_mel(wav.to(device)), layer=layer)[0].float())
+            feats.append(encoder(encoder.mel(wav.to(device)), layer=layer)[0].float())
     return torch.cat(feats)
 
 
@@ -330,7 +385,7 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
         gen = torch.Generator().manual_seed(cfg["seed"] * 100003 + step)   # a resumed run sees the same batches
         wav, tgt = get_batch(stream, targets, cfg["units_batch_size"], crop, gen)
         mask = span_mask(len(wav), crop, cfg["units_mask_prob"], cfg["units_mask_len"], gen)
-        mel = wav_to_mel(wav.to(device))
+        mel = model.mel(wav.to(device))
         if cfg["units_warp"] > 0:
             mel = warp_mel(mel, cfg["units_warp"], gen)
         tgt, mask = tgt.to(device), mask.to(device)
@@ -377,7 +432,11 @@ def train(cfg, stop_step=None):
     print(f"units: {len(stream) / SAMPLE_RATE / 3600:.2f} h of training speech")
 
     model = HubertEncoder(k_targets, cfg["units_n_layer"], cfg["units_n_head"], cfg["units_d_model"],
-                          cfg["units_proj_dim"], cfg["units_temperature"]).to(device)
+                          cfg["units_proj_dim"], cfg["units_temperature"], causal=cfg["units_causal"],
+                          window=cfg["units_window"]).to(device)
+    if cfg["units_causal"]:   # the fixed normalisation: the mean log-mel of (up to 10 min of) the training speech
+        model.mel_mean.copy_(audio.log_mel(stream[:600 * SAMPLE_RATE].float().to(device) / 32768.0,
+                                           n_mels=N_MELS, hop=MEL_HOP).mean(-1))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["units_lr"], betas=(0.9, 0.98),
                             weight_decay=cfg["units_weight_decay"])
     # a partial checkpoint resumes only into the same run (its k-means targets are kept in it too)

@@ -49,6 +49,25 @@ def test_causal_changing_a_future_token_never_changes_an_earlier_output():
     assert not torch.allclose(enc(x)[:, :10], enc(y)[:, :10])
 
 
+def test_an_attention_window_lets_a_stream_be_encoded_piece_by_piece():
+    """window W: a position sees the last W positions only (itself included). Then an output
+    depends on the R = n_layer * (W - 1) inputs before it, and a piece encoded with R positions
+    before it equals the full pass there."""
+    W, L = 4, 2
+    R = L * (W - 1)
+    model = make(window=W)
+    x = torch.randn(1, 30, 32)
+    full = model(x)
+    y = x.clone()
+    y[:, 29 - R - 1] += 5.0                          # just out of the last output's reach ...
+    assert torch.equal(model(y)[:, -1], full[:, -1])
+    y[:, 29 - R] += 5.0                              # ... and just within it
+    assert not torch.allclose(model(y)[:, -1], full[:, -1])
+    piece = model(x[:, 30 - 3 - R:])                 # the last 3 outputs, from a piece
+    assert torch.allclose(piece[:, -3:], full[:, -3:], atol=1e-5)
+    assert torch.allclose(make()(x), make(window=64)(x), atol=1e-6)   # a window longer than x: no change
+
+
 def test_padding_mask_hides_padded_frames_in_the_bidirectional_encoder():
     enc = make(causal=False)
     x = torch.randn(2, 12, 32)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from nanosdm import units
@@ -79,6 +80,51 @@ def test_encode_gives_one_unit_per_frame_at_50_hz(tmp_path):
     assert torch.allclose(u.features(batch), full, atol=1e-5)
 
 
+def causal_units(tmp_path, window=6, layers=2):
+    """A causal, windowed encoder (random weights: the properties below hold for any) as Units."""
+    from nanosdm import utils
+    torch.manual_seed(0)
+    encoder = units.HubertEncoder(n_targets=10, n_layer=3, n_head=2, d_model=32, proj_dim=8, causal=True, window=window)
+    encoder.mel_mean.copy_(torch.linspace(-60, -30, units.N_MELS))
+    path = str(tmp_path / "units.pt")
+    utils.save_checkpoint(path, dict(config=encoder.config, model=encoder.state_dict(), layer=layers,
+                                     centroids=torch.randn(12, 32), finished=True))
+    return units.Units.load(path)
+
+
+def test_causal_units_never_hear_the_future(tmp_path):
+    u = causal_units(tmp_path)
+    torch.manual_seed(1)
+    wav = 0.1 * torch.randn(40 * units.HOP)
+    full = u.features(wav)
+    assert full.shape == (40, 32)
+    changed = wav.clone()
+    changed[25 * units.HOP:] += 0.3 * torch.randn(15 * units.HOP)      # frames 25.. change
+    assert torch.allclose(u.features(changed)[:25], full[:25], atol=1e-5)     # frames before them do not
+    assert not torch.allclose(u.features(changed)[25], full[25])
+    assert torch.allclose(u.features(wav[:17 * units.HOP]), full[:17], atol=1e-5)   # a prefix is the prefix
+    # read in pieces (as long recordings are), the same features as one pass
+    assert torch.allclose(u.features(wav[None], piece_frames=7)[0], full, atol=1e-5)
+    # the fixed normalisation: no per-clip mean (a stream has no whole clip), so a 20 dB quieter
+    # voice is the same input shifted by 20 dB / 20
+    assert torch.allclose(u.encoder.mel(0.1 * wav[None]), u.encoder.mel(wav[None]) - 1.0, atol=1e-3)
+
+
+def test_a_stream_80_ms_at_a_time_gives_the_units_of_the_whole(tmp_path):
+    u = causal_units(tmp_path)
+    stream = units.UnitStream(u)
+    torch.manual_seed(2)
+    wav = 0.1 * torch.randn(60 * units.HOP)      # 1.2 s, 15 steps of 4 frames; the context is 2 * 5 + 4 = 14
+    steps = torch.cat([stream.step(wav[i:i + 4 * units.HOP]) for i in range(0, len(wav), 4 * units.HOP)])
+    assert torch.equal(steps, u.encode(wav))
+    assert len(stream.buf) == (u.context + 4) * units.HOP           # the cost per step stays the same
+    with pytest.raises(ValueError, match="whole 20 ms frames"):
+        stream.step(torch.zeros(100))
+    bidirectional = units.Units(units.HubertEncoder(10, 2, 2, 32, 8), 1, torch.randn(12, 32))
+    with pytest.raises(ValueError, match="causal units with an attention window"):
+        units.UnitStream(bidirectional)
+
+
 def test_stage_trains_resumes_and_reports(tmp_path):
     from nanosdm import utils
     from nanosdm.corpus import spokenworld
@@ -91,7 +137,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
-               units_targets="canonical")
+               units_targets="canonical", units_causal=False, units_window=0)
     spokenworld.build(cfg)
     assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
