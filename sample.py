@@ -178,7 +178,8 @@ def converse(args, out_dir, device):
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
     wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
     wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))
-    out = live.live(model, codec, wav, temps=temps(args))        # what a live system does every 80 ms
+    ear = live.load_ear(model, out_dir, device)                  # the units, if the model hears through them
+    out = live.live(model, codec, wav, temps=temps(args), ear=ear)   # what a live system does every 80 ms
     words = []   # [word, start_s, end_s]: a word ends where the next begins, or a word's length later
     for seg in duplex.monologue_segments(tok, out["text"]):
         starts = [s for _, s in seg["words"]] + [seg["end"]]
@@ -270,7 +271,7 @@ def scenario(args, out_dir, device):
         voices = json.load(f)["unseen_voices"]
     tok, codec, model = load_dual(args, out_dir, device)
     sc = duplex.scenario(args.scenario, args.seed, world, voices)
-    out = duplex.run_scenario(model, codec, tok, sc, temps(args))
+    out = duplex.run_scenario(model, codec, tok, sc, temps(args), live.load_ear(model, out_dir, device))
     verdict = duplex.score(sc["kind"], sc["events"], out["said"], sc["answer"])
     result = dict(kind=sc["kind"], question=sc["question"], answer=sc["answer"], voice=sc["voice"],
                   events=sc["events"], scripted_s=round(sc["script_s"], 3), said=out["said"], voiced=out["voiced"],

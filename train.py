@@ -146,6 +146,8 @@ dual_context = 256             # steps the temporal transformer sees (20 s); the
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
 dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
+dual_ear = "codec"             # what the user stream holds: the codec's codes, or "units": the causal units'
+                               # ids of each 80 ms (needs --units_causal=True --units_window=N; corpus/speech.py)
 dual_depth_layers = 2
 dual_depth_heads = 4
 dual_depth_d_model = 128
@@ -305,7 +307,7 @@ STAGES = [
     ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too
      ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
     ("speech", step("corpus.speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
-     ["dual_user_text", "dual_markers", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
+     ["dual_user_text", "dual_markers", "dual_ear", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
     ("align", step("dualstream", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
      ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
     ("sft", step("dualstream", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues
@@ -359,10 +361,12 @@ def read_marker(out_dir, name):
 
 
 def stage_reads(cfg, name):
-    """The stages whose outputs this one reads (the table's list, and the recognizer for the speech
-    stage when it aligns a real corpus's utterances with it)."""
+    """The stages whose outputs this one reads (the table's list; and for the speech stage the
+    recognizer when it aligns a real corpus's utterances, the units when the user is heard through them)."""
     reads = STAGES[[s[0] for s in STAGES].index(name)][3]
-    return reads + ["asr"] if name == "speech" and cfg["speech_data"] != "spokenworld" else reads
+    if name == "speech":
+        reads = reads + ["asr"] * (cfg["speech_data"] != "spokenworld") + ["units"] * (cfg["dual_ear"] == "units")
+    return reads
 
 
 def marker_changes(marker, now):

@@ -25,7 +25,8 @@ from nanosdm.corpus.speech import Streams  # noqa: E402
 from nanosdm.dualstream import load_model  # noqa: E402
 from nanosdm.eval.dialogue import recorded_window  # noqa: E402
 from nanosdm.judge import judge_wavs  # noqa: E402
-from nanosdm.live import ANSWER_WINDOW_S, free_run, qa_batch, questions, reply_clips, silence_codes  # noqa: E402
+from nanosdm.live import (ANSWER_WINDOW_S, free_run, load_ear, qa_batch, questions, reply_clips,  # noqa: E402
+                          silence_codes, user_silence)
 from nanosdm.tokenizer import PAD  # noqa: E402
 
 SETTINGS = [(0.0, 0), (0.8, 2), (0.8, 5), (0.8, 20), (0.5, 5), (1.0, 5), (0.8, 250)]   # (temperature, top-k)
@@ -42,8 +43,8 @@ args = parser.parse_args()
 model = load_model(os.path.join(args.out_dir, f"{args.model}.pt"))
 codec = Codec.load(os.path.join(args.out_dir, "codec.pt"))
 asr = ASR.load(os.path.join(args.out_dir, "asr.pt"))
-silence = silence_codes(codec)
-pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+quiet, silence = silence_codes(codec), user_silence(codec, load_ear(model, args.out_dir))
+pad_col = np.concatenate([[PAD], quiet.numpy(), silence.numpy()])
 print(f"{args.model}.pt in {args.out_dir}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
 for split in args.splits.split(","):
     streams = Streams(os.path.join(args.out_dir, "speech"), split)
@@ -52,7 +53,7 @@ for split in args.splits.split(","):
     q_frames = [e - s for s, e in zip(starts, ends)]
     window = [q + int(ANSWER_WINDOW_S / FRAME_S) for q in q_frames]
     qs, ans = [tr["text"] for _, tr, _ in items], [tr["answer"] for _, tr, _ in items]
-    rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], silence)
+    rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], quiet)
     ceiling, _ = judge_wavs(asr, reply_clips(codec.decode(rec_codes.transpose(1, 2)), q_frames, window), qs, ans)
     print(f"\n{split}: {len(items)} questions; the judge's ceiling (the corpus's own codes) {np.mean(ceiling):.1%}")
     print(f"{'temperature':>12} {'top-k':>6} {'voice acc':>10} {'of ceiling':>11} {'seconds':>8}")

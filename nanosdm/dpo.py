@@ -314,8 +314,9 @@ def stage_tools(cfg):
     codec = Codec.load(os.path.join(out, "codec.pt"), dev)
     asr = ASR.load(os.path.join(out, "asr.pt"), dev)
     tok = Tokenizer.load(os.path.join(out, "tokenizer.model"))
-    silence = live.silence_codes(codec)
-    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    sft = load_model(os.path.join(out, "sft.pt"), dev)
+    silence = live.user_silence(codec, live.load_ear(sft, out, dev))    # the user's channel, quiet
+    pad_col = np.concatenate([[PAD], live.silence_codes(codec).numpy(), silence.numpy()])
 
     def prompts(split, items):
         """The evaluation's prompts: history, the user's audio from the question on, reply windows."""

@@ -65,14 +65,14 @@ def undelay(y, delays):
 class DualStream(nn.Module):
     def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
                  depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0,
-                 turn_weight=1.0):
+                 turn_weight=1.0, ear="codec"):
         super().__init__()
         delays = list(delays or default_delays(n_q))
         assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
         self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
                            depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
-                           semantic_weight=semantic_weight, turn_weight=turn_weight)
+                           semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear)
         self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
         # one table per stream, each with its initial token as the last row
         self.text_emb = nn.Embedding(vocab_size + 1, d_model)
@@ -125,6 +125,9 @@ class DualStream(nn.Module):
         scale = self.text_emb.weight[:self.vocab_size].norm(dim=-1).mean() / (latent_rms * math.sqrt(d))
         with torch.no_grad():
             for s in range(2 * self.n_q):
+                if s >= self.n_q and self.config["ear"] == "units":   # the user's columns hold unit ids:
+                    nn.init.normal_(self.audio_emb[s].weight, std=float(scale * latent_rms) / self.n_q ** 0.5)
+                    continue                                          # no geometry to start from, a text row's size
                 self.audio_emb[s].weight[:self.card] = codebooks[s % self.n_q] @ P[s // self.n_q] * scale
 
     # --- the forward pass --------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def build_model(cfg):
     model = DualStream(lc["vocab_size"], codec.config["codebook_size"], codec.n_q, lc["n_layer"], lc["n_head"],
                        lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
                        cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"],
-                       cfg["dual_turn_weight"])
+                       cfg["dual_turn_weight"], cfg["dual_ear"])
     model.init_from_text_lm(lm["model"])
     model.init_from_codec(codec.quantizer.embed.float().cpu())
     return model

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nanosdm.codec import FRAME, FRAME_S
-from nanosdm.corpus.speech import encode_channels, read_text_stream
+from nanosdm.corpus.speech import UNITS_PER_FRAME, ear_codes, encode_channels, read_text_stream
 from nanosdm.tokenizer import ASSISTANT, USER
 
 # Moshi's sampling: text temperature and top-k; audio temperature and top-k. The one place they
@@ -43,8 +43,14 @@ class LiveSession:
     script_text [F] / script_codes [F, K] (optional): the model's own text tokens and codes for
     its first F frames (undelayed), fed instead of sampled (the scenarios' scripted part)."""
 
-    def __init__(self, model, codec, script_text=None, script_codes=None, temps=TEMPS):
+    def __init__(self, model, codec, script_text=None, script_codes=None, temps=TEMPS, ear=None):
         self.model, self.codec, self.temps = model, codec, temps
+        self.ear = None      # the user heard through the causal units (a model trained with dual_ear=units)
+        if model.config.get("ear", "codec") == "units":
+            if ear is None:
+                raise ValueError("this model hears the user through the units: pass ear=Units (load_ear)")
+            from nanosdm.units import UnitStream
+            self.ear = UnitStream(ear)
         self.dev = next(model.parameters()).device
         self.script_text, self.script_codes = script_text, script_codes
         self.n_script = 0 if script_text is None else len(script_text)
@@ -82,7 +88,11 @@ class LiveSession:
             raise ValueError(f"a frame is {FRAME} samples (80 ms at 16 kHz), got {frame.numel()}")
         t, D = self.t, max(self.model.delays)
         tick = time.perf_counter()
-        user, self.enc = self.codec.encode_step(frame.to(self.dev)[None], self.enc)
+        if self.ear is None:
+            user, self.enc = self.codec.encode_step(frame.to(self.dev)[None], self.enc)
+        else:                # [1, K, 1]: the frame's 4 unit ids, in every group of 4 columns
+            ids = self.ear.step(frame).repeat(self.model.n_q // UNITS_PER_FRAME)
+            user = ids.to(self.dev)[None, :, None]
         self.secs["codec_enc"] += time.perf_counter() - tick
         force_text, force_audio = self._forced(t)
         out = self.model.step(self.state, user[:, :, 0], *self.temps, force_text=force_text, force_audio=force_audio)
@@ -97,7 +107,7 @@ class LiveSession:
 
 
 @torch.no_grad()
-def live(model, codec, user_wav, script_text=None, script_codes=None, temps=TEMPS):
+def live(model, codec, user_wav, script_text=None, script_codes=None, temps=TEMPS, ear=None):
     """Run the model on a user's channel as a live stream, one 80 ms frame at a time, batch 1
     (a LiveSession stepped over the whole wav).
 
@@ -109,7 +119,7 @@ def live(model, codec, user_wav, script_text=None, script_codes=None, temps=TEMP
     K = model.n_q
     wav = F.pad(user_wav.float(), (0, -len(user_wav) % FRAME))
     T = len(wav) // FRAME
-    session = LiveSession(model, codec, script_text, script_codes, temps)
+    session = LiveSession(model, codec, script_text, script_codes, temps, ear)
     texts, codes, voice = [], torch.zeros(T, K, dtype=torch.long), torch.zeros(T * FRAME)
     t_start = time.perf_counter()
     for t in range(T):
@@ -143,6 +153,23 @@ def silence_codes(codec):
     """The codes of a silent frame (what a quiet channel looks like to the model)."""
     codes = encode_channels(codec, torch.zeros(2, FRAME * 4))
     return torch.from_numpy(codes[0, -1].astype(np.int64))
+
+
+def user_silence(codec, ear=None):
+    """The user's channel while the user is quiet: the codec's codes of silence, or with an ear
+    (dual_ear=units) the units' ids of silence."""
+    if ear is None:
+        return silence_codes(codec)
+    return torch.from_numpy(ear_codes(ear, torch.zeros(FRAME * 4), 4, codec.n_q)[-1].astype(np.int64))
+
+
+def load_ear(model, out_dir, device="cpu"):
+    """The units a model hears the user through (trained with dual_ear=units), or None."""
+    if model.config.get("ear", "codec") != "units":
+        return None
+    import os
+    from nanosdm.units import Units
+    return Units.load(os.path.join(out_dir, "units.pt"), device)
 
 
 def monologue_parts(ids):

@@ -80,7 +80,8 @@ class Duplex:
     """One full-duplex conversation: a LiveSession and the monologue's turns."""
 
     def __init__(self, app):
-        self.app, self.session, self.mono = app, live.LiveSession(app.model, app.codec, temps=app.temps), Monologue()
+        self.app, self.mono = app, Monologue()
+        self.session = live.LiveSession(app.model, app.codec, temps=app.temps, ear=app.ear)
 
     def frame(self, samples):
         tick, cpu = time.perf_counter(), time.thread_time()
@@ -152,7 +153,7 @@ class App:
     """The loaded models and the conversations under way."""
 
     def __init__(self, args, out_dir, device):
-        self.args, self.omni = args, args.model == "omni"
+        self.args, self.omni, self.ear = args, args.model == "omni", None
         self.temps = (args.temperature, args.top_k, args.audio_temperature, args.audio_top_k)   # as --say samples
         from nanosdm.codec import Codec
         self.tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
@@ -167,9 +168,10 @@ class App:
         else:
             from nanosdm import dualstream
             self.model = dualstream.load_model(os.path.join(out_dir, f"{args.model}.pt"), device)
+            self.ear = live.load_ear(self.model, out_dir, device)    # the units, if it hears through them
             # a fresh process's first steps are slow (allocations, lazy initialisation): paid here, they stay
             # out of the first page's jitter buffer, whose start fixes that conversation's latency for good
-            warm = live.LiveSession(self.model, self.codec)
+            warm = live.LiveSession(self.model, self.codec, ear=self.ear)
             for _ in range(3):
                 warm.step(torch.zeros(FRAME))
         self.lock, self.active, self.errors = threading.Lock(), 0, []

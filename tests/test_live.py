@@ -179,3 +179,47 @@ def test_qa_batch_hears_the_question_then_silence():
     assert (user[0, :10] == 7).all()                  # the question, as recorded
     assert (user[0, 10:] == silence).all()            # then the user is quiet while the model answers
     assert user.shape[1] == 10 + int(4.0 / 0.08)
+
+
+# -----------------------------------------------------------------------------
+# the user heard through the causal units (dual_ear=units)
+
+def test_the_units_ear_feeds_the_live_loop_what_the_speech_stage_stored(tmp_path):
+    """A model trained with dual_ear=units hears, 80 ms at a time, the very unit ids the speech
+    stage wrote into its user stream (ear_codes of the whole channel): the causal units stream."""
+    from test_units import causal_units
+    from nanosdm.corpus.speech import ear_codes
+    units = causal_units(tmp_path)
+    torch.manual_seed(0)
+    model = DualStream(VOCAB, CARD, 4, n_layer=2, n_head=2, d_model=32, context=64, depth_layers=1,
+                       depth_heads=2, depth_d_model=16, ear="units").eval()
+    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=4,
+                  codebook_size=CARD).eval()
+    wav = 0.3 * torch.randn(10 * FRAME, generator=torch.Generator().manual_seed(4))
+    stored = ear_codes(units, wav, 10, 4)                              # [10, 4]: frame t's 4 units
+    assert stored.shape == (10, 4) and stored.max() < units.k
+    session = live.LiveSession(model, codec, temps=(0, 0, 0, 0), ear=units)
+    heard = torch.stack([session.step(wav[t * FRAME:(t + 1) * FRAME])["user_codes"] for t in range(10)])
+    assert torch.equal(heard, torch.from_numpy(stored.astype("int64")))
+    with pytest.raises(ValueError, match="hears the user through the units"):
+        live.LiveSession(model, codec)
+    # its silence is the units' silence; a codec model's, the codec's
+    assert torch.equal(live.user_silence(codec, units), torch.from_numpy(ear_codes(units, torch.zeros(4 * FRAME), 4, 4)[-1].astype("int64")))
+    assert torch.equal(live.user_silence(codec), live.silence_codes(codec))
+
+
+def test_a_units_ear_model_starts_its_user_tables_apart_from_the_codec(tmp_path):
+    codebooks = torch.randn(4, CARD, 8)
+    for ear in ("codec", "units"):
+        torch.manual_seed(0)
+        m = DualStream(VOCAB, CARD, 4, n_layer=2, n_head=2, d_model=32, context=64, depth_layers=1,
+                       depth_heads=2, depth_d_model=16, ear=ear)
+        m.init_from_codec(codebooks)
+        user = m.audio_emb[4].weight[:CARD]
+        low_rank = torch.linalg.matrix_rank(user) <= 8                 # a projection of an 8-dim codebook
+        assert low_rank == (ear == "codec"), ear
+        assert m.config["ear"] == ear
+    # a frame's four user rows together about as large as a text row (as the codec tables are)
+    rows = sum(m.audio_emb[4 + k].weight[:CARD] for k in range(4)).detach().norm(dim=-1).mean()
+    text = m.text_emb.weight[:VOCAB].detach().norm(dim=-1).mean()
+    assert 0.5 < float(rows / text) < 2.0

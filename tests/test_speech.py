@@ -74,3 +74,18 @@ def test_read_text_stream_nests_a_backchannel_inside_the_answer(tok):
     assert turns[0]["tokens"][1] == (7, red)
 
 
+
+
+def test_the_units_ear_needs_units_that_stream(tmp_path):
+    """dual_ear=units reads out/<preset>/units.pt; bidirectional units cannot run 80 ms at a time."""
+    import torch
+    from nanosdm import units, utils
+    enc = units.HubertEncoder(n_targets=10, n_layer=2, n_head=2, d_model=32, proj_dim=8)
+    utils.save_checkpoint(str(tmp_path / "units.pt"), dict(config=enc.config, model=enc.state_dict(), layer=1,
+                                                            centroids=torch.randn(12, 32), finished=True))
+    cfg = dict(dual_ear="units", out_dir=str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="units_causal=True"):
+        speech.load_ear(cfg)
+    assert speech.load_ear(dict(cfg, dual_ear="codec")) is None
+    with pytest.raises(ValueError, match="'codec' or 'units'"):
+        speech.load_ear(dict(cfg, dual_ear="mel"))

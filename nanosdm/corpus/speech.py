@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from nanosdm.corpus import audio, realdata, spokenworld
-from nanosdm.codec import FRAME_S
+from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
 SPLITS = spokenworld.SPEECH_SPLITS + ("align",)
@@ -157,6 +157,22 @@ def codec_frame(codec):
     return int(round(audio.SAMPLE_RATE * FRAME_S))
 
 
+UNITS_PER_FRAME = 4     # 50 Hz units in an 80 ms frame
+
+
+@torch.no_grad()
+def ear_codes(units, wav, n_frames, n_q):
+    """The user's channel as the causal units hear it: uint16 [n_frames, n_q], the 4 unit ids of
+    each 80 ms frame in its columns (n_q = 8: each twice). A voice-invariant phonetic ear: a name
+    in a voice never heard is far easier to recognise from units than from the codec's codes."""
+    if n_q % UNITS_PER_FRAME:
+        raise ValueError(f"dual_ear=units puts {UNITS_PER_FRAME} units in a frame's {n_q} user columns: "
+                         f"codec_n_q must be a multiple of {UNITS_PER_FRAME}")
+    wav = torch.nn.functional.pad(wav.float(), (0, max(0, n_frames * FRAME - wav.shape[-1])))[:n_frames * FRAME]
+    ids = units.encode(wav).reshape(n_frames, UNITS_PER_FRAME)
+    return ids.repeat(1, n_q // UNITS_PER_FRAME).cpu().numpy().astype(np.uint16)
+
+
 class StreamWriter:
     """Appends dialogues to a split's three memmap files and its index; files take their final
     names only when the split is complete (a killed stage leaves no half split behind)."""
@@ -187,8 +203,12 @@ class StreamWriter:
         return self.offset
 
 
-def encode_dialogue(codec, tok, wav, turns, cfg):
+def encode_dialogue(codec, tok, wav, turns, cfg, ear=None):
+    """A dialogue's streams: (text [frames], codes [2, frames, K]); the user's codes are the
+    units' (ear_codes) when an ear is given."""
     codes = encode_channels(codec, wav)
+    if ear is not None:
+        codes[spokenworld.USER] = ear_codes(ear, wav[spokenworld.USER], codes.shape[1], codes.shape[2])
     text = text_stream(turns, codes.shape[1], tok, cfg["dual_user_text"], cfg["dual_markers"])
     return text, codes
 
@@ -300,31 +320,46 @@ def _place(group, rng):
 # -----------------------------------------------------------------------------
 # the stage
 
+def load_ear(cfg, device=None):
+    """The units the user is heard through (dual_ear=units), or None (the codec's codes)."""
+    if cfg["dual_ear"] == "codec":
+        return None
+    if cfg["dual_ear"] != "units":
+        raise ValueError(f"dual_ear must be 'codec' or 'units', not {cfg['dual_ear']!r}")
+    from nanosdm.units import Units
+    units = Units.load(os.path.join(cfg["out_dir"], "units.pt"), device or cfg["device"])
+    if not (units.encoder.config.get("causal") and units.encoder.config.get("window")):
+        raise ValueError("dual_ear=units needs units that stream: python train.py --stage=units "
+                         "--units_causal=True --units_window=100 (then the stages after it)")
+    return units
+
+
 def build(cfg):
     from nanosdm.codec import Codec
     out = os.path.join(cfg["out_dir"], "speech")
     codec = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
     tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
+    ear = load_ear(cfg)
     metrics = {}
     for split in spokenworld.SPEECH_SPLITS:
         sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
         w = StreamWriter(out, split)
         for i in tqdm(range(len(sp)), desc=f"speech {split}", unit="dlg"):
             wav, d = sp.dialogue(i)
-            text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg)
+            text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg, ear)
             w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
         if split == "train":
             for i, (wav, turns) in enumerate(extra_dialogues(cfg)):
-                text, codes = encode_dialogue(codec, tok, wav, turns, cfg)
+                text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
                 w.add(dict(id=f"extra-{i:05d}", turns=turns), text, codes)
         metrics[f"speech_frames_{split}"] = w.close()
     w = StreamWriter(out, "align")
     for i, (wav, turns) in enumerate(align_dialogues(cfg, cfg["seed"] + 7)):
-        text, codes = encode_dialogue(codec, tok, wav, turns, cfg)
+        text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
         w.add(dict(id=f"align-{i:05d}", turns=turns), text, codes)
     metrics["speech_frames_align"] = w.close()
     if not realdata.is_default(cfg):   # the user's corpora: splits real, align_real and their held-out parts
-        metrics.update(write_speech(cfg, out, codec, tok))
+        metrics.update(write_speech(cfg, out, codec, tok, ear))
     s = Streams(out, "train")
     metrics["speech_text_pad_share"] = round(float(np.isin(s.text, [PAD, EPAD]).mean()), 4)
     print(f"speech: {', '.join(f'{k}={v}' for k, v in metrics.items())}")
@@ -345,7 +380,7 @@ def _weight(cfg, kinds, kind="spokenworld"):
     return sum(s["weight"] for s in sources if s["kind"] == kind) / total if total else 0.0
 
 
-def write_speech(cfg, out, codec, tok):
+def write_speech(cfg, out, codec, tok, ear=None):
     """Stage `speech` for the user's corpora, beside SpokenWorld's splits:
       real, real_heldout              the two-channel dialogues (moshi), for sft
       align_real, align_real_heldout  single utterances with word timings in pseudo-dialogues, for
@@ -367,7 +402,7 @@ def write_speech(cfg, out, codec, tok):
                 wavs = [reader.read(dict(path=d["path"], channel=c, start=None, end=None)) for c in (spokenworld.ASSISTANT, spokenworld.USER)]
                 if any(x is None for x in wavs):
                     continue
-                text, codes = encode_dialogue(codec, tok, torch.stack(wavs), d["turns"], cfg)
+                text, codes = encode_dialogue(codec, tok, torch.stack(wavs), d["turns"], cfg, ear)
                 w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
             metrics[f"speech_frames_{split}"] = w.close()
     real_kinds = tuple(k for k in realdata.KINDS if k != "spokenworld")
@@ -386,7 +421,7 @@ def write_speech(cfg, out, codec, tok):
             stereo, turns = _place(group, rng)
             for tr in turns:   # what eval/dialogue.py's user_wer transcribes
                 tr["kind"] = "question" if tr["speaker"] == "user" else "answer"
-            text, codes = encode_dialogue(codec, tok, stereo, turns, cfg)
+            text, codes = encode_dialogue(codec, tok, stereo, turns, cfg, ear)
             w.add(dict(id=f"{split}-{w.offset}", turns=turns), text, codes)
             group.clear()
 

@@ -27,7 +27,7 @@ from nanosdm.dualstream import load_model
 from nanosdm.eval import metrics
 from nanosdm.judge import VAD_WIN, VOICED_RMS, judge_wavs
 from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, monologue_parts, qa_batch, questions,
-                          reply_clips, silence_codes)
+                          load_ear, reply_clips, silence_codes, user_silence)
 from nanosdm.tokenizer import ASSISTANT, EOS, PAD, Tokenizer
 
 QA_SPLITS = ("val", "unseen_voice", "text_only")
@@ -66,7 +66,7 @@ def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
     (from 0.3 s before it to 1 s after it) are heard from a conversation's start; the text stream
     runs freely (greedy) and its USER ... EOS words are the transcript."""
     streams = Streams(os.path.join(cfg["out_dir"], "speech"), split)
-    silence = silence_codes(codec).to(cfg["device"])
+    silence = user_silence(codec, load_ear(model, cfg["out_dir"], cfg["device"])).to(cfg["device"])
     K = model.n_q
     refs, users = [], []
     for d in streams.dialogues:
@@ -97,8 +97,9 @@ def evaluate_sft(cfg):
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
     figures = judge_ceiling(asr, codec, cfg)
-    silence = silence_codes(codec)
-    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    quiet = silence_codes(codec)                                    # the model's own channel, silent
+    silence = user_silence(codec, load_ear(model, out_dir, device))  # the user's
+    pad_col = np.concatenate([[PAD], quiet.numpy(), silence.numpy()])
     names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
     run = lambda hist, user, force=None: free_run(model, hist.to(device), user.to(device), silence.to(device),
                                                   (0, 0, AUDIO_TEMP, AUDIO_TOP_K), force_text=force)
@@ -140,7 +141,7 @@ def evaluate_sft(cfg):
         if split == "text_only":
             continue
         # taken apart: the ear, the brain given the question's words, the voice given the answer's words
-        rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], silence)
+        rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], quiet)
         corpus_wavs = codec.decode(rec_codes.transpose(1, 2).to(device)).cpu()
         ok, _ = judge_wavs(asr, reply_clips(corpus_wavs, q_frames, window), qs, ans)
         figures[f"judge_acc_window_{split}"] = round(float(np.mean(ok)), 4)
@@ -231,8 +232,8 @@ def evaluate_sft_real(cfg, model, codec, tok):
              if tr["speaker"] == "user" and nxt["speaker"] == "assistant"]
     if not items:
         return {}
-    silence = silence_codes(codec)
-    pad_col = np.concatenate([[PAD], silence.numpy(), silence.numpy()])
+    silence = user_silence(codec, load_ear(model, cfg["out_dir"], cfg["device"]))
+    pad_col = np.concatenate([[PAD], silence_codes(codec).numpy(), silence.numpy()])
     hist, user, starts, _ = qa_batch(streams, items, cfg["sft_eval_history"], silence, pad_col)
     torch.manual_seed(cfg["seed"])
     device = cfg["device"]

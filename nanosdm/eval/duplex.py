@@ -187,10 +187,10 @@ def scenario_script(sc, codec, tok, user_text=True, markers=True):
     return torch.from_numpy(text[:n_script]), torch.from_numpy(codes[:n_script])
 
 
-def run_scenario(model, codec, tok, sc, temps=live.TEMPS):
+def run_scenario(model, codec, tok, sc, temps=live.TEMPS, ear=None):
     """A scenario through the live loop -> the live result plus where the model spoke."""
     text, codes = scenario_script(sc, codec, tok)
-    out = live.live(model, codec, sc["user"], text, codes, temps)
+    out = live.live(model, codec, sc["user"], text, codes, temps, ear)
     out["said"] = monologue_segments(tok, out["text"])
     out["voiced"] = vad_segments(out["wav"])
     return out
@@ -366,6 +366,7 @@ def evaluate_duplex(cfg):
     torch.set_grad_enabled(False)
     model = load_model(os.path.join(out_dir, f"{cfg['duplex_model']}.pt"), device)
     codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    ear = live.load_ear(model, out_dir, device)      # the units, for a model that hears through them
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
@@ -380,7 +381,7 @@ def evaluate_duplex(cfg):
     for k, kind in enumerate(KINDS):
         for i in tqdm(range(n), desc=f"duplex {kind}", unit="scenario"):
             sc = scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
-            out = run_scenario(model, codec, tok, sc, temps)
+            out = run_scenario(model, codec, tok, sc, temps, ear)
             said.setdefault(kind, []).append(score(kind, sc["events"], out["said"], sc["answer"]))
             voiced.setdefault(kind, []).append(score(kind, sc["events"], out["voiced"], sc["answer"]))
             for part in cost:
@@ -403,7 +404,7 @@ def evaluate_duplex(cfg):
     seconds = 0.0
     for i in tqdm(range(min(cfg["duplex_dialogues"], len(sp))), desc="duplex dialogues", unit="dlg"):
         wav, _ = sp.dialogue(i)
-        out = live.live(model, codec, wav[spokenworld.USER], temps=temps)
+        out = live.live(model, codec, wav[spokenworld.USER], temps=temps, ear=ear)
         corpus = codec.decode(torch.from_numpy(encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)).T[None]
                               .to(device))[0].cpu()   # the corpus's voice through the same codec
         user = judge.voiced(wav[spokenworld.USER])
