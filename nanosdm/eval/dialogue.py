@@ -4,6 +4,7 @@ in speech (sft), against a cascade, how much of the text LM it keeps, and how fa
 Like metrics.py, it loads what it scores and no component imports it.
 
     align_user_wer        the model's own transcription (its text stream) of unseen-voice user turns
+    align_ear_name_acc    the same transcripts: the share that name the creature asked about right
     judge_acc_*           the speech judge's ceiling: the corpus's own answers it scores correct
     sft_qa_text_<split>   the answer word is in the inner monologue written after the question
     sft_qa_speech_<split> the judge hears the right answer in the decoded audio
@@ -51,7 +52,7 @@ def evaluate_align(cfg):
     wer, examples = user_wer(model, codec, tok, cfg)
     print("align: the model's transcription of unseen-voice user turns, e.g.\n"
           + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
-    figures = {"align_user_wer": round(wer, 4)}
+    figures = {"align_user_wer": round(wer, 4), "align_ear_name_acc": name_acc(examples, cfg)}
     heldout = os.path.join(out_dir, "speech", "align_real_heldout_text.bin")
     if not realdata.is_default(cfg) and os.path.exists(heldout) and os.path.getsize(heldout):
         wer, examples = user_wer(model, codec, tok, cfg, split="align_real_heldout")   # the user's own speakers
@@ -198,6 +199,15 @@ def force_question(rec_text, q_frames):
         stop = stop + 1 if row[stop] == EOS else stop
         force[n, :stop] = rec_text[n, :stop]
     return force
+
+
+def name_acc(pairs, cfg):
+    """Of the (reference, transcript) pairs whose reference names a creature: the share whose
+    transcript has that name (the ear's figure; -1 when no reference names one)."""
+    names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
+    named = [(question_name(r, names), h) for r, h in pairs if question_name(r, names)]
+    clean = lambda h: h.lower().replace("?", " ").replace(".", " ").split()
+    return round(float(np.mean([n in clean(h) for n, h in named])), 4) if named else -1
 
 
 def question_name(question, names):
