@@ -406,7 +406,7 @@ def test_the_page_in_a_browser(run, tmp_path):
     # the microphone carried the question, at its own length: the worklet's 16 kHz is 16 kHz
     rms = np.array(stats["sentRms"])
     loud = np.flatnonzero(rms > 0.02)
-    voiced = np.flatnonzero(live.voiced(q))                    # the question's own voiced 20 ms windows
+    voiced = np.flatnonzero(judge.voiced(q))                    # the question's own voiced 20 ms windows
     spoken_s = (voiced[-1] - voiced[0] + 1) * 0.02
     assert len(loud) and abs((loud[-1] - loud[0] + 1) * 0.08 - spoken_s) <= 0.16, (loud, spoken_s)   # 2 frame edges
     assert rms.max() > 0.1 and np.median(rms) < 0.01          # then silence, not noise
