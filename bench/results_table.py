@@ -8,7 +8,7 @@ same run, headed by the line that names the run:
     python bench/results_table.py out/tiny/report.json --command="python train.py" --machine="2-core CPU" --date=2026-12-06
 
 The run is named by --command, --preset, --machine and --date, or by the same fields of a JSON file
-given as --run (flags win). The preset defaults to the report's folder (out/<preset>/report.json).
+given as --run (flags win). The preset defaults to the report's folder when it is a preset's (out/<preset>/report.json).
 A figure whose key the report lacks (a stage not run yet) is printed as a dash; the rows marked
 optional below (figures only newer runs write) are left out when the report has none of their keys.
 """
@@ -114,6 +114,7 @@ FULL = [
      ("omni_qa_speech_text_only", pct)),
     ("omni", "first audio after the question ends", ("omni_latency_ms", ms)),
 ]
+PRESETS = ("tiny", "small")
 STAGES = ["data", "tokenizer", "text", "units", "codec", "asr", "speech", "align", "sft", "duplex", "dpo", "vocoder", "omni"]
 
 
@@ -166,7 +167,9 @@ def main(argv=None):
     if args.run:
         with open(args.run) as f:
             run = json.load(f)
-    run.setdefault("preset", os.path.basename(os.path.dirname(os.path.abspath(args.report))))
+    folder = os.path.basename(os.path.dirname(os.path.abspath(args.report)))   # out/<preset>/report.json
+    if folder in PRESETS:
+        run.setdefault("preset", folder)
     run.update({k: getattr(args, k) for k in ("command", "preset", "machine", "date") if getattr(args, k)})
     print(run_line(run) + "\n")
     print(table(report, FULL if args.full else HEADLINE, stage_times=args.full))
