@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanosdm import live, serve, utils, websocket
+from nanosdm import judge, live, serve, utils, websocket
 from nanosdm.codec import FRAME
 from nanosdm.corpus import speech
 
