@@ -338,7 +338,7 @@ def stage_tools(cfg):
                 for q, a, s, h, ok, c, r in zip(qs, ans, said, heard, oks, clips, right)]
 
     def spoken_qa(model, split):
-        """The spoken-QA protocol of stage sft's evaluation: greedy text, audio sampled as Moshi, the same seed."""
+        """The spoken-QA protocol of stage sft's evaluation: greedy text, audio as live.py samples it, the same seed."""
         items = live.questions(Streams(os.path.join(out, "speech"), split))
         hist, user, windows = prompts(split, items)
         torch.manual_seed(cfg["seed"])

@@ -112,7 +112,7 @@ def evaluate_sft(cfg):
         q_frames = [e - s for s, e in zip(starts, ends)]
         window = [q + int(ANSWER_WINDOW_S / FRAME_S) for q in q_frames]
         qs, ans = [tr["text"] for _, tr, _ in items], [tr["answer"] for _, tr, _ in items]
-        # greedy text; audio sampled (live.py's defaults) from the same seed everywhere
+        # greedy text; audio as live.py samples it, from the same seed everywhere
         torch.manual_seed(cfg["seed"])
         text, codes = run(hist, user)
         wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
