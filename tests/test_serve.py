@@ -372,10 +372,13 @@ def wait_for(driver, condition, timeout=20):
         time.sleep(0.1)
 
 
+MONOLOGUE_JS = ("[...document.querySelectorAll('#monologue > div')]"
+                ".map(d => [d.className, d.textContent, getComputedStyle(d).color])")
+
+
 def monologue(driver):
     """The monologue's turns as the page shows them: [class, text, colour]."""
-    return driver.execute_script("return [...document.querySelectorAll('#monologue > div')]"
-                                 ".map(d => [d.className, d.textContent, getComputedStyle(d).color])")
+    return driver.execute_script("return " + MONOLOGUE_JS)
 
 
 def test_the_page_in_a_browser(run, tmp_path):
@@ -395,8 +398,8 @@ def test_the_page_in_a_browser(run, tmp_path):
         driver.find_element("id", "start").click()            # a click: the browser lets the page start audio
         wait_for(driver, "window.nanosdm.sent > 0")
         time.sleep(SECONDS)
-        stats = driver.execute_script("return window.nanosdm")
-        turns = monologue(driver)
+        # one script, one moment: the frames counted and the monologue shown (frames keep arriving)
+        stats, turns = driver.execute_script("return [JSON.parse(JSON.stringify(window.nanosdm)), " + MONOLOGUE_JS + "]")
         shot = tmp_path / "serve.png"
         driver.save_screenshot(str(shot))
         print(f"screenshot: {shot}")
@@ -450,8 +453,8 @@ def test_omni_page_speaks_a_question(run, tmp_path):
         driver.find_element("id", "question").click()
         wait_for(driver, "window.nanosdm.omni.length == 1 && "
                          "window.nanosdm.scheduledFrames == window.nanosdm.omni[0].frames")
-        stats = driver.execute_script("return window.nanosdm")
-        turns = monologue(driver)
+        # one script, one moment: the frames counted and the monologue shown (frames keep arriving)
+        stats, turns = driver.execute_script("return [JSON.parse(JSON.stringify(window.nanosdm)), " + MONOLOGUE_JS + "]")
         driver.find_element("id", "reset").click()
         wait_for(driver, "document.getElementById('monologue').children.length == 0")
         assert driver.execute_script("return window.nanosdm.errors") == []
