@@ -148,6 +148,7 @@ dual_user_text = True          # the text stream also transcribes the user (corp
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
 dual_ear = "codec"             # what the user stream holds: the codec's codes, or "units": the causal units'
                                # ids of each 80 ms (needs --units_causal=True --units_window=N; corpus/speech.py)
+dual_ear_mlp = 0               # width of an MLP reading a frame's K user columns side by side, added to their sum (0: none)
 dual_depth_layers = 2
 dual_depth_heads = 4
 dual_depth_d_model = 128

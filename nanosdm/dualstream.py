@@ -65,14 +65,14 @@ def undelay(y, delays):
 class DualStream(nn.Module):
     def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
                  depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0,
-                 turn_weight=1.0, ear="codec"):
+                 turn_weight=1.0, ear="codec", ear_mlp=0):
         super().__init__()
         delays = list(delays or default_delays(n_q))
         assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
         self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
                            depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
-                           semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear)
+                           semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear, ear_mlp=ear_mlp)
         self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
         # one table per stream, each with its initial token as the last row
         self.text_emb = nn.Embedding(vocab_size + 1, d_model)
@@ -80,8 +80,16 @@ class DualStream(nn.Module):
         self.transformer = Transformer(n_layer, n_head, d_model, causal=True, max_seq_len=context)
         self.text_head = nn.Linear(d_model, vocab_size, bias=False)
         self.depth = Depth(d_model, n_q, vocab_size, card, depth_layers, depth_heads, depth_d_model)
+        # the ear's own few parameters (ear_mlp > 0): the sum of a frame's K user embeddings is linear,
+        # it cannot say "this unit, then that one"; an MLP over the K embeddings side by side can.
+        # Its output layer starts at zero, so the model starts exactly as without it.
+        self.ear_mlp = nn.Sequential(nn.Linear(n_q * d_model, ear_mlp), nn.GELU(),
+                                     nn.Linear(ear_mlp, d_model)) if ear_mlp else None
         for m in [self.text_emb, *self.audio_emb, self.text_head]:
             nn.init.normal_(m.weight, std=0.02)
+        if self.ear_mlp is not None:
+            nn.init.zeros_(self.ear_mlp[2].weight)
+            nn.init.zeros_(self.ear_mlp[2].bias)
         # the per-stream initial tokens (INIT) and the loss weights of the text stream
         self.register_buffer("init_tokens", torch.tensor([vocab_size] + [card] * (2 * n_q)), persistent=False)
         self.register_buffer("text_weights", torch.ones(vocab_size), persistent=False)
@@ -134,11 +142,17 @@ class DualStream(nn.Module):
 
     def embed(self, tokens):
         """tokens [B, T, S] (delayed, INIT or ZERO allowed) -> the per-step sum of embeddings [B, T, D]."""
-        x = 0
+        x, user = 0, []
         for s in range(tokens.shape[-1]):
             t = tokens[..., s]
             table = self.text_emb if s == 0 else self.audio_emb[s - 1]
-            x = x + table(t.clamp(min=0)) * (t >= 0)[..., None]   # ZERO -> an exact zero vector
+            e = table(t.clamp(min=0)) * (t >= 0)[..., None]   # ZERO -> an exact zero vector
+            x = x + e
+            if s > self.n_q:
+                user.append(e)
+        if self.ear_mlp is not None:   # ZERO user columns (text-only batches) stay an exact zero
+            heard = (tokens[..., 1 + self.n_q:] >= 0).any(-1, keepdim=True)
+            x = x + self.ear_mlp(torch.cat(user, -1)) * heard
         return x
 
     def inputs_targets(self, x):
@@ -332,7 +346,7 @@ def build_model(cfg):
     model = DualStream(lc["vocab_size"], codec.config["codebook_size"], codec.n_q, lc["n_layer"], lc["n_head"],
                        lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
                        cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"],
-                       cfg["dual_turn_weight"], cfg["dual_ear"])
+                       cfg["dual_turn_weight"], cfg["dual_ear"], cfg["dual_ear_mlp"])
     model.init_from_text_lm(lm["model"])
     model.init_from_codec(codec.quantizer.embed.float().cpu())
     return model

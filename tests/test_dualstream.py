@@ -84,6 +84,27 @@ def test_step_with_cache_equals_teacher_forced_forward():
         assert torch.equal(state["prev"], targets[:, t])      # the column the model fed itself
 
 
+def test_ear_mlp_starts_as_the_sum_and_streams_like_the_forward_pass():
+    m, plain = tiny(ear_mlp=16), tiny()
+    assert m.ear_mlp is not None and plain.ear_mlp is None
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("ear_mlp.")})
+    x = random_tokens(2, 12)
+    inputs, _ = m.inputs_targets(x)
+    assert torch.equal(m.embed(inputs), plain.embed(inputs))     # zero output layer: the sum alone
+    with torch.no_grad():
+        m.ear_mlp[2].weight.normal_(std=0.5)
+    assert not torch.allclose(m.embed(inputs), plain.embed(inputs))
+    text_only = inputs.clone()
+    text_only[..., 1:] = ZERO
+    assert torch.equal(m.embed(text_only), plain.embed(text_only))   # no user heard: no ear term
+    logits, _ = m(inputs)
+    state = m.new_state(2)
+    for t in range(12):   # the ear reads one column at a time: streaming equals the full pass
+        out = m.step(state, x[:, t, 1 + K:], force_text=inputs[:, t + 1, 0] if t < 11 else None,
+                     force_audio=inputs[:, t + 1, 1:1 + K] if t < 11 else None)
+        assert torch.allclose(out["text_logits"], logits[:, t], atol=1e-4)
+
+
 def test_prefill_then_step_equals_stepping_all_the_way():
     m = tiny()
     x = random_tokens(1, 10)
