@@ -40,7 +40,7 @@ from tqdm import tqdm
 from nanosdm import utils
 from nanosdm.corpus import spokenworld
 from nanosdm.textlm import TextLM
-from nanosdm.tokenizer import ASSISTANT, BOS, EOS, EPAD, PAD, TEXT, UNK, USER, Tokenizer
+from nanosdm.tokenizer import ASSISTANT, BOS, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 from nanosdm.transformer import sample_logits
 from nanosdm.units import HOP, SAMPLE_RATE, Units, dedup
 
@@ -267,11 +267,13 @@ def generate(model, v, prompt, max_new_tokens, temperature=0.0, top_k=None, cons
     return new, torch.stack(seen)
 
 
-def respond(model, v, question_units, max_new_tokens=300, **sampling):
-    """The reply to a spoken question (its unit ids), parsed as parse_dialogue, plus its ids."""
-    prompt = dialogue_prompt(v, question_units)
+def respond(model, v, question_units, start=(), max_new_tokens=300, **sampling):
+    """The reply to a spoken question (its unit ids), parsed as parse_dialogue, plus its ids.
+    start: ids the reply is made to begin with, e.g. [v.speech] for a model of the speech dialogue
+    (a weak model may otherwise open its reply in a modality it was never trained to write)."""
+    prompt = dialogue_prompt(v, question_units) + list(start)
     new, _ = generate(model, v, prompt, max_new_tokens, **sampling)
-    return dict(parse_dialogue(v, prompt + new), reply=new)
+    return dict(parse_dialogue(v, prompt + new), reply=list(start) + new)
 
 
 # -----------------------------------------------------------------------------
@@ -410,7 +412,7 @@ def train(cfg, fmt, init="text.pt", name=None, stop_step=None):
                              dict(params=tables, lr_mult=cfg["flat_embed_lr_mult"])],
                             lr=cfg["flat_lr"], betas=(0.9, 0.95), weight_decay=cfg["flat_weight_decay"])
     ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
-    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": [], "val": []})
+    step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": [], "val": [], "targets": 0})
 
     def save(**extra):
         utils.save_checkpoint(path, dict(model=model.state_dict(), optimizer=opt.state_dict(), config=model.config,
@@ -418,7 +420,7 @@ def train(cfg, fmt, init="text.pt", name=None, stop_step=None):
                                          step=step, history=history, **extra))
 
     gen = torch.Generator()
-    t0, tokens = time.time(), 0
+    t0 = time.time()
     pbar = tqdm(total=max_steps, initial=step, desc=name, dynamic_ncols=True)
     while step < max_steps:
         if stop_step is not None and step >= stop_step:
@@ -435,7 +437,7 @@ def train(cfg, fmt, init="text.pt", name=None, stop_step=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        tokens += int((y != IGNORE).sum())
+        history["targets"] += int((y != IGNORE).sum())    # the reply ids scored: the budget in tokens
         history["train"].append([step, round(loss.item(), 4)])
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
@@ -449,6 +451,24 @@ def train(cfg, fmt, init="text.pt", name=None, stop_step=None):
         return {}
     metrics = {f"{name}_train_loss": history["train"][-1][1], f"{name}_val_loss": history["val"][-1][1],
                f"{name}_params": count_params(model), f"{name}_train_seconds": round(time.time() - t0, 1),
-               f"{name}_target_tokens": tokens}
+               f"{name}_target_tokens": history["targets"]}
     save(finished=True, metrics=metrics)
+    return metrics
+
+
+def train_rows(cfg):
+    """The flat rows of the paradigm table, each flat_max_steps optimizer steps of flat_batch_size
+    sequences from the same text LM (the same budget in steps; a chain-of-modality sequence is
+    longer, so it sees more ids):
+      flat_chain        chain of modality (SpeechGPT)
+      flat_spirit       Spirit-LM: pre-training (flat_pretrain_frac of the steps), then the speech dialogue
+      flat_spirit_words the same pre-training, then the speech dialogue with the answer's words
+      flat_s2s          speech to speech: the speech dialogue only, no text after the text LM"""
+    steps = cfg["flat_max_steps"]
+    pre = int(round(steps * cfg["flat_pretrain_frac"]))
+    metrics = dict(train(cfg, "chain"))
+    metrics.update(train(dict(cfg, flat_max_steps=pre), "pretrain"))
+    for fmt, name in (("speech", "flat_spirit"), ("speech_words", "flat_spirit_words")):
+        metrics.update(train(dict(cfg, flat_max_steps=steps - pre), fmt, init="flat_pretrain.pt", name=name))
+    metrics.update(train(cfg, "speech", name="flat_s2s"))
     return metrics

@@ -193,6 +193,9 @@ def test_kv_cache_one_step_at_a_time_equals_the_full_pass(text_lm):
             assert t == int(full[i].masked_fill(~masks[int(in_speech)], float("-inf")).argmax())
             in_speech = t == v.speech if v.is_marker(t) else in_speech
         assert len(new) == 20 and (v.is_unit(new[0]) if speech else not v.is_unit(new[0]))
+    reply = flat.respond(model, v, [1, 2, 3, 4], start=[v.speech], max_new_tokens=6)
+    assert reply["reply"][0] == v.speech and reply["question_units"] == [1, 2, 3, 4]
+    assert reply["answer_units"] == [t - v.n_text for t in reply["reply"][1:] if v.is_unit(t)] != []
 
 
 @pytest.fixture
@@ -220,3 +223,17 @@ def test_training_learns_the_format_and_resumes(cfg, tmp_path, capsys):
     assert v.n_units == N_UNITS and m["flat_chain_params"] == flat.count_params(model)
     assert flat.train(cfg, "chain") == m                                 # finished: kept, not trained again
     assert "not trained again" in capsys.readouterr().out
+
+
+def test_the_flat_rows_train_at_one_budget(cfg, tmp_path):
+    from nanosdm.corpus.spokenworld import write_jsonl
+    for split in ("train", "val"):
+        write_jsonl(str(tmp_path / f"text_{split}.jsonl"), [dict(turns=[["text", "the kotan is red."]])] * 4)
+    cfg.update(flat_max_steps=6, flat_pretrain_frac=0.5, flat_eval_interval=3)
+    m = flat.train_rows(cfg)
+    steps = {n: torch.load(tmp_path / f"{n}.pt", weights_only=True)["step"]
+             for n in ("flat_chain", "flat_pretrain", "flat_spirit", "flat_spirit_words", "flat_s2s")}
+    assert steps == dict(flat_chain=6, flat_pretrain=3, flat_spirit=3, flat_spirit_words=3, flat_s2s=6)
+    params = {m[f"{n}_params"] for n in ("flat_chain", "flat_spirit", "flat_spirit_words", "flat_s2s")}
+    assert len(params) == 1                                              # one model size for every flat row
+    assert all(m[f"{n}_target_tokens"] > 0 for n in steps)
