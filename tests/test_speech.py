@@ -65,6 +65,25 @@ def test_an_interrupted_turn_closes_where_the_voice_stops(tok):
     assert [(t["role"], t["start"], t["end"]) for t in turns] == [(ASSISTANT, 0, int(1.3 / speech.FRAME_S))]
 
 
+def test_a_backchannel_waits_for_a_gap_and_never_delays_the_answer(tok):
+    reply = turn("assistant", "the kotan is red. the lomar is blue.",
+                 [("the", 1.0, 1.1), ("kotan", 1.1, 1.6), ("is", 1.6, 1.7), ("red", 1.7, 2.4),
+                  ("the", 2.6, 2.7), ("lomar", 2.7, 3.2), ("is", 3.2, 3.3), ("blue", 3.3, 3.9)])
+    backchannel = turn("user", "hello there,", [("hello", 1.5, 1.8), ("there", 1.8, 2.0)])
+    alone = speech.text_stream([reply], 60, tok)
+    s = speech.text_stream([reply, backchannel], 60, tok)
+    # every token of the answer where it is without the backchannel: its words keep time with its audio
+    kept = [f for f in range(60) if alone[f] not in (PAD, EPAD)]
+    assert [int(s[f]) for f in kept] == [int(alone[f]) for f in kept]
+    user = [f for f in range(60) if s[f] not in (PAD, EPAD) and alone[f] in (PAD, EPAD)]
+    assert s[user[0]] == USER and s[user[-1]] == EOS and user[0] >= int(1.5 / speech.FRAME_S)
+    assert not any(alone[f] not in (PAD, EPAD) for f in range(user[0], user[-1] + 1))   # written whole, in a gap
+    turns = speech.read_text_stream(s)
+    assert [t["role"] for t in turns] == [ASSISTANT, USER]
+    assert [i for _, i in turns[0]["tokens"]] == [i for i in tok.encode(reply["text"])]   # nothing of the user's in it
+    assert [i for _, i in turns[1]["tokens"]] == tok.encode("hello") + tok.encode("there,")
+
+
 def test_read_text_stream_nests_a_backchannel_inside_the_answer(tok):
     the, red, uh = tok.encode("the")[0], tok.encode("red")[0], tok.encode("hello")[0]
     ids = [PAD, ASSISTANT, the, PAD, USER, uh, EOS, red, EOS, PAD, USER, uh]
