@@ -172,3 +172,31 @@ def test_parameter_counts_differ_by_the_parts_each_variant_drops():
     assert utils.count_params(par) == utils.count_params(full) - depth + K * d * CARD
     text_parts = (VOCAB + 1) * d + VOCAB * d + VOCAB * 16   # embedding, head, the depth's text rows
     assert utils.count_params(mute) == utils.count_params(full) - text_parts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from test_dualstream import make_tiny_run
+    return make_tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.mark.parametrize("variant", [dict(dual_heads="parallel"), dict(dual_text=False)], ids=["parallel", "no_text"])
+def test_stage_align_trains_each_variant_from_the_text_lm(tiny_run, tmp_path, variant):
+    import os
+    import shutil
+    from nanosdm import dualstream
+    cfg = dict(tiny_run, out_dir=str(tmp_path / "out"), **variant)
+    shutil.copytree(tiny_run["out_dir"], cfg["out_dir"])
+    metrics = dualstream.train(cfg, "align")
+    ckpt = utils.load_checkpoint(os.path.join(cfg["out_dir"], "align.pt"))
+    model = load_model(os.path.join(cfg["out_dir"], "align.pt"))
+    assert ckpt["step"] == 6 and model.config["heads"] == variant.get("dual_heads", "depth")
+    assert model.text == variant.get("dual_text", True) == ("align_text_loss" in metrics)
+    rows = ckpt["history"]["train"]
+    if not model.text:    # text-only batches (align_text_frac 0.3) become speech batches: every step has audio
+        assert all("audio" in r and "text" not in r and "text_only" not in r for r in rows)
+    else:                 # the blocks and the text head started from the text LM's
+        lm = utils.load_checkpoint(os.path.join(cfg["out_dir"], "text.pt"))["model"]
+        cos = torch.nn.functional.cosine_similarity(ckpt["model"]["text_head.weight"].flatten(), lm["head.weight"].flatten(), 0)
+        assert cos > 0.8
+    assert 0 < metrics["align_audio_loss"] < 10
