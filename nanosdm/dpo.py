@@ -79,7 +79,7 @@ def token_logprobs(model, inputs, targets):
     text = torch.gather(F.log_softmax(logits, -1), -1, tt.clamp(max=V - 1)[..., None])[..., 0] * (tt < V)
     B, T = tt.shape
     codes = targets[..., 1:1 + K]
-    audio_logits = model.depth(h.reshape(B * T, -1), tt.reshape(-1), codes.reshape(B * T, K)).view(B, T, K, card)
+    audio_logits = model.audio_logits(h.reshape(B * T, -1), tt.reshape(-1), codes.reshape(B * T, K)).view(B, T, K, card)
     audio = torch.gather(F.log_softmax(audio_logits, -1), -1, codes.clamp(0, card - 1)[..., None])[..., 0]
     return torch.cat([text[..., None], audio * (codes < card)], -1)
 

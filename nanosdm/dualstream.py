@@ -21,6 +21,18 @@ Generation (step): the user's K codes of one frame in; the model's text token an
 out, with an explicit KV cache and explicit delay buffers. A conversation longer than the context
 keeps running: when the cache is full, the latest half of the inputs is re-encoded from position 0
 (a sliding window, as a training window is a crop that starts anywhere).
+
+Two constructor values give two more of the survey's paradigms from the same model:
+
+    heads="parallel"  Mini-Omni's parallel generation: no depth transformer, K linear heads on the
+                      temporal state, and Mini-Omni's delays (text at t, codebook k at t + k + 1:
+                      each head finds the frame's text and codebooks 0..k-1 already in its input).
+                      Batch parallel decoding: step(parallel_decoding=True) on a batch whose second
+                      half is a text-only copy of the first (its own audio ZERO), which writes the
+                      text both halves read (live.free_run runs it).
+    text=False        speech to speech, Moshi's ablation without the inner monologue: no text
+                      embedding, no text head, no text loss; the text column is never read and
+                      step() returns no text.
 """
 import math
 import os
@@ -40,11 +52,18 @@ from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer, sample_logits
 
 ZERO = -1               # a token that embeds to exactly zero: "no input on this stream"
+HEADS = ("depth", "parallel")   # the step's K codes: Moshi's depth transformer, or Mini-Omni's K linear heads
 
 
 def default_delays(n_q):
     """Moshi's pattern for 1 text + K assistant + K user streams: [0, 0,1,..,1, 0,1,..,1]."""
     return [0] + ([0] + [1] * (n_q - 1)) * 2
+
+
+def mini_omni_delays(n_q):
+    """Mini-Omni's pattern for the parallel heads: text at 0, assistant codebook k at k + 1; the user's
+    columns as Moshi's, so the two rows hear alike: [0, 1,2,..,K, 0,1,..,1]."""
+    return [0] + list(range(1, n_q + 1)) + default_delays(n_q)[1 + n_q:]
 
 
 def delay(x, delays, fill):
@@ -65,33 +84,42 @@ def undelay(y, delays):
 class DualStream(nn.Module):
     def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
                  depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0,
-                 turn_weight=1.0, ear="codec", ear_mlp=0):
+                 turn_weight=1.0, ear="codec", ear_mlp=0, heads="depth", text=True):
         super().__init__()
-        delays = list(delays or default_delays(n_q))
+        assert heads in HEADS, f"heads={heads!r}: expected one of {HEADS}"
+        delays = list(delays or (mini_omni_delays if heads == "parallel" else default_delays)(n_q))
         assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
         self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
                            depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
-                           semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear, ear_mlp=ear_mlp)
+                           semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear, ear_mlp=ear_mlp,
+                           heads=heads, text=text)
         self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
+        self.text = text   # False: no text stream at all (None below), so the parameter count is honest
         # one table per stream, each with its initial token as the last row
-        self.text_emb = nn.Embedding(vocab_size + 1, d_model)
+        self.text_emb = nn.Embedding(vocab_size + 1, d_model) if text else None
         self.audio_emb = nn.ModuleList(nn.Embedding(card + 1, d_model) for _ in range(2 * n_q))
         self.transformer = Transformer(n_layer, n_head, d_model, causal=True, max_seq_len=context)
-        self.text_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.depth = Depth(d_model, n_q, vocab_size, card, depth_layers, depth_heads, depth_d_model)
+        self.text_head = nn.Linear(d_model, vocab_size, bias=False) if text else None
+        # without text the depth transformer's first input is its INIT row alone (a text vocabulary of 0)
+        self.depth = Depth(d_model, n_q, vocab_size if text else 0, card, depth_layers, depth_heads,
+                           depth_d_model) if heads == "depth" else None
+        self.audio_heads = nn.ModuleList(nn.Linear(d_model, card, bias=False)
+                                         for _ in range(n_q)) if heads == "parallel" else None
         # the ear's own few parameters (ear_mlp > 0): the sum of a frame's K user embeddings is linear,
         # it cannot say "this unit, then that one"; an MLP over the K embeddings side by side can.
         # Its output layer starts at zero, so the model starts exactly as without it.
         self.ear_mlp = nn.Sequential(nn.Linear(n_q * d_model, ear_mlp), nn.GELU(),
                                      nn.Linear(ear_mlp, d_model)) if ear_mlp else None
-        for m in [self.text_emb, *self.audio_emb, self.text_head]:
-            nn.init.normal_(m.weight, std=0.02)
+        for m in [self.text_emb, *self.audio_emb, self.text_head, *(self.audio_heads or [])]:
+            if m is not None:
+                nn.init.normal_(m.weight, std=0.02)
         if self.ear_mlp is not None:
             nn.init.zeros_(self.ear_mlp[2].weight)
             nn.init.zeros_(self.ear_mlp[2].bias)
         # the per-stream initial tokens (INIT) and the loss weights of the text stream
-        self.register_buffer("init_tokens", torch.tensor([vocab_size] + [card] * (2 * n_q)), persistent=False)
+        self.register_buffer("init_tokens", torch.tensor([vocab_size if text else ZERO] + [card] * (2 * n_q)),
+                             persistent=False)
         self.register_buffer("text_weights", torch.ones(vocab_size), persistent=False)
         self.set_text_weights(pad_weight, turn_weight)
         cw = torch.ones(n_q)
@@ -111,26 +139,31 @@ class DualStream(nn.Module):
 
     def init_from_text_lm(self, lm_state):
         """The temporal stack, text embedding and text head from the text LM's state_dict (same
-        width and depth; the RoPE tables are rebuilt for this context)."""
+        width and depth; the RoPE tables are rebuilt for this context). Without text: the blocks only."""
         with torch.no_grad():
-            self.text_emb.weight[:self.vocab_size] = lm_state["embed.weight"]
-            self.text_head.weight.copy_(lm_state["head.weight"])
+            if self.text:
+                self.text_emb.weight[:self.vocab_size] = lm_state["embed.weight"]
+                self.text_head.weight.copy_(lm_state["head.weight"])
         blocks = {k[len("transformer."):]: v for k, v in lm_state.items() if k.startswith("transformer.")}
         self.transformer.load_state_dict(blocks)
 
-    def init_from_codec(self, codebooks, seed=0):
+    def init_from_codec(self, codebooks, seed=0, row_norm=None):
         """Audio embeddings that start from the codec's geometry (with nn.Embedding's N(0, 1)
         rows beside the text LM's small ones the model did not listen). Every audio table
         of a channel is its codebook times one shared random projection P, so the sum of a frame's
         K embeddings is P applied to the quantized latent: the model starts by hearing the codec's
         own latent. Scaled so a frame's sum has the RMS of a text embedding row. Each channel has a
         projection of its own: with one P for both, the same sound in the user's channel and in the
-        model's own embeds identically, and the model starts unable to tell its voice from the user's."""
+        model's own embeds identically, and the model starts unable to tell its voice from the user's.
+        row_norm: a text embedding row's mean norm (default: this model's; a model without text passes
+        the text LM's)."""
         g = torch.Generator().manual_seed(seed)
-        d = self.text_emb.weight.shape[1]
+        d = self.audio_emb[0].weight.shape[1]
         P = [torch.randn(codebooks.shape[-1], d, generator=g) for _ in ("assistant", "user")]
         latent_rms = codebooks.pow(2).sum(-1).mean(-1).sum().sqrt()       # RMS norm of a quantized latent
-        scale = self.text_emb.weight[:self.vocab_size].norm(dim=-1).mean() / (latent_rms * math.sqrt(d))
+        if row_norm is None:
+            row_norm = self.text_emb.weight[:self.vocab_size].norm(dim=-1).mean()
+        scale = row_norm / (latent_rms * math.sqrt(d))
         with torch.no_grad():
             for s in range(2 * self.n_q):
                 if s >= self.n_q and self.config["ear"] == "units":   # the user's columns hold unit ids:
@@ -144,6 +177,8 @@ class DualStream(nn.Module):
         """tokens [B, T, S] (delayed, INIT or ZERO allowed) -> the per-step sum of embeddings [B, T, D]."""
         x, user = 0, []
         for s in range(tokens.shape[-1]):
+            if s == 0 and not self.text:
+                continue              # speech to speech: the text column is never read
             t = tokens[..., s]
             table = self.text_emb if s == 0 else self.audio_emb[s - 1]
             e = table(t.clamp(min=0)) * (t >= 0)[..., None]   # ZERO -> an exact zero vector
@@ -158,43 +193,56 @@ class DualStream(nn.Module):
     def inputs_targets(self, x):
         """Undelayed tokens x [B, T, S] (a window: a conversation from its step 0) -> (inputs, targets),
         both [B, T, S]: targets = the delayed tokens, inputs = INIT then the targets shifted by one.
-        Targets a delay left empty are INIT (masked in the loss)."""
-        y = delay(x, self.delays, self.init_tokens)
-        inputs = torch.cat([self.init_tokens.expand(x.shape[0], 1, -1), y[:, :-1]], 1)
-        return inputs, y
+        Targets a delay left empty are INIT (masked in the loss). A stream that opens ZERO (no input:
+        batch parallel decoding's text-only copy) keeps ZERO there, as text_batch's audio does."""
+        if not self.text:
+            x = torch.cat([torch.full_like(x[..., :1], ZERO), x[..., 1:]], -1)
+        fill = torch.where(x[:, :1] == ZERO, ZERO, self.init_tokens)
+        y = delay(x, self.delays, fill)
+        return torch.cat([fill, y[:, :-1]], 1), y
+
+    def audio_logits(self, h, text, codes):
+        """Teacher forcing: states h [N, D], the step's text tokens [N] and codes [N, K] -> logits
+        [N, K, card]. Parallel heads read h alone: the delays put the frame's text and lower codebooks
+        in h's input already."""
+        if self.depth is None:
+            return torch.stack([head(h) for head in self.audio_heads], 1).float()
+        return self.depth(h, text if self.text else torch.zeros_like(text), codes)
 
     def forward(self, inputs, targets=None, kv_cache=None):
-        """inputs [B, T, S] -> (text logits [B, T, V], temporal states [B, T, D]); with targets
-        [B, T, S], also the loss terms {text, audio, loss, audio_k ...} (audio from the depth
-        transformer under teacher forcing). Text-only batches: audio streams ZERO, no audio loss."""
+        """inputs [B, T, S] -> (text logits [B, T, V] (None without text), temporal states [B, T, D]);
+        with targets [B, T, S], also the loss terms {text, audio, loss, audio_k ...} (audio from the
+        depth transformer or the parallel heads under teacher forcing). Text-only batches: audio
+        streams ZERO, no audio loss. Without text: no text term."""
         h = self.transformer(self.embed(inputs), kv_cache=kv_cache)
-        logits = self.text_head(h).float()
+        logits = self.text_head(h).float() if self.text else None
         if targets is None:
             return logits, h
-        tt = targets[..., 0]
-        text_ce = F.cross_entropy(logits.flatten(0, 1), tt.flatten().clamp(max=self.vocab_size - 1), reduction="none")
-        w = self.text_weights[tt.clamp(max=self.vocab_size - 1)] * (tt < self.vocab_size)
-        losses = {"text": (text_ce * w.flatten()).sum() / w.sum().clamp(min=1)}
+        tt, losses = targets[..., 0], {}
+        if self.text:
+            text_ce = F.cross_entropy(logits.flatten(0, 1), tt.flatten().clamp(max=self.vocab_size - 1),
+                                      reduction="none")
+            w = self.text_weights[tt.clamp(max=self.vocab_size - 1)] * (tt < self.vocab_size)
+            losses["text"] = (text_ce * w.flatten()).sum() / w.sum().clamp(min=1)
         codes = targets[..., 1:1 + self.n_q]
         if (codes >= 0).any():   # not a text-only batch
             N = h.shape[0] * h.shape[1]
-            audio_logits = self.depth(h.reshape(N, -1), tt.reshape(N), codes.reshape(N, -1))
+            audio_logits = self.audio_logits(h.reshape(N, -1), tt.reshape(N), codes.reshape(N, -1))
             ce = F.cross_entropy(audio_logits.flatten(0, 1), codes.reshape(-1).clamp(0, self.card - 1),
                                  reduction="none").view(N, self.n_q)
             mask = (codes.reshape(N, -1) < self.card).float()     # INIT targets: nothing to predict
             per_q = (ce * mask).sum(0) / mask.sum(0).clamp(min=1)
             losses.update({f"audio_{k}": per_q[k] for k in range(self.n_q)})
             losses["audio"] = (per_q * self.codebook_weights).sum()
-            losses["loss"] = losses["text"] + losses["audio"]
-        else:
-            losses["loss"] = losses["text"]
+        assert losses, "a text-only batch for a model without text"
+        losses["loss"] = losses.get("text", 0) + losses.get("audio", 0)
         return logits, h, losses
 
     # --- streaming generation ----------------------------------------------------------------------
 
     def new_state(self, batch_size):
         """Everything a conversation carries from one step to the next, as explicit tensors."""
-        dev, K, S = self.text_head.weight.device, self.n_q, 1 + 2 * self.n_q
+        dev, K, S = self.init_tokens.device, self.n_q, 1 + 2 * self.n_q
         D = max(self.delays)
         return dict(
             cache=self.transformer.new_kv_cache(batch_size, self.context, dev),
@@ -211,7 +259,8 @@ class DualStream(nn.Module):
             keep = self.context // 2 - n
             assert keep > 0, "feed fewer columns at once than half the context"
             old = state["inputs"][:, cache.length - keep:cache.length].clone()
-            old[:, 0] = self.init_tokens      # a window opens with INIT, as every training window does
+            # a window opens with INIT, as every training window does (a stream with no input stays ZERO)
+            old[:, 0] = torch.where(old[:, 0] == ZERO, ZERO, self.init_tokens)
             cache.reset()
             state["inputs"][:, :keep] = old
             self.transformer(self.embed(old), kv_cache=cache)
@@ -244,18 +293,29 @@ class DualStream(nn.Module):
 
     @torch.no_grad()
     def step(self, state, user_codes, text_temp=0.7, text_top_k=25, audio_temp=0.8, audio_top_k=250,
-             force_text=None, force_audio=None):
+             force_text=None, force_audio=None, parallel_decoding=False):
         """One 80 ms step. user_codes [B, K]: the user's codes of frame t. Returns a dict:
         text [B] the text token of step t; audio [B, K] the assistant's complete codes of frame
         t - max(delays) (None for the first steps); text_logits, audio_logits (for the tests).
-        force_text [B] / force_audio [B, K] (delayed column, -1 = sample): teacher forcing."""
+        Without text: text and text_logits None.
+        force_text [B] / force_audio [B, K] (delayed column, -1 = sample): teacher forcing.
+        parallel_decoding (Mini-Omni): rows [B/2:] are text-only copies of rows [:B/2]; their text
+        is both halves' text, and their own audio stays ZERO (they never speak)."""
+        assert self.text or not parallel_decoding, "batch parallel decoding needs a text stream"
         K, D, t = self.n_q, max(self.delays), state["t"]
         tick = time.perf_counter()
+        if parallel_decoding:     # the text-only copies never hear a voice of their own, INIT included
+            state["prev"][state["prev"].shape[0] // 2:, 1:1 + K] = ZERO
         h = self._feed(state, state["prev"][:, None])[:, 0]
-        text_logits = self.text_head(h).float()
-        text = sample_logits(text_logits, text_temp, text_top_k)
-        if force_text is not None:
-            text = torch.where(force_text >= 0, force_text, text)
+        B, text_logits = h.shape[0], None
+        text = torch.full((B,), ZERO, dtype=torch.long, device=h.device)   # without text its column stays ZERO
+        if self.text:
+            text_logits = self.text_head(h).float()
+            text = sample_logits(text_logits, text_temp, text_top_k)
+            if force_text is not None:
+                text = torch.where(force_text >= 0, force_text, text)
+            if parallel_decoding:   # the speaking copy says what the text-only copy writes
+                text = text[B // 2:].repeat(2)
         # a delayed codebook has nothing to say before its delay has passed: INIT, as in training
         force = torch.full((h.shape[0], K), -1, dtype=torch.long, device=h.device)
         for k, d in enumerate(self.delays[1:1 + K]):
@@ -264,8 +324,15 @@ class DualStream(nn.Module):
         if force_audio is not None:
             force = torch.where(force_audio >= 0, force_audio, force)
         tock = time.perf_counter()
-        codes, audio_logits = self.depth.generate(h, text, audio_temp, audio_top_k, force)
-        if "seconds" in state:  # the live loop's cost split (duplex.live): temporal stack vs depth head
+        if self.depth is None:   # parallel heads: the step's K codes at once, each from h alone
+            audio_logits = self.audio_logits(h, text, None)
+            codes = sample_logits(audio_logits.flatten(0, 1), audio_temp, audio_top_k).view(B, K)
+            codes = torch.where(force >= 0, force, codes)
+        else:
+            codes, audio_logits = self.depth.generate(h, text.clamp(min=0), audio_temp, audio_top_k, force)
+        if parallel_decoding:
+            codes[B // 2:] = ZERO
+        if "seconds" in state:  # the live loop's cost split (duplex.live): temporal stack vs depth (or parallel) heads
             state["seconds"]["temporal"] += tock - tick
             state["seconds"]["depth"] += time.perf_counter() - tock
         # the user's frame t joins the buffer; the column of step t becomes the next input
@@ -276,12 +343,14 @@ class DualStream(nn.Module):
         frame = None
         if t >= D:  # frame t - D is complete: codebook k came out at step t - D + delays[k]
             frame = torch.stack([state["out"][:, d, k] for k, d in enumerate(self.delays[1:1 + K])], 1)
-        return dict(text=text, audio=frame, text_logits=text_logits, audio_logits=audio_logits)
+        return dict(text=text if self.text else None, audio=frame, text_logits=text_logits, audio_logits=audio_logits)
 
     @torch.no_grad()
     def generate_text(self, idx, max_new_tokens, temperature=0.0, top_k=None, stop=None):
         """Text-only mode (every audio stream ZERO): the text LM inside the dual-stream model,
         with textlm.TextLM.generate's interface, for the text-retention measurement."""
+        if not self.text:
+            raise ValueError("a model without a text stream (text=False) has no text-only mode")
         B, T = idx.shape
         cache = self.transformer.new_kv_cache(B, min(self.context, T + max_new_tokens), idx.device)
         zeros = torch.full((B, 1, 2 * self.n_q), ZERO, dtype=torch.long, device=idx.device)
@@ -334,7 +403,8 @@ def text_batch(stream, batch_size, length, n_q, gen, device):
 
 
 def build_model(cfg):
-    """A dual-stream model for this config, started from the text LM and the codec."""
+    """A dual-stream model for this config, started from the text LM and the codec. dual_heads and
+    dual_text choose the paradigm (absent: Moshi's)."""
     from nanosdm.codec import Codec
     lm = utils.load_checkpoint(os.path.join(cfg["out_dir"], "text.pt"))
     lc = lm["config"]
@@ -346,9 +416,10 @@ def build_model(cfg):
     model = DualStream(lc["vocab_size"], codec.config["codebook_size"], codec.n_q, lc["n_layer"], lc["n_head"],
                        lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
                        cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"],
-                       cfg["dual_turn_weight"], cfg["dual_ear"], cfg["dual_ear_mlp"])
+                       cfg["dual_turn_weight"], cfg["dual_ear"], cfg["dual_ear_mlp"],
+                       cfg.get("dual_heads", "depth"), cfg.get("dual_text", True))
     model.init_from_text_lm(lm["model"])
-    model.init_from_codec(codec.quantizer.embed.float().cpu())
+    model.init_from_codec(codec.quantizer.embed.float().cpu(), row_norm=lm["model"]["embed.weight"].norm(dim=-1).mean())
     return model
 
 
@@ -374,7 +445,7 @@ def plot_layout(model, x, tok, path, title="one training window: the streams aft
     grid = np.where(y[:, 1:] == model.card, -1, y[:, 1:]).T.astype(float)    # [2K, T]
     fig, (ax_t, ax_a) = utils.figure(2, 1, figsize=(max(8, T * 0.32), 2 + 0.35 * S), sharex=True,
                                      gridspec_kw=dict(height_ratios=[1, 2 * K]))
-    names = {PAD: "·", EPAD: "E"}
+    names = {PAD: "·", EPAD: "E", ZERO: "-"}     # ZERO: a model without text
     for t in range(T):
         i = int(y[t, 0])
         piece = names.get(i) or tok.sp.id_to_piece(i).replace("\u2581", "_")
@@ -412,13 +483,14 @@ def train(cfg, stage, stop_step=None):
         model = load_model(os.path.join(out_dir, "align.pt"), device).train()
     model.set_text_weights(cfg["dual_pad_weight"], cfg["dual_turn_weight"])
     model.train()
-    frozen = list(model.transformer.parameters()) + [model.text_emb.weight, model.text_head.weight] if p("freeze") else []
+    text_tables = [m.weight for m in (model.text_emb, model.text_head) if m is not None]
+    frozen = [*model.transformer.parameters(), *text_tables] if p("freeze") else []
     for q in frozen:
         q.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=p("lr"), betas=(0.9, 0.95), weight_decay=0.0)
     B, T, max_steps = p("batch_size"), cfg["dual_context"], p("max_steps")
-    print(f"{stage}: {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M parameters "
+    print(f"{stage}: {utils.count_params(model) / 1e6:.2f}M parameters "
           f"({sum(q.numel() for q in params) / 1e6:.2f}M trained), {len(streams):,} frames "
           f"({len(streams) * FRAME_S / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
           f"{p('text_frac'):.0%} text-only batches")
@@ -446,7 +518,8 @@ def train(cfg, stage, stop_step=None):
         for g in opt.param_groups:
             g["lr"] = lr
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # the batch depends on the step: resumable
-        if torch.rand(1, generator=gen).item() < p("text_frac"):
+        text_step = torch.rand(1, generator=gen).item() < p("text_frac")
+        if text_step and model.text:        # a model without text gets the speech batch instead
             inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
         else:
             inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
@@ -460,8 +533,8 @@ def train(cfg, stage, stop_step=None):
         opt.zero_grad(set_to_none=True)
         step += 1
         row = {k: round(utils.mean_over_ranks(v.item()), 4) for k, v in losses.items() if k != "loss"}
-        key = "text_only" if "audio" not in row else "text"
-        row[key] = row.pop("text")
+        if "text" in row:
+            row["text_only" if "audio" not in row else "text"] = row.pop("text")
         history["train"].append(dict(step=step, **row))
         pbar.update(1)
         pbar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items() if not k.startswith("audio_")})
@@ -473,5 +546,8 @@ def train(cfg, stage, stop_step=None):
         return {}
     plot_losses(history, os.path.join(out_dir, "plots", f"{stage}_loss.png"), f"stage {stage}: loss per stream")
     mean = lambda k: round(float(np.mean([r[k] for r in history["train"] if k in r][-50:])), 4)   # last 50 with it
-    return {f"{stage}_text_loss": mean("text"), f"{stage}_audio_loss": mean("audio"),
-            f"{stage}_semantic_loss": mean("audio_0"), f"{stage}_train_seconds": round(time.time() - t0, 1)}
+    figures = {f"{stage}_audio_loss": mean("audio"), f"{stage}_semantic_loss": mean("audio_0"),
+               f"{stage}_train_seconds": round(time.time() - t0, 1)}
+    if model.text:        # a model without text has no text loss
+        figures[f"{stage}_text_loss"] = mean("text")
+    return figures

@@ -43,6 +43,7 @@ from nanosdm.textlm import TextLM
 from nanosdm.tokenizer import ASSISTANT, BOS, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 from nanosdm.transformer import sample_logits
 from nanosdm.units import HOP, SAMPLE_RATE, Units, dedup
+from nanosdm.utils import count_params
 
 UNIT_S = HOP / SAMPLE_RATE          # 0.02 s: one unit frame
 MARKERS = ("[SPEECH]", "[TEXT]", "[ANSWER]")
@@ -98,10 +99,6 @@ def grow(text_lm, n_units, block_size=None, init="mean", seed=0):
             else:
                 raise ValueError(f"flat_init={init!r}: expected 'mean' or 'normal'")
     return model, v
-
-
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def start_model(path, n_units, block_size, init, seed):

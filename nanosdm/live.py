@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.corpus.speech import UNITS_PER_FRAME, ear_codes, encode_channels, read_text_stream
+from nanosdm.dualstream import ZERO
 from nanosdm.tokenizer import ASSISTANT, USER
 
 # Sampling: text temperature and top-k; audio temperature and top-k. The one place they are set:
@@ -100,7 +101,8 @@ class LiveSession:
         self.secs["codec_enc"] += time.perf_counter() - tick
         force_text, force_audio = self._forced(t)
         out = self.model.step(self.state, user[:, :, 0], *self.temps, force_text=force_text, force_audio=force_audio)
-        result = dict(t=t, text=int(out["text"][0]), user_codes=user[0, :, 0].cpu(), frame=None, codes=None, wav=None)
+        text = None if out["text"] is None else int(out["text"][0])   # None: a model without text
+        result = dict(t=t, text=text, user_codes=user[0, :, 0].cpu(), frame=None, codes=None, wav=None)
         if out["audio"] is not None:     # frame t - D is complete: decode it
             tick = time.perf_counter()
             chunk, self.dec = self.codec.decode_step(out["audio"][:, :, None], self.dec)
@@ -185,15 +187,23 @@ def monologue_parts(ids):
 
 
 @torch.no_grad()
-def free_run(model, history, user, silence, temps, batch_size=64, force_text=None):
+def free_run(model, history, user, silence, temps, batch_size=64, force_text=None, parallel_decoding=False):
     """history [B, H, S] teacher-forced steps, then user [B, F, K] heard while the model runs freely.
     force_text [B, F] (optional, -1 = the model's own): text tokens written for it, e.g. the
     recording's words, to measure what it does when it has heard (or says) the right words.
-    -> (text tokens [B, F], the assistant's codes [B, F, K] of those F steps)."""
+    parallel_decoding: Mini-Omni's batch parallel decoding. Each row runs beside a text-only copy of
+    itself (the same history and user audio, its own audio ZERO: it only writes), and speaks the
+    text that copy writes: the text is not pulled off course by the model's own voice.
+    -> (text tokens [B, F] (None for a model without text), the assistant's codes [B, F, K] of those F steps)."""
     D = max(model.delays)
     texts, codes = [], []
     for b in range(0, history.shape[0], batch_size):
         h, u = history[b:b + batch_size], user[b:b + batch_size]
+        n = h.shape[0]
+        if parallel_decoding:   # rows n.. are the text-only copies
+            mute = h.clone()
+            mute[..., 1:1 + model.n_q] = ZERO
+            h, u = torch.cat([h, mute]), torch.cat([u, u])
         state = model.new_state(h.shape[0])
         if h.shape[1]:
             model.prefill(state, h)
@@ -201,18 +211,20 @@ def free_run(model, history, user, silence, temps, batch_size=64, force_text=Non
         for f in range(u.shape[1] + D):
             frame = u[:, f] if f < u.shape[1] else silence.expand(h.shape[0], -1)
             forced = force_text[b:b + batch_size, f].to(frame.device) if force_text is not None and f < u.shape[1] else None
-            out = model.step(state, frame, *temps, force_text=forced)
-            if f < u.shape[1]:
-                tx.append(out["text"])
+            if forced is not None and parallel_decoding:
+                forced = forced.repeat(2)
+            out = model.step(state, frame, *temps, force_text=forced, parallel_decoding=parallel_decoding)
+            if f < u.shape[1] and out["text"] is not None:
+                tx.append(out["text"][:n])
             if out["audio"] is not None:
                 au.append(out["audio"])
         if h.shape[1] == 0:  # frames 0 .. F-1 (the first D steps complete no frame)
             au = au[:u.shape[1]]
         else:                # the first output completes frame H - D, part of the history
             au = au[D:D + u.shape[1]]
-        texts.append(torch.stack(tx, 1))
-        codes.append(torch.stack(au, 1))
-    return torch.cat(texts), torch.cat(codes)
+        texts.append(torch.stack(tx, 1) if tx else None)
+        codes.append(torch.stack(au, 1)[:n])
+    return (None if texts[0] is None else torch.cat(texts)), torch.cat(codes)
 
 
 def qa_batch(streams, items, history, silence, pad_col):

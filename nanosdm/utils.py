@@ -270,6 +270,11 @@ def load_model(cls, path, device="cpu"):
     return model.eval()
 
 
+def count_params(model):
+    """Every parameter of a model: the paradigms are compared at (about) equal counts."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def update_report(out_dir, metrics, drop=()):
     """Merge metrics (name -> number) into out_dir/report.json, a flat JSON object, after removing
     the keys in drop (a stage's old figures)."""

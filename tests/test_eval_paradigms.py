@@ -1,0 +1,79 @@
+"""The paradigm table's row figures on tiny generated fixtures: the keys, the figures the format fixes
+(steps per second, first audio, parameters), and the QA figures where a row writes text or speaks."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from nanosdm import dualstream, flat, utils
+from nanosdm.asr import ASR
+from nanosdm.eval import paradigms
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """make_tiny_run's out/ with an unseen_voice split (the train split's dialogues) and an untrained
+    recognizer as asr.pt: enough for every figure to be computed, none to be good."""
+    from test_dualstream import make_tiny_run
+    cfg = make_tiny_run(tmp_path_factory.mktemp("run"))
+    speech = os.path.join(cfg["out_dir"], "speech")
+    for f in os.listdir(speech):
+        if f.startswith("train"):
+            shutil.copy(os.path.join(speech, f), os.path.join(speech, "unseen_voice" + f[len("train"):]))
+    torch.manual_seed(0)
+    asr = ASR(n_layer=1, n_head=2, d_model=32)
+    utils.save_checkpoint(os.path.join(cfg["out_dir"], "asr.pt"), dict(model=asr.state_dict(), config=asr.config))
+    return dict(cfg, sft_eval_history=8)
+
+
+@pytest.mark.parametrize("name,variant,parallel_decoding", [
+    ("moshi", dict(), False), ("miniomni", dict(dual_heads="parallel"), True), ("s2s", dict(dual_text=False), False)])
+def test_a_dual_stream_rows_figures(run, tmp_path, name, variant, parallel_decoding):
+    cfg = dict(run, out_dir=str(tmp_path / "out"), **variant)
+    shutil.copytree(run["out_dir"], cfg["out_dir"])
+    dualstream.train(cfg, "align")
+    path = os.path.join(cfg["out_dir"], "align.pt")
+    model = dualstream.load_model(path)
+    figures = paradigms.evaluate_dual_row(cfg, name, path, parallel_decoding)
+    key = lambda f: f"paradigm_{name}_{f}"
+    D = max(model.delays)
+    assert D == (2 if name == "miniomni" else 1)            # 2 codebooks: Mini-Omni's delays 1, 2
+    assert figures[key("qa_questions")] == 3 and figures[key("params")] == utils.count_params(model)
+    assert figures[key("steps_per_s")] == 12.5 and figures[key("first_audio_ms")] == 80 * (1 + D)
+    assert figures[key("first_audio_steps")] == 1 + D and figures[key("batch_per_reply")] == 1 + parallel_decoding
+    assert (key("qa_text") in figures) == model.text      # a row without text has no text figure
+    shares = (0.0, 0.3333, 0.6667, 1.0)                      # of the 3 questions
+    assert figures[key("qa_speech")] in shares and figures.get(key("qa_text"), 0.0) in shares
+
+
+def test_a_flat_rows_figures(run):
+    from nanosdm.tokenizer import Tokenizer
+    tok = Tokenizer.load(os.path.join(run["out_dir"], "tokenizer.model"))
+    torch.manual_seed(0)
+    model, v = flat.start_model(os.path.join(run["out_dir"], "text.pt"), 12, 64, "mean", 0)
+    model.eval()
+    # an untrained model closes its reply at once: a head that prefers units (a bias) speaks until
+    # max_new_tokens ends the reply
+    head = torch.nn.Linear(model.head.in_features, model.head.out_features)
+    with torch.no_grad():
+        head.weight.copy_(model.head.weight)
+        head.bias.zero_()
+        head.bias[v.n_text:v.n_text + v.n_units] = 10.0
+    model.head = head
+    items = [dict(question_units=[3, 1, 4, 1, 5, 9], question="what colour is the kotan?", answer="red"),
+             dict(question_units=[2, 7, 1, 8], question="what colour is the kotan?", answer="blue")]
+    speak = lambda units: torch.zeros(len(units) * 320)     # 20 ms of (silent) voice per unit
+    asr = ASR.load(os.path.join(run["out_dir"], "asr.pt"))
+    figures = paradigms.flat_row("speech", model, v, tok, items, speak, asr, start=[v.speech], max_new_tokens=20)
+    replies = [flat.respond(model, v, it["question_units"], start=[v.speech], max_new_tokens=20) for it in items]
+    n_units = sum(len(r["answer_units"]) for r in replies)
+    assert n_units > 0                                       # the constraint keeps a speech span in units
+    key = lambda f: f"paradigm_speech_{f}"
+    assert figures[key("steps_per_s")] == round(sum(len(r["reply"]) for r in replies) / (n_units * 0.02), 2)
+    assert figures[key("first_audio_steps")] == 2            # [SPEECH] then its first unit
+    assert figures[key("params")] == utils.count_params(model) and figures[key("qa_questions")] == 2
+    assert figures[key("qa_speech")] == 0.0                  # silence says nothing
+    assert key("qa_text") not in figures                     # the speech row writes no answer text
