@@ -72,8 +72,8 @@ units_n_layer = 4
 units_n_head = 4
 units_d_model = 128
 units_layer = 2                # the block whose output is clustered (1-based, a middle one)
-units_causal = False           # causal attention and convolutions, a fixed mel normalisation: units that
-units_window = 0               # ... stream (UnitStream); the frames each position attends to (0: all)
+units_causal = True            # causal attention and convolutions, a fixed mel normalisation: units that
+units_window = 100             # ... stream (UnitStream) for the dual-stream model's ear; the frames each position attends to (0: all)
 units_proj_dim = 64            # space of the cosine-similarity logits
 units_temperature = 0.1
 units_mask_prob = 0.08         # share of frames that start a masked span
@@ -146,8 +146,9 @@ dual_context = 256             # steps the temporal transformer sees (20 s); the
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
 dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
-dual_ear = "codec"             # what the user stream holds: the codec's codes, or "units": the causal units'
-                               # ids of each 80 ms (needs --units_causal=True --units_window=N; corpus/speech.py)
+dual_ear = "units"             # what the user stream holds: the causal units' ids of each 80 ms (needs units_causal
+                               # and units_window; corpus/speech.py), or "codec": the codec's codes (Moshi's symmetry;
+                               # unseen-voice names heard after align: 7.5% against 23.8% through the units)
 dual_ear_mlp = 0               # width of an MLP reading a frame's K user columns side by side, added to their sum (0: none)
 dual_depth_layers = 2
 dual_depth_heads = 4

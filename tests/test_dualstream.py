@@ -216,7 +216,7 @@ def make_tiny_run(root):
         "--text_max_steps=4", "--text_eval_interval=4", "--text_eval_batches=1", "--tokenizer_vocab_size=100",
         "--dual_context=32", "--dual_depth_layers=1", "--dual_depth_heads=2", "--dual_depth_d_model=16",
         "--align_batch_size=2", "--align_max_steps=6", "--align_ckpt_interval=2", "--align_warmup=2",
-        "--align_text_frac=0.3"])
+        "--align_text_frac=0.3", "--dual_ear=codec"])   # random codec codes in both channels: no units to hear through
     cfg.update(device="cpu", data_dir=str(root / "data"), out_dir=str(root / "out"))
     write_world(cfg["data_dir"], n_docs=60)
     utils.seed_everything(0)
