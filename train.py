@@ -432,6 +432,8 @@ def main(argv):
             cfg[key] and realdata.parse(cfg[key])
         except ValueError as e:
             raise SystemExit(f"--{key}={cfg[key]}: {e}") from None
+    if cfg["dual_ear"] == "units" and cfg["codec_n_q"] % 4:   # a frame's user columns hold its 4 units (corpus/speech.py)
+        raise SystemExit(f"--dual_ear=units needs --codec_n_q a multiple of 4 (got {cfg['codec_n_q']}); or --dual_ear=codec")
     main_rank = utils.is_main()
     log = print if main_rank else (lambda *a, **k: None)
     log(f"nanosdm: preset={cfg['preset']} device={cfg['device']} out={cfg['out_dir']}"

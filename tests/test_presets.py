@@ -177,7 +177,7 @@ def test_bf16_autocast_paths_train(small, tmp_path, monkeypatch):
         "--device=cpu", "--seed=3", "--codec_autocast=True", "--codec_adv_weight=1.0", "--codec_adv_start=1",
         "--codec_vq_start=1", "--codec_max_steps=2", "--codec_batch_size=1", "--codec_segment_frames=8",
         "--codec_dim=32", "--codec_sub_dim=16", "--codec_enc_layers=1", "--codec_dec_layers=1", "--codec_sub_layers=1",
-        "--codec_latent_dim=8", "--codec_n_q=2", "--codec_codebook_size=16", "--codec_init_batches=1",
+        "--codec_latent_dim=8", "--codec_n_q=4", "--codec_codebook_size=16", "--codec_init_batches=1",
         "--codec_distill_weight=0", "--codec_adv_frames=4",
         "--text_n_layer=1", "--text_n_head=2", "--text_d_model=32", "--text_block_size=64", "--text_batch_size=1",
         "--text_max_steps=2", "--text_eval_interval=1", "--text_eval_batches=1", "--text_ckpt_interval=1",

@@ -151,7 +151,7 @@ UNITS = dict(units_k=8, units_k_targets=8, units_n_layer=1, units_n_head=2, unit
              units_warmup=1, units_weight_decay=0.0, units_grad_clip=1.0, units_kmeans_iters=3, units_kmeans_frames=2000,
              units_max_train_hours=0.0, units_ckpt_interval=100, units_targets="canonical")
 CODEC = ["--codec_dim=32", "--codec_sub_dim=16", "--codec_enc_layers=1", "--codec_dec_layers=1", "--codec_sub_layers=1",
-         "--codec_latent_dim=8", "--codec_n_q=2", "--codec_codebook_size=16", "--codec_batch_size=2",
+         "--codec_latent_dim=8", "--codec_n_q=4", "--codec_codebook_size=16", "--codec_batch_size=2",
          "--codec_segment_frames=4", "--codec_max_steps=4", "--codec_vq_start=2", "--codec_init_batches=1",
          "--codec_eval_clips=2", "--codec_distill_weight=0"]
 ASR = dict(asr_n_layer=1, asr_n_head=2, asr_d_model=32, asr_dropout=0.0, asr_batch_size=2, asr_max_steps=3, asr_lr=3e-3,

@@ -33,7 +33,7 @@ TINY = [           # tiny widths, a handful of dialogues, no extra synthesized s
     "--units_d_model=32", "--units_layer=1", "--units_proj_dim=16", "--units_crop_seconds=1.0",
     "--units_batch_size=4", "--units_warmup=2", "--units_kmeans_iters=3", "--units_kmeans_frames=4000",
     "--codec_dim=32", "--codec_sub_dim=16", "--codec_enc_layers=1", "--codec_dec_layers=1", "--codec_sub_layers=1",
-    "--codec_latent_dim=8", "--codec_n_q=2", "--codec_codebook_size=16", "--codec_batch_size=2",
+    "--codec_latent_dim=8", "--codec_n_q=4", "--codec_codebook_size=16", "--codec_batch_size=2",
     "--codec_segment_frames=8", "--codec_vq_start=3", "--codec_init_batches=1", "--codec_warmup=2",
     "--codec_eval_clips=4",
     "--asr_n_layer=1", "--asr_n_head=2", "--asr_d_model=32", "--asr_batch_size=4", "--asr_warmup=2",
