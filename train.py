@@ -143,7 +143,7 @@ asr_char_bonus = 2.0           # score added per character, against the LM's bia
 asr_ckpt_interval = 100
 # --- speech, align, sft: the dual-stream model (nanosdm/corpus/speech.py, dualstream.py, depth.py)
 dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
-dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "" = Moshi's 0,0,1,..
+dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "": Moshi's, the units undelayed
 dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
 dual_ear = "units"             # what the user stream holds: the causal units' ids of each 80 ms (needs units_causal

@@ -55,15 +55,23 @@ ZERO = -1               # a token that embeds to exactly zero: "no input on this
 HEADS = ("depth", "parallel")   # the step's K codes: Moshi's depth transformer, or Mini-Omni's K linear heads
 
 
-def default_delays(n_q):
-    """Moshi's pattern for 1 text + K assistant + K user streams: [0, 0,1,..,1, 0,1,..,1]."""
-    return [0] + ([0] + [1] * (n_q - 1)) * 2
+def user_delays(n_q, ear="codec"):
+    """The user's K columns: Moshi's [0, 1, .., 1] for codec codes (a frame's acoustic codes a step
+    after its semantic one, as the model's own). Through the units (ear="units") the columns are four
+    successive 20 ms of one frame, nothing to stagger: all heard at once (after align, unseen voices:
+    transcript WER 49.9% -> 30.6%, names 23.8% -> 31.3%, one run each)."""
+    return [0] * n_q if ear == "units" else [0] + [1] * (n_q - 1)
 
 
-def mini_omni_delays(n_q):
+def default_delays(n_q, ear="codec"):
+    """Moshi's pattern for 1 text + K assistant + K user streams: [0, 0,1,..,1, user_delays]."""
+    return [0, 0] + [1] * (n_q - 1) + user_delays(n_q, ear)
+
+
+def mini_omni_delays(n_q, ear="codec"):
     """Mini-Omni's pattern for the parallel heads: text at 0, assistant codebook k at k + 1; the user's
-    columns as Moshi's, so the two rows hear alike: [0, 1,2,..,K, 0,1,..,1]."""
-    return [0] + list(range(1, n_q + 1)) + default_delays(n_q)[1 + n_q:]
+    columns as in default_delays, so the two rows hear alike: [0, 1,2,..,K, user_delays]."""
+    return [0] + list(range(1, n_q + 1)) + user_delays(n_q, ear)
 
 
 def delay(x, delays, fill):
@@ -87,7 +95,7 @@ class DualStream(nn.Module):
                  turn_weight=1.0, ear="codec", ear_mlp=0, heads="depth", text=True):
         super().__init__()
         assert heads in HEADS, f"heads={heads!r}: expected one of {HEADS}"
-        delays = list(delays or (mini_omni_delays if heads == "parallel" else default_delays)(n_q))
+        delays = list(delays or (mini_omni_delays if heads == "parallel" else default_delays)(n_q, ear))
         assert len(delays) == 1 + 2 * n_q, f"{len(delays)} delays for {1 + 2 * n_q} streams"
         self.config = dict(vocab_size=vocab_size, card=card, n_q=n_q, n_layer=n_layer, n_head=n_head,
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,

@@ -26,6 +26,8 @@ def test_delay_then_undelay_is_identity():
     x = random_tokens(2, 10)
     delays = default_delays(K)
     assert delays == [0, 0, 1, 1, 0, 1, 1]
+    assert default_delays(K, ear="units") == [0, 0, 1, 1, 0, 0, 0]     # a units frame's columns: heard at once
+    assert tiny(ear="units").delays == default_delays(K, ear="units")
     y = delay(x, delays, -5)
     assert (y[:, 0, 2] == -5).all() and (y[:, 0, :2] == x[:, 0, :2]).all()
     assert torch.equal(y[:, 1:, 2], x[:, :-1, 2])
