@@ -150,6 +150,8 @@ dual_ear = "units"             # what the user stream holds: the causal units' i
                                # and units_window; corpus/speech.py), or "codec": the codec's codes (Moshi's symmetry;
                                # unseen-voice names heard after align: 7.5% against 23.8% through the units)
 dual_ear_mlp = 0               # width of an MLP reading a frame's K user columns side by side, added to their sum (0: none)
+dual_heads = "depth"           # a step's K codes: "depth" (Moshi's depth transformer) or "parallel" (Mini-Omni's K heads, its delays)
+dual_text = True               # the inner monologue; False: speech to speech, the text stream never read (Moshi's ablation)
 dual_depth_layers = 2
 dual_depth_heads = 4
 dual_depth_d_model = 128
