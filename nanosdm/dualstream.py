@@ -463,7 +463,8 @@ def plot_layout(model, x, tok, path, title="one training window: the streams aft
     ax_a.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
     ax_a.imshow(np.ma.masked_greater_equal(grid, 0), aspect="auto", cmap="gray", interpolation="nearest")
     ax_a.set_yticks(range(2 * K), [f"assistant {k} (+{model.delays[1 + k]})" for k in range(K)]
-                    + [f"user {k} (+{model.delays[1 + K + k]})" for k in range(K)], fontsize=7)
+                    + [f"{'user unit' if model.config['ear'] == 'units' else 'user'} {k} (+{model.delays[1 + K + k]})"
+                       for k in range(K)], fontsize=7)
     ax_a.axhline(K - 0.5, color="white", lw=2)
     ax_a.set_xlabel("step (80 ms)")
     ax_t.set_title(title)
