@@ -145,6 +145,7 @@ asr_ckpt_interval = 100
 dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "": Moshi's, the units undelayed
 dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
+dual_user_lag = 1              # frames from a heard word's end to its first token in the text stream
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
 dual_ear = "units"             # what the user stream holds: the causal units' ids of each 80 ms (needs units_causal
                                # and units_window; corpus/speech.py), or "codec": the codec's codes (Moshi's symmetry;
@@ -311,7 +312,7 @@ STAGES = [
     ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too
      ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
     ("speech", step("corpus.speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
-     ["dual_user_text", "dual_markers", "dual_ear", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
+     ["dual_user_text", "dual_user_lag", "dual_markers", "dual_ear", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
     ("align", step("dualstream", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
      ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
     ("sft", step("dualstream", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues

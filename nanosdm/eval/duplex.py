@@ -175,7 +175,7 @@ def scenario(kind, seed, world, voices):
                 question=asked["text"], answer=asked["answer"], voice=user["voice"])
 
 
-def scenario_script(sc, codec, tok, user_text=True, markers=True):
+def scenario_script(sc, codec, tok, user_lag=1):
     """The model's channel for the scenario's script: (text [F], codes [F, K]) or (None, None),
     the same streams the speech stage builds from a dialogue, cut where the model takes over."""
     n_script = int(round(sc["script_s"] / FRAME_S))
@@ -183,13 +183,13 @@ def scenario_script(sc, codec, tok, user_text=True, markers=True):
         return None, None
     wav = torch.stack([sc["model"], sc["user"]])
     codes = encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)
-    text = text_stream(sc["turns"], codes.shape[0], tok, user_text, markers).astype(np.int64)
+    text = text_stream(sc["turns"], codes.shape[0], tok, user_lag=user_lag).astype(np.int64)
     return torch.from_numpy(text[:n_script]), torch.from_numpy(codes[:n_script])
 
 
-def run_scenario(model, codec, tok, sc, temps=live.TEMPS, ear=None):
+def run_scenario(model, codec, tok, sc, temps=live.TEMPS, ear=None, user_lag=1):
     """A scenario through the live loop -> the live result plus where the model spoke."""
-    text, codes = scenario_script(sc, codec, tok)
+    text, codes = scenario_script(sc, codec, tok, user_lag)
     out = live.live(model, codec, sc["user"], text, codes, temps, ear)
     out["said"] = monologue_segments(tok, out["text"])
     out["voiced"] = vad_segments(out["wav"])
@@ -381,7 +381,7 @@ def evaluate_duplex(cfg):
     for k, kind in enumerate(KINDS):
         for i in tqdm(range(n), desc=f"duplex {kind}", unit="scenario"):
             sc = scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
-            out = run_scenario(model, codec, tok, sc, temps, ear)
+            out = run_scenario(model, codec, tok, sc, temps, ear, cfg["dual_user_lag"])
             said.setdefault(kind, []).append(score(kind, sc["events"], out["said"], sc["answer"]))
             voiced.setdefault(kind, []).append(score(kind, sc["events"], out["voiced"], sc["answer"]))
             for part in cost:
