@@ -76,9 +76,9 @@ def text_stream(turns, n_frames, tok, user_text=True, markers=True, user_lag=1):
     a frame from the word's start. A heard (user) word is written once it is heard whole: its tokens
     one a frame from `user_lag` frames after the frame of its end (1: the next frame). A name is one
     token, and written once half of it was heard (as this stream did before) the model had to guess
-    it from its first syllables: after align, unseen voices, names in its transcript 31% -> see
-    docs/results.md. A turn cut short by an interruption closes with EOS where the voice stops, not
-    after its last word.
+    it from its first syllables: written once heard whole, the names it hears in new voices went
+    from 31% to 58% after align (docs/results.md). A turn cut short by an interruption closes with
+    EOS where the voice stops, not after its last word.
 
     One stream, two speakers: a user turn heard while the assistant speaks (a backchannel, the start
     of an interruption) is written afterwards, whole, in the first run of frames the assistant's words
