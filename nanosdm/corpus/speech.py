@@ -285,9 +285,15 @@ class Streams:
 
 def align_plans(cfg, rng):
     """(channel, text, voice) for the ASR-like user turns (training questions in training voices,
-    plus turns of scrambled words and new names, which force listening as in the ASR stage) and
-    the TTS-like assistant turns (replies in the assistant's voice)."""
-    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    plus turns of scrambled words and names, which force listening as in the ASR stage) and
+    the TTS-like assistant turns (replies in the assistant's voice).
+
+    The scrambled turns name every creature of the world, the text-only ones too: a name is one
+    token, and a name never heard cannot be transcribed, so without them the text_only split
+    measured whether the ear guesses unheard words, not whether text knowledge reaches speech.
+    Their facts are never spoken: no question or reply here is about a text-only creature."""
+    everyone = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))
+    world = [e for e in everyone if not e["text_only"]]
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["seen_voices"]
     vocab = sorted({w for e in world for a in spokenworld.ATTRIBUTES for w in spokenworld.ATTRIBUTES[a][2][0].format(e=e["name"]).split()})
@@ -298,7 +304,7 @@ def align_plans(cfg, rng):
             voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
             text = ex["question"]
             if rng.random() < cfg["align_scrambled_frac"]:
-                words = [rng.choice(vocab) if rng.random() > 0.3 else rng.choice(world)["name"] for _ in range(rng.randint(2, 7))]
+                words = [rng.choice(vocab) if rng.random() > 0.3 else rng.choice(everyone)["name"] for _ in range(rng.randint(2, 7))]
                 text = " ".join(words) + "."
             plans.append((spokenworld.USER, text, voice, rng.uniform(0.25, 0.6)))
         else:
