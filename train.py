@@ -145,7 +145,7 @@ asr_ckpt_interval = 100
 dual_context = 256             # steps the temporal transformer sees (20 s); the text LM's block_size covers it
 dual_delays = ""               # per stream, comma-separated (1 text, K assistant, K user); "": Moshi's, the units undelayed
 dual_user_text = True          # the text stream also transcribes the user (corpus/speech.py explains why)
-dual_user_lag = 1              # frames from a heard word's end to its first token in the text stream
+dual_user_lag = 2              # frames from a heard word's end to its first token (names heard after align: 1: 58%, 2: 70%)
 dual_markers = True            # turns open with USER/ASSISTANT and close with EOS, as in the text corpus
 dual_ear = "units"             # what the user stream holds: the causal units' ids of each 80 ms (needs units_causal
                                # and units_window; corpus/speech.py), or "codec": the codec's codes (Moshi's symmetry;

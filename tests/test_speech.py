@@ -41,15 +41,15 @@ def test_user_words_after_they_are_heard_with_turn_markers(tok):
     user = turn("user", "what colour is the kotan?", [("what", 0.10, 0.30), ("colour", 0.30, 0.60), ("is", 0.62, 0.70),
                                                      ("the", 0.70, 0.80), ("kotan", 0.80, 1.20)])
     reply = turn("assistant", "the kotan is red.", [("the", 2.0, 2.1), ("kotan", 2.1, 2.5), ("is", 2.5, 2.6), ("red", 2.6, 2.9)])
-    s = speech.text_stream([user, reply], 60, tok)
+    s = speech.text_stream([user, reply], 60, tok, user_lag=1)
     # a heard word is written once it is heard whole: "what" (0.10-0.30 s, its end in frame 3) is
     # [USER, what] from frame 4; the name "kotan" (one token, ends in frame 15) at frame 16, not
     # while half of it is still to come; then "?" and the user's EOS
     assert s[4] == USER and s[5] == tok.encode("what")[0] and s[3] == EPAD
     end = int(1.20 / speech.FRAME_S)
     assert list(s[end + 1:end + 4]) == tok.encode("kotan?") + [EOS]
-    late = speech.text_stream([user, reply], 60, tok, user_lag=3)  # three frames later: the user's tokens move, the reply's stay
-    assert list(late[end + 3:end + 6]) == tok.encode("kotan?") + [EOS]
+    late = speech.text_stream([user, reply], 60, tok)   # the default lag, 2: the user's tokens a frame later, the reply's stay
+    assert list(late[end + 2:end + 5]) == tok.encode("kotan?") + [EOS]
     assert [f for f in range(25, 60) if late[f] != PAD] == [f for f in range(25, 60) if s[f] != PAD]
     # the reply's marker the frame before its first word, whose first token starts with its audio
     assert int(np.flatnonzero(s == ASSISTANT)[0]) == int(2.0 / speech.FRAME_S) - 1

@@ -48,6 +48,7 @@ from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
 SPLITS = spokenworld.SPEECH_SPLITS + ("align",)
+USER_LAG = 2            # frames from a heard word's end to its first token (text_stream says why)
 
 
 # -----------------------------------------------------------------------------
@@ -69,16 +70,18 @@ def word_tokens(tok, turn, markers=True):
     return out
 
 
-def text_stream(turns, n_frames, tok, user_text=True, markers=True, user_lag=1):
+def text_stream(turns, n_frames, tok, user_text=True, markers=True, user_lag=USER_LAG):
     """The text stream of one dialogue: uint16 [n_frames] (see the top of the file).
 
     Each token has an earliest frame. The assistant writes a word as it starts saying it: one token
     a frame from the word's start. A heard (user) word is written once it is heard whole: its tokens
     one a frame from `user_lag` frames after the frame of its end (1: the next frame). A name is one
     token, and written once half of it was heard (as this stream did before) the model had to guess
-    it from its first syllables: written once heard whole, the names it hears in new voices went
-    from 31% to 58% after align (docs/results.md). A turn cut short by an interruption closes with
-    EOS where the voice stops, not after its last word.
+    it from its first syllables: names heard in new voices after align, 31% written at half the
+    word, 58% with a lag of 1 frame, 70% with 2 (the causal units see no future: the extra 80 ms
+    gives the name's last sounds their right context; docs/results.md). The price: the reply's
+    marker waits a frame for the user's EOS in 9% of turns. A turn cut short by an interruption
+    closes with EOS where the voice stops, not after its last word.
 
     One stream, two speakers: a user turn heard while the assistant speaks (a backchannel, the start
     of an interruption) is written afterwards, whole, in the first run of frames the assistant's words

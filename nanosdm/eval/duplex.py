@@ -35,7 +35,7 @@ from nanosdm.codec import FRAME_S, Codec
 from nanosdm.corpus import spokenworld
 from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.dualstream import load_model
-from nanosdm.corpus.speech import encode_channels, read_text_stream, text_stream
+from nanosdm.corpus.speech import USER_LAG, encode_channels, read_text_stream, text_stream
 from nanosdm.textlm import answer_in
 from nanosdm.tokenizer import ASSISTANT, Tokenizer
 
@@ -175,7 +175,7 @@ def scenario(kind, seed, world, voices):
                 question=asked["text"], answer=asked["answer"], voice=user["voice"])
 
 
-def scenario_script(sc, codec, tok, user_lag=1):
+def scenario_script(sc, codec, tok, user_lag=USER_LAG):
     """The model's channel for the scenario's script: (text [F], codes [F, K]) or (None, None),
     the same streams the speech stage builds from a dialogue, cut where the model takes over."""
     n_script = int(round(sc["script_s"] / FRAME_S))
@@ -187,7 +187,7 @@ def scenario_script(sc, codec, tok, user_lag=1):
     return torch.from_numpy(text[:n_script]), torch.from_numpy(codes[:n_script])
 
 
-def run_scenario(model, codec, tok, sc, temps=live.TEMPS, ear=None, user_lag=1):
+def run_scenario(model, codec, tok, sc, temps=live.TEMPS, ear=None, user_lag=USER_LAG):
     """A scenario through the live loop -> the live result plus where the model spoke."""
     text, codes = scenario_script(sc, codec, tok, user_lag)
     out = live.live(model, codec, sc["user"], text, codes, temps, ear)
