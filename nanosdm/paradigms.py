@@ -91,6 +91,7 @@ def train_dual(cfg, name, stop_step=None):
     model = dualstream.load_model(os.path.join(cfg["out_dir"], f"paradigm_{name}.pt"))
     # every window position is scored: frames seen (each holds 1 + 2K tokens)
     return {f"paradigm_{name}_train_tokens": rc["sft_max_steps"] * rc["sft_batch_size"] * rc["dual_context"],
+            f"paradigm_{name}_train_seconds": m["sft_train_seconds"],
             f"paradigm_{name}_train_loss": round(m["sft_audio_loss"] + m.get("sft_text_loss", 0.0), 4),
             f"paradigm_{name}_params": utils.count_params(model)}
 
@@ -155,6 +156,7 @@ def train_text_out(cfg, stop_step=None):
 
     path, keys = os.path.join(out_dir, "paradigm_text_out.pt"), row_settings(cfg, "text_out")
     model.train()
+    t0 = time.time()
     if not omni._resumable(path, model, keys, device):
         opt = torch.optim.AdamW(groups, lr=cfg["omni_lr"], betas=(0.9, 0.98), weight_decay=0.0)
         if not omni._loop("text_out", steps, cfg, model, opt, cfg["omni_lr"], loss_fn, path, [], {}, stop_step, keys,
@@ -168,6 +170,7 @@ def train_text_out(cfg, stop_step=None):
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)
         tokens += sum(len(examples[r]["answer_pos"]) + 1 for r in draw(gen))
     return {"paradigm_text_out_train_tokens": tokens, "paradigm_text_out_params": text_out_params(model),
+            "paradigm_text_out_train_seconds": round(time.time() - t0, 1),
             "paradigm_text_out_train_loss": round(sum(v for _, v in history[-50:]) / len(history[-50:]), 4)}
 
 
@@ -195,8 +198,7 @@ def _row(cfg, name, train_fn):
     figures = train_fn()
     if not figures:
         return {}
-    if name in ROWS:        # the flat rows time their own (Spirit-LM's share a pre-training)
-        figures.setdefault(f"paradigm_{name}_train_seconds", round(time.time() - t0, 1))
+    print(f"paradigms: {name} done in {time.time() - t0:.0f}s (data preparation included)")
     with open(path + ".tmp", "w") as f:
         json.dump(dict(settings=settings, figures=figures), f, indent=1)
     os.replace(path + ".tmp", path)

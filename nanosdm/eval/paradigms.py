@@ -19,7 +19,8 @@ other evaluations it loads what it scores, and no component imports it. Keys par
                         rows never heard spoken, only read in the text LM's corpus (rows that write text)
     retention           the text LM's QA asked of the row's model in text / asked of the text LM
     full_duplex         1 if the row listens while it speaks (the dual-stream rows), else 0
-    train_seconds, train_tokens, train_loss   from the training (nanosdm/paradigms.py)
+    train_seconds, train_tokens, train_loss   from the training (nanosdm/paradigms.py): the loop's wall
+                        time (data preparation apart), the positions the loss scored, the last loss
 
 Stage `paradigms` (evaluate) measures every row of nanosdm/paradigms.py: dual_row and flat_row take a
 loaded model and the questions; the evaluate_* functions load a row and what it hears and speaks through.
