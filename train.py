@@ -7,6 +7,7 @@ Train every stage of nanosdm, in order, on one machine.
     python train.py --stage=text --retrain    # trains it again from scratch
     python train.py --preset=tiny --text_max_steps=100 --device=cpu
     torchrun --standalone --nproc_per_node=4 train.py --preset=small   # data parallel over 4 GPUs (or CPU workers)
+    python train.py --stage=paradigms     # opt-in (OPT_IN): the survey's paradigms side by side, after the others
 
 Configuration is nanoGPT-style: the defaults below are plain values, a preset overrides some of
 them, and --key=value overrides anything (an unknown key or a value of the wrong type is an error).
@@ -229,6 +230,29 @@ omni_decoder_steps = 600
 omni_dec_lr = 1e-3
 omni_ckpt_interval = 100
 omni_omega = 10                # units per vocoder chunk: the first audio waits for this many
+# --- paradigms: the survey's paradigm table, every row from the text LM at one budget (nanosdm/paradigms.py,
+# flat.py, eval/paradigms.py; docs/paradigms.md). Not part of `python train.py`: python train.py --stage=paradigms
+paradigms_steps = 300          # optimizer steps of every row. A step of all rows took 4.2 CPU s at tiny (one thread,
+                               # measured: moshi 0.95, mini_omni 0.66, s2s_duplex 1.23, the flat rows 0.90, text_out
+                               # 0.50): 300 steps ~21 min, with the evaluation within 40 min (docs/paradigms.md)
+paradigms_rows = "all"         # the rows trained and measured: all, or names (nanosdm/paradigms.py ROWS), comma-separated
+paradigms_batch_size = 16      # examples per step, every row: 20 s dialogue windows, flat sequences, spoken exchanges
+paradigms_moshi_depth_layers = 2       # the depth heads' sizes that put the dual-stream rows and text_out within
+paradigms_moshi_depth_d_model = 48     # 10% of one another (tiny: moshi 1.49M, mini_omni 1.41M, s2s_duplex
+paradigms_s2s_depth_layers = 2         # 1.46M, text_out 1.38M; the default depth head gives moshi 2.08M)
+paradigms_s2s_depth_d_model = 96
+paradigms_text_out_adapter_hidden = 512
+flat_block_size = 512          # positions of a flat sequence (a chain-of-modality dialogue is ~250 ids)
+flat_init = "mean"             # the new unit and marker rows: "mean" of the text rows (+ noise) or "normal" (flat.grow)
+flat_lr = 2e-3                 # align's: a start from the text LM
+flat_embed_lr_mult = 10.0      # the embedding and head, where the new rows are, learn faster (as textlm's)
+flat_warmup = 50
+flat_weight_decay = 0.0
+flat_grad_clip = 1.0
+flat_pretrain_frac = 0.5       # Spirit-LM's rows: this share of the steps is interleaved pre-training
+flat_eval_interval = 100
+flat_eval_batches = 4
+flat_ckpt_interval = 100
 
 presets = {
     "tiny": {},
@@ -324,7 +348,13 @@ STAGES = [
      ["units", "codec", "asr"], [], ["vocoder.pt"]),
     ("omni", step("omni", "train"), step("eval.omni", "evaluate_omni"),
      ["text", "asr", "units", "vocoder"], [], ["omni_adapter.pt", "omni.pt"]),
+    ("paradigms", step("paradigms", "train"), step("eval.paradigms", "evaluate"),   # the survey's table (opt-in)
+     ["text", "speech", "asr", "vocoder"], ["dual_", "flat_", "sft_", "align_lr", "align_warmup", "omni_k",
+                                            "omni_tune_lm", "omni_lm_lr_mult", "omni_lr", "omni_warmup"] + SPEECH_KEYS,
+     [f"paradigm_{r}.{ext}" for r in ("moshi", "mini_omni", "s2s_duplex", "text_out", "flat") for ext in ("pt", "json")]
+     + [f"flat_{r}.pt" for r in ("chain", "pretrain", "spirit", "spirit_words", "s2s")]),
 ]
+OPT_IN = {"paradigms"}   # stages that `python train.py` leaves out: they run when named (--stage=paradigms)
 GLOBAL_KEYS = ["seed"]   # settings that shape every stage
 # settings that only a stage's evaluation reads (its own or another stage's): a change evaluates the
 # stage again on its checkpoint, which is not trained again, so the stages that read its outputs stay
@@ -337,6 +367,7 @@ EVAL_ONLY = {
     "dpo": ["dpo_eval_splits"],
     "vocoder": ["vocoder_eval_turns"],
     "omni": ["omni_omega"],
+    "paradigms": ["sft_eval_history", "asr_beam"],
 }
 
 
@@ -443,7 +474,7 @@ def main(argv):
         + (f", {utils.world_size()} ranks (torchrun)" if utils.world_size() > 1 else ""))
     markers = {n: read_marker(cfg["out_dir"], n) for n in names}
     for name, build, evaluate, _, extra, outputs in STAGES:
-        if cfg["stage"] not in ("all", name):
+        if cfg["stage"] != name and (cfg["stage"] != "all" or name in OPT_IN):
             continue
         why = why_stale(cfg, name, markers)
         why_eval = "" if why else why_reevaluate(cfg, name, markers)

@@ -471,9 +471,11 @@ def plot_layout(model, x, tok, path, title="one training window: the streams aft
     utils.save_figure(fig, path)
 
 
-def train(cfg, stage, stop_step=None):
+def train(cfg, stage, stop_step=None, name=None):
     """Stage `align` (from the text LM: the align split of single utterances) or `sft` (from the
-    align checkpoint: the two-channel dialogues), each with a share of text-only batches."""
+    align checkpoint: the two-channel dialogues), each with a share of text-only batches.
+    name: a row of the paradigm table (paradigms.py): sft's recipe started from the text LM, with
+    no align, so that every row sees the same dialogues for the same steps; out_dir/<name>.pt."""
     from nanosdm.corpus.speech import Streams, mixed_streams
     from nanosdm.corpus.spokenworld import read_jsonl
     from nanosdm.textlm import tokenize_docs
@@ -486,7 +488,7 @@ def train(cfg, stage, stop_step=None):
     text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
 
     torch.manual_seed(cfg["seed"])
-    if stage == "align":
+    if stage == "align" or name:
         model = build_model(cfg).to(device)
     else:
         model = load_model(os.path.join(out_dir, "align.pt"), device).train()
@@ -509,7 +511,7 @@ def train(cfg, stage, stop_step=None):
         start = d["offset"] + max(0, int(first["start"] / FRAME_S) - 2)
         plot_layout(model, torch.from_numpy(Streams(speech_dir, "train").window(start, 48)), tok,
                     os.path.join(out_dir, "plots", "stream_layout.png"))
-    path = os.path.join(out_dir, f"{stage}.pt")
+    path = os.path.join(out_dir, f"{name or stage}.pt")
     settings = utils.run_settings(cfg, stage)   # a partial checkpoint resumes only into the same run
     ckpt = utils.resume(path, model, opt, device, max_steps, settings=settings)
     step, history = (ckpt["step"], ckpt["history"]) if ckpt else (0, {"train": []})
@@ -521,7 +523,7 @@ def train(cfg, stage, stop_step=None):
 
     gen = torch.Generator()
     t0 = time.time()
-    pbar = tqdm(total=max_steps, initial=step, desc=stage, dynamic_ncols=True)
+    pbar = tqdm(total=max_steps, initial=step, desc=name or stage, dynamic_ncols=True)
     while step < max_steps and (stop_step is None or step < stop_step):
         lr = utils.cosine_lr(step, max_steps, p("lr"), p("warmup"))
         for g in opt.param_groups:
@@ -553,7 +555,7 @@ def train(cfg, stage, stop_step=None):
     utils.report_replicas(model, stage)
     if step < max_steps:
         return {}
-    plot_losses(history, os.path.join(out_dir, "plots", f"{stage}_loss.png"), f"stage {stage}: loss per stream")
+    plot_losses(history, os.path.join(out_dir, "plots", f"{name or stage}_loss.png"), f"{name or 'stage ' + stage}: loss per stream")
     mean = lambda k: round(float(np.mean([r[k] for r in history["train"] if k in r][-50:])), 4)   # last 50 with it
     figures = {f"{stage}_audio_loss": mean("audio"), f"{stage}_semantic_loss": mean("audio_0"),
                f"{stage}_train_seconds": round(time.time() - t0, 1)}

@@ -289,12 +289,12 @@ def word_units(frames, words):
 
 def spoken_turns(cfg, units, split):
     """Every spoken turn of a split in dialogue order: its text, words, units (the whole turn,
-    deduplicated) and each word's units."""
+    deduplicated), each word's units, and a question's answer word (None elsewhere)."""
     from nanosdm.vocoder import unit_frames      # the units of many wavs, cached under out/<preset>/cache
     items = list(spokenworld.SpeechSplit(cfg["data_dir"], split).utterances())
     frames = unit_frames(units, [w for w, _ in items], cfg, f"flat_{split}")
     return [dict(dialogue=tr["dialogue"], speaker=tr["speaker"], kind=tr["kind"], text=tr["text"],
-                 interrupted=tr.get("interrupted", False), words=[w for w, _, _ in tr["words"]],
+                 interrupted=tr.get("interrupted", False), answer=tr.get("answer"), words=[w for w, _, _ in tr["words"]],
                  units=dedup(f.long())[0].tolist(), word_units=word_units(f.long(), tr["words"]))
             for (_, tr), f in zip(items, frames)]
 

@@ -312,8 +312,16 @@ def judge_ceiling(asr, codec, cfg):
 
 
 def cascade(asr, lm, tok, streams, items, cfg):
+    """The modular baseline's accuracy (cascade_replies) on the items' questions."""
+    qa, replies = cascade_replies(asr, lm, tok, streams, items, cfg)
+    return round(float(np.mean([textlm.answer_in(r, it["answer"]) for r, it in zip(replies, qa)])), 4)
+
+
+def cascade_replies(asr, lm, tok, streams, items, cfg):
     """The modular baseline: every user question of the dialogue transcribed (ASR + its LM), the
-    dialogue so far as text (the assistant's replies as the corpus has them), the text LM answers."""
+    dialogue so far as text (the assistant's replies as the corpus has them), the text LM answers.
+    -> (the questions as the LM was asked them, dicts with question (as heard), context, answer and
+    text (as said); its replies)."""
     sp = spokenworld.SpeechSplit(cfg["data_dir"], streams.split)
     by_dialogue = {}
     for n, (i, tr, _) in enumerate(items):
@@ -334,9 +342,8 @@ def cascade(asr, lm, tok, streams, items, cfg):
                     break
                 context.append(["user", heard[id(tr)]] if tr["speaker"] == "user" else ["assistant", tr["text"]])
             qa.append(dict(question=heard[id(next(t for t in users if t["start"] == q["start"]))],
-                           context=context[-6:], answer=q["answer"]))
-    replies = textlm.answer_questions(lm, tok, qa, cfg["device"])
-    return round(float(np.mean([textlm.answer_in(r, it["answer"]) for r, it in zip(replies, qa)])), 4)
+                           context=context[-6:], answer=q["answer"], text=q["text"]))
+    return qa, textlm.answer_questions(lm, tok, qa, cfg["device"])
 
 
 class TextView:

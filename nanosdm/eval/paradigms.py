@@ -14,20 +14,27 @@ other evaluations it loads what it scores, and no component imports it. Keys par
                         (the dual stream: one step plus the delays; a flat row: its reply's ids up
                         to and with its first unit, the mean over the questions)
     first_audio_ms      the same in ms where a step is a fixed time (the dual stream's 80 ms)
-    params              parameters (utils.count_params)
+    params              parameters (utils.count_params; text_out: its LM and adapter; cascade: its text LM)
+    qa_text_only        the answer word in the row's text on the text_only split: facts the
+                        rows never heard spoken, only read in the text LM's corpus (rows that write text)
+    retention           the text LM's QA asked of the row's model in text / asked of the text LM
+    full_duplex         1 if the row listens while it speaks (the dual-stream rows), else 0
+    train_seconds, train_tokens, train_loss   from the training (nanosdm/paradigms.py): the loop's wall
+                        time (data preparation apart), the positions the loss scored, the last loss
 
-This is the skeleton the `paradigms` stage fills in: dual_row and flat_row take a loaded model and
-the questions; evaluate_dual_row loads a dual-stream checkpoint and the stages it hears and speaks
-through.
+Stage `paradigms` (evaluate) measures every row of nanosdm/paradigms.py: dual_row and flat_row take a
+loaded model and the questions; the evaluate_* functions load a row and what it hears and speaks through.
 """
 import os
+import time
 
 import numpy as np
 import torch
 
-from nanosdm import dualstream, textlm, utils
+from nanosdm import dualstream, flat, paradigms, textlm, utils
 from nanosdm.codec import FRAME_S
 from nanosdm.corpus.audio import SAMPLE_RATE
+from nanosdm.corpus import spokenworld
 from nanosdm.corpus.speech import Streams
 from nanosdm.judge import judge_wavs
 from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, load_ear, monologue_parts, qa_batch,
@@ -78,7 +85,6 @@ def flat_row(name, model, v, tok, items, speak=None, judge=None, start=(), max_n
     """A flat row (flat.py) on items [dict(question_units, question, answer)]: greedy replies, the
     answer text where the format writes one, and with speak (answer unit ids -> 16 kHz wav, e.g. the
     unit vocoder) and judge, the spoken answer judged and the steps per second of reply audio."""
-    from nanosdm import flat
     replies = [flat.respond(model, v, it["question_units"], start=start, max_new_tokens=max_new_tokens)
                for it in items]
     key = lambda figure: f"paradigm_{name}_{figure}"
@@ -98,17 +104,177 @@ def flat_row(name, model, v, tok, items, speak=None, judge=None, start=(), max_n
     return figures
 
 
-def evaluate_dual_row(cfg, name, path, parallel_decoding=False):
+def evaluate_dual_row(cfg, name, path, parallel_decoding=False, text_only=False):
     """One dual-stream row from its checkpoint, hearing and speaking through the run's codec (and
-    ear), judged by its ASR."""
+    ear), judged by its ASR. text_only: also the text_only split's questions in text, and the
+    text LM's QA in text (retention), for a row that writes text."""
     from nanosdm.asr import ASR
     from nanosdm.codec import Codec
+    from nanosdm.eval.dialogue import retention
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]
     model = dualstream.load_model(path, device)
     codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
-    streams = Streams(os.path.join(out_dir, "speech"), SPLIT)
-    return dual_row(name, model, codec, tok, streams, cfg["sft_eval_history"], asr, parallel_decoding,
-                    load_ear(model, out_dir, device), cfg["seed"])
+    ear = load_ear(model, out_dir, device)
+    run = lambda split, judge: dual_row(name, model, codec, tok, Streams(os.path.join(out_dir, "speech"), split),
+                                        cfg["sft_eval_history"], judge, parallel_decoding, ear, cfg["seed"])
+    figures = dict(run(SPLIT, asr), **{f"paradigm_{name}_full_duplex": 1})
+    if text_only and model.text:
+        figures[f"paradigm_{name}_qa_text_only"] = run(TEXT_ONLY, None)[f"paradigm_{name}_qa_text"]
+        lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
+        figures[f"paradigm_{name}_retention"] = retention(model, lm, tok, cfg)["sft_text_retention"]
+    return figures
+
+
+# -----------------------------------------------------------------------------
+# the stage: every row on the same questions
+
+TEXT_ONLY = "text_only"     # questions on the facts the rows only read (the text LM's corpus)
+MAX_REPLY = 300             # ids a flat row may write after a question (a reply of 4 s is about 200 units)
+
+
+def text_part(model, v):
+    """The flat LM's text alone: a TextLM over the text ids, the same blocks (its text in, its text out)."""
+    lm = textlm.TextLM(**dict(model.config, vocab_size=v.n_text)).to(model.embed.weight.device)
+    lm.transformer.load_state_dict(model.transformer.state_dict())
+    with torch.no_grad():
+        lm.embed.weight.copy_(model.embed.weight[:v.n_text])
+        lm.head.weight.copy_(model.head.weight[:v.n_text])
+    return lm.eval()
+
+
+def seen_qa(lm, tok, cfg):
+    """The text LM's held-out QA on seen facts, asked of lm in text."""
+    items = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "qa_eval.jsonl"))
+    return textlm.qa_metrics(items, textlm.answer_questions(lm, tok, items, cfg["device"]))["text_qa_acc_seen"]
+
+
+def flat_items(cfg, units, split):
+    """A split's spoken questions (with an answer word) for the flat rows: the question's units, alone."""
+    return [dict(question_units=t["units"], question=t["text"], answer=t["answer"])
+            for t in flat.spoken_turns(cfg, units, split) if t["kind"] == "question" and t.get("answer")]
+
+
+def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
+    """The flat rows: the question's units alone (no dialogue before it), the reply opened with its
+    format's first marker, speech through the unit vocoder, judged."""
+    from nanosdm.asr import ASR
+    from nanosdm.codec import Codec
+    from nanosdm.tokenizer import Tokenizer
+    from nanosdm.units import Units
+    from nanosdm.vocoder import Vocoder
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    units = Units.load(os.path.join(out_dir, "units.pt"), device)
+    asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
+    codec = Codec.load(os.path.join(out_dir, "codec.pt"), device)
+    voc = Vocoder.load(os.path.join(out_dir, "vocoder.pt"), device)
+    speak = lambda u: voc.synthesize(torch.tensor(u, dtype=torch.long, device=device), codec).cpu()
+    base = seen_qa(textlm.load_model(os.path.join(out_dir, "text.pt"), device), tok, cfg)   # retention's 100%
+    items, text_only = flat_items(cfg, units, SPLIT), flat_items(cfg, units, TEXT_ONLY)
+    figures = {}
+    for name in rows:
+        model, v = flat.load_model(os.path.join(out_dir, f"{name}.pt"), device)
+        start = {"flat_chain": [v.text], "flat_spirit_words": [v.answer]}.get(name, [v.speech])
+        figures.update(flat_row(name, model, v, tok, items, speak, asr, start, MAX_REPLY))
+        figures[f"paradigm_{name}_full_duplex"] = 0
+        figures[f"paradigm_{name}_retention"] = round(seen_qa(text_part(model, v), tok, cfg) / max(base, 1e-9), 4)
+        if name in ("flat_chain", "flat_spirit_words"):      # the formats that write their answer in text
+            figures[f"paradigm_{name}_qa_text_only"] = flat_row(name, model, v, tok, text_only, None, None, start,
+                                                                MAX_REPLY).get(f"paradigm_{name}_qa_text", 0.0)
+    return figures
+
+
+def espeak_voice(text):
+    """The corpus's own TTS in the assistant's voice (16 kHz), silence for nothing to say."""
+    from nanosdm.corpus import espeak
+    try:
+        wav, _, _ = espeak.synthesize(text, **spokenworld.ASSISTANT_VOICE)
+    except ValueError:          # no word in the text
+        return torch.zeros(0)
+    return torch.from_numpy(0.6 * wav / max(1e-4, float(np.abs(wav).max()))).float()
+
+
+def evaluate_text_out(cfg):
+    """text_out: the adapter's text answer to each spoken question (in its dialogue, as omni hears
+    it), spoken by eSpeak, judged. first_audio_ms: measured at batch 1 from the question's end
+    (the ear, the whole answer, eSpeak's whole reply: an external TTS speaks a finished text)."""
+    from nanosdm import omni
+    from nanosdm.asr import ASR
+    from nanosdm.tokenizer import Tokenizer
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
+    model = paradigms.load_text_out(os.path.join(out_dir, "paradigm_text_out.pt"), device)
+    k, block, key = model.config["k"], model.lm.config["block_size"], lambda f: f"paradigm_text_out_{f}"
+    figures = {key("params"): paradigms.text_out_params(model), key("batch_per_reply"): 1, key("full_duplex"): 0}
+    for split in (SPLIT, TEXT_ONLY):
+        sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
+        items = [it for it in omni.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
+        said, wavs, ms, n_tokens = [], [], [], []
+        for it in items:
+            wav, _ = sp.dialogue(it["dialogue"])
+            t0 = time.time()
+            heard = omni.encode_speech(asr, [omni.user_audio(wav, it["turn"])])[0]
+            out = omni.respond(model, omni.make_example(dict(it, question=heard), k, block, with_answer=False), None, None, 1)
+            said.append(tok.decode(out["tokens"]))
+            n_tokens.append(len(out["tokens"]) + 1)       # and its EOS: the text is finished
+            if split == SPLIT:
+                wavs.append(espeak_voice(said[-1]))
+                ms.append(1000 * (time.time() - t0))
+        ok = _mean([textlm.answer_in(s, it["turn"]["answer"]) for s, it in zip(said, items)])
+        if split == TEXT_ONLY:
+            figures[key("qa_text_only")] = ok
+            continue
+        speech_ok, _ = judge_wavs(asr, wavs, [it["turn"]["text"] for it in items], [it["turn"]["answer"] for it in items])
+        seconds = sum(len(w) for w in wavs) / SAMPLE_RATE
+        figures.update({key("qa_text"): ok, key("qa_speech"): _mean(speech_ok), key("qa_questions"): len(items),
+                        key("first_audio_steps"): _mean(n_tokens), key("first_audio_ms"): round(float(np.median(ms))),
+                        key("steps_per_s"): round(sum(n_tokens) / seconds, 2) if seconds else -1})
+    base = seen_qa(textlm.load_model(os.path.join(out_dir, "text.pt"), device), tok, cfg)
+    figures[key("retention")] = round(seen_qa(model.lm, tok, cfg) / max(base, 1e-9), 4)
+    return figures
+
+
+def evaluate_cascade(cfg):
+    """The reference row: the ASR transcribes each question (and the dialogue's earlier ones), the
+    text LM answers in text, eSpeak speaks it in the assistant's voice; judged like the others."""
+    from nanosdm.asr import ASR
+    from nanosdm.eval.dialogue import cascade_replies
+    from nanosdm.live import questions
+    from nanosdm.tokenizer import Tokenizer
+    device, out_dir = cfg["device"], cfg["out_dir"]
+    tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
+    asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
+    lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
+    key = lambda f: f"paradigm_cascade_{f}"
+    figures = {key("params"): utils.count_params(lm), key("batch_per_reply"): 1, key("full_duplex"): 0, key("retention"): 1.0}
+    for split in (SPLIT, TEXT_ONLY):
+        streams = Streams(os.path.join(out_dir, "speech"), split)
+        qa, replies = cascade_replies(asr, lm, tok, streams, questions(streams), cfg)
+        ok = _mean([textlm.answer_in(r, it["answer"]) for r, it in zip(replies, qa)])
+        if split == TEXT_ONLY:
+            figures[key("qa_text_only")] = ok
+            continue
+        speech_ok, _ = judge_wavs(asr, [espeak_voice(r) for r in replies], [it["text"] for it in qa], [it["answer"] for it in qa])
+        figures.update({key("qa_text"): ok, key("qa_speech"): _mean(speech_ok), key("qa_questions"): len(qa)})
+    return figures
+
+
+def evaluate(cfg):
+    """Stage `paradigms`: the figures (paradigm_<name>_<figure>) of every row paradigms_rows names."""
+    rows, figures = paradigms.rows(cfg), {}
+    for name in rows:
+        if name in paradigms.DUAL_ROWS:
+            path = os.path.join(cfg["out_dir"], f"paradigm_{name}.pt")
+            figures.update(evaluate_dual_row(cfg, name, path, parallel_decoding=name == "mini_omni", text_only=True))
+        elif name == "text_out":
+            figures.update(evaluate_text_out(cfg))
+        elif name == "cascade":
+            figures.update(evaluate_cascade(cfg))
+    flat_rows = [name for name in rows if name in paradigms.FLAT_ROWS]
+    if flat_rows:
+        figures.update(evaluate_flat_rows(cfg, flat_rows))
+    return figures
