@@ -21,7 +21,7 @@ They write reply.wav (stereo 16 kHz: channel 0 the model, channel 1 the user, as
 --model=omni hears the whole question, then answers (greedy text; the speech decoder streams units
 after each token and the vocoder speaks every --omega units); the same reply.wav / .json / .png.
 
-The defaults are nanosdm/live.py's sampling (text, then audio: TEMPS); --temperature=0 is greedy text.
+The defaults are nanosdm/live.py's sampling (text, then audio: TEMPS, both greedy); --temperature=0.7 samples the text.
 """
 import argparse
 import os
@@ -30,6 +30,11 @@ import torch
 
 from nanosdm import live, textlm, utils
 from nanosdm.tokenizer import EOS, Tokenizer
+
+# silence the full-duplex model hears before the user's turn, as on a call that is open before anyone
+# speaks: asked in its first frame (--say, tiny), it wrote no transcript and answered about another
+# creature ("the dabor is golden."); after 0.5 s or more of listening: "the ditum is red."
+LEAD_IN_S = 1.0
 
 
 def parse_args(argv=None):
@@ -174,7 +179,7 @@ def converse(args, out_dir, device):
     from nanosdm.codec import FRAME, FRAME_S
     from nanosdm.eval import duplex
     tok, codec, model = load_dual(args, out_dir, device)
-    heard = user_input(args, out_dir)
+    heard = torch.cat([torch.zeros(int(LEAD_IN_S * audio.SAMPLE_RATE)), user_input(args, out_dir)])
     speech_end = float(len(heard)) / audio.SAMPLE_RATE
     wav = torch.cat([heard, torch.zeros(int(args.listen * audio.SAMPLE_RATE))])
     wav = torch.nn.functional.pad(wav, (0, -len(wav) % FRAME))

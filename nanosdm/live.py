@@ -25,12 +25,15 @@ from nanosdm.dualstream import ZERO
 from nanosdm.tokenizer import ASSISTANT, USER
 
 # Sampling: text temperature and top-k; audio temperature and top-k. The one place they are set:
-# sample.py, the evaluations, DPO and the duplex scenarios read them from here. The text samples as
-# Moshi's (0.7, top-k 25). The audio is greedy: Moshi's 0.8 with top-k 250 is of 2048 codes (here of
+# sample.py, the evaluations, DPO and the duplex scenarios read them from here. The text is greedy:
+# the user's words are written in the same stream, and a name sampled at Moshi's 0.7 / top-k 25 is
+# often another creature's (sample.py --say "what colour is the ditum?", tiny: sampled, it heard
+# "ladom" and answered "the ladom is purple."; greedy, "the ditum is red."; the evaluations were
+# always greedy in text). The audio is greedy too: Moshi's 0.8 with top-k 250 is of 2048 codes (here of
 # 256, no top-k at all), and with the answer's words given the judge heard greedy audio right most
 # often (bench/bench_sampling.py, docs/results.md: greedy 51.6% of 95 unseen-voice replies, top-k 20
 # 48.4%, top-k 5 44.2%, Moshi's 43.2%, temperature 1.0 37.9%; one seed).
-TEXT_TEMP, TEXT_TOP_K = 0.7, 25
+TEXT_TEMP, TEXT_TOP_K = 0.0, 25
 AUDIO_TEMP, AUDIO_TOP_K = 0.0, 0
 TEMPS = (TEXT_TEMP, TEXT_TOP_K, AUDIO_TEMP, AUDIO_TOP_K)
 ANSWER_WINDOW_S = 4.0   # after a question the model runs freely this long (evaluations, DPO)
