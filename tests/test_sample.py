@@ -133,9 +133,11 @@ def test_wav_in_reply_out(run):
     p = sample(run, "--wav", str(run / "q.wav"), f"--out={out}", "--listen=1.0")
     assert p.returncode == 0, p.stderr
     wav = np.stack([audio.load_wav(out, channel=c).numpy() for c in (0, 1)])
-    n_in = int(round(16000 * 16000 / 22050)) + 16000             # the input at 16 kHz, then 1 s of listening
+    lead = int(importlib.import_module("sample").LEAD_IN_S * 16000)   # the silence heard before the user's turn
+    n_in = lead + int(round(16000 * 16000 / 22050)) + 16000       # the input at 16 kHz, then 1 s of listening
     assert wav.shape[1] == -(-n_in // 1280) * 1280                # 80 ms frames, as streamed
-    assert np.abs(wav[1, :10000]).max() > 0.2                     # channel 1: the user, as heard
+    assert np.abs(wav[1, :lead]).max() == 0                       # channel 1: the user, as heard, after the lead-in
+    assert np.abs(wav[1, lead:lead + 10000]).max() > 0.2
     with open(run / "answers" / "r1.json") as f:
         reply = json.load(f)
     assert set(reply) == {"text", "words", "onset_s", "rtf"} and reply["rtf"] > 0
