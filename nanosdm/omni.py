@@ -447,6 +447,20 @@ def _loop(name, steps, cfg, model, opt, lr, loss_fn, path, history, extra, stop_
     return step >= steps
 
 
+
+def adapter_groups(model, cfg):
+    """Phase (1)'s trainable parameter groups: the adapter, and with omni_tune_lm the LM's blocks at
+    omni_lm_lr_mult of the rate; everything else frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = [dict(params=list(model.adapter.parameters()), lr_mult=1.0)]
+    if cfg["omni_tune_lm"]:
+        groups.append(dict(params=list(model.lm.transformer.parameters()), lr_mult=cfg["omni_lm_lr_mult"]))
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    return groups
+
 def train(cfg, stop_step=None):
     """Stage `omni`: the adapter on spoken questions -> text answers (the LM's blocks tuned or
     not), then the CTC speech decoder with everything before it frozen. Returns training figures
@@ -480,14 +494,7 @@ def train(cfg, stop_step=None):
     # (1) the adapter: the LM hears; only the answer is scored
     adapter_keys = {key: cfg[key] for key in ADAPTER_KEYS}
     decoder_keys = {key: cfg[key] for key in sorted(cfg) if (key.startswith("omni_") and key not in EVAL_KEYS) or key == "seed"}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    groups = [dict(params=list(model.adapter.parameters()), lr_mult=1.0)]
-    if cfg["omni_tune_lm"]:
-        groups.append(dict(params=list(model.lm.transformer.parameters()), lr_mult=cfg["omni_lm_lr_mult"]))
-    for g in groups:
-        for p in g["params"]:
-            p.requires_grad_(True)
+    groups = adapter_groups(model, cfg)
     adapter_path, adapter_history = os.path.join(out_dir, "omni_adapter.pt"), []
 
     def adapter_loss(gen):

@@ -138,14 +138,7 @@ def train_text_out(cfg, stop_step=None):
     model.lm.load_state_dict(lm_ckpt["model"])
     examples = [omni.make_example(it, cfg["omni_k"], lm_ckpt["config"]["block_size"])
                 for it in omni.spoken_exchanges(cfg, "train", asr, tok)]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    groups = [dict(params=list(model.adapter.parameters()), lr_mult=1.0)]
-    if cfg["omni_tune_lm"]:
-        groups.append(dict(params=list(model.lm.transformer.parameters()), lr_mult=cfg["omni_lm_lr_mult"]))
-    for g in groups:
-        for p in g["params"]:
-            p.requires_grad_(True)
+    groups = omni.adapter_groups(model, cfg)
     B, steps = cfg["paradigms_batch_size"], cfg["paradigms_steps"]
     draw = lambda gen: torch.randint(len(examples), (B,), generator=gen).tolist()
 
