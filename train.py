@@ -171,6 +171,7 @@ align_max_steps = 1000
 align_lr = 2e-3
 align_warmup = 50
 align_text_frac = 0.2          # share of text-only batches (Moshi: half of its pre-training steps)
+align_timed_frac = 0.0         # share of timed text batches: the text corpus's dialogues in the monologue's layout
 align_ckpt_interval = 100
 sft_freeze = False
 sft_batch_size = 16
@@ -178,6 +179,7 @@ sft_max_steps = 800
 sft_lr = 1e-3
 sft_warmup = 30
 sft_text_frac = 0.1
+sft_timed_frac = 0.0           # (speech.timed_text), audio streams empty: facts reached in the layout the model speaks in
 sft_ckpt_interval = 100
 sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
 # --- duplex (nanosdm/live.py, eval/duplex.py): when the model speaks, measured

@@ -36,6 +36,7 @@ Two constructor values give two more of the survey's paradigms from the same mod
 """
 import math
 import os
+import random
 import time
 
 import numpy as np
@@ -410,6 +411,14 @@ def text_batch(stream, batch_size, length, n_q, gen, device):
     return torch.cat([w[:, :-1, None], zeros], 2), torch.cat([w[:, 1:, None], zeros], 2)
 
 
+def timed_batch(stream, batch_size, length, n_q, gen, device):
+    """A timed text batch: windows of speech.timed_text's monologue stream [B, length, S], every
+    audio stream ZERO (no audio input, no audio loss), for inputs_targets."""
+    starts = torch.randint(len(stream) - length, (batch_size,), generator=gen).numpy()
+    w = torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
+    return torch.cat([w[..., None], torch.full((batch_size, length, 2 * n_q), ZERO, dtype=torch.long)], 2).to(device)
+
+
 def build_model(cfg):
     """A dual-stream model for this config, started from the text LM and the codec. dual_heads and
     dual_text choose the paradigm (absent: Moshi's)."""
@@ -476,7 +485,7 @@ def train(cfg, stage, stop_step=None, name=None):
     align checkpoint: the two-channel dialogues), each with a share of text-only batches.
     name: a row of the paradigm table (paradigms.py): sft's recipe started from the text LM, with
     no align, so that every row sees the same dialogues for the same steps; out_dir/<name>.pt."""
-    from nanosdm.corpus.speech import Streams, mixed_streams
+    from nanosdm.corpus.speech import Streams, mixed_streams, timed_text
     from nanosdm.corpus.spokenworld import read_jsonl
     from nanosdm.textlm import tokenize_docs
     from nanosdm.tokenizer import Tokenizer
@@ -485,7 +494,11 @@ def train(cfg, stage, stop_step=None, name=None):
     speech_dir = os.path.join(out_dir, "speech")
     streams = mixed_streams(cfg, stage, speech_dir)   # split align or train (and the user's: realdata.py)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
-    text_stream = tokenize_docs(tok, [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))])
+    docs = [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))]
+    text_stream = tokenize_docs(tok, docs)
+    # the text corpus's dialogues in the monologue's layout (speech.timed_text says why)
+    timed = (timed_text([d for d in docs if d[0][0] != "text"], tok, random.Random(cfg["seed"]), cfg["dual_user_lag"])
+             if p("timed_frac") > 0 else None)
 
     torch.manual_seed(cfg["seed"])
     if stage == "align" or name:
@@ -504,7 +517,7 @@ def train(cfg, stage, stop_step=None, name=None):
     print(f"{stage}: {utils.count_params(model) / 1e6:.2f}M parameters "
           f"({sum(q.numel() for q in params) / 1e6:.2f}M trained), {len(streams):,} frames "
           f"({len(streams) * FRAME_S / 3600:.2f} h), {max_steps} steps of {B} x {T} steps, "
-          f"{p('text_frac'):.0%} text-only batches")
+          f"{p('text_frac'):.0%} text-only batches, {p('timed_frac'):.0%} timed text")
     if stage == "align":
         d = Streams(speech_dir, "train").dialogues[0]
         first = next(tr for tr in d["turns"] if tr["speaker"] == "user")
@@ -529,9 +542,13 @@ def train(cfg, stage, stop_step=None, name=None):
         for g in opt.param_groups:
             g["lr"] = lr
         gen.manual_seed(cfg["seed"] * 1_000_003 + step)   # the batch depends on the step: resumable
-        text_step = torch.rand(1, generator=gen).item() < p("text_frac")
-        if text_step and model.text:        # a model without text gets the speech batch instead
+        draw = torch.rand(1, generator=gen).item()
+        kind = ("text_only" if draw < p("text_frac") else "timed" if draw < p("text_frac") + p("timed_frac")
+                else "speech") if model.text else "speech"    # a model without text gets the speech batch
+        if kind == "text_only":
             inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
+        elif kind == "timed":
+            inputs, targets = model.inputs_targets(timed_batch(timed, B, T, model.n_q, gen, device))
         else:
             inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
         inputs, targets = utils.shard((inputs, targets))     # this rank's share of the batch
@@ -544,8 +561,8 @@ def train(cfg, stage, stop_step=None, name=None):
         opt.zero_grad(set_to_none=True)
         step += 1
         row = {k: round(utils.mean_over_ranks(v.item()), 4) for k, v in losses.items() if k != "loss"}
-        if "text" in row:
-            row["text_only" if "audio" not in row else "text"] = row.pop("text")
+        if "text" in row and kind != "speech":
+            row[kind] = row.pop("text")
         history["train"].append(dict(step=step, **row))
         pbar.update(1)
         pbar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items() if not k.startswith("audio_")})
