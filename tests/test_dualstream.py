@@ -262,6 +262,27 @@ def test_align_stops_and_resumes_where_it_stopped(tiny_run, tmp_path):
         assert cos > 0.8, (ours, cos)
 
 
+def test_timed_text_batches_train_the_text_stream_alone(tiny_run, tmp_path):
+    import os
+    import shutil
+    from nanosdm import dualstream, utils
+    from nanosdm.dualstream import timed_batch
+    stream = np.arange(VOCAB - 5, dtype=np.uint16)
+    x = timed_batch(stream, 3, 10, K, torch.Generator().manual_seed(0), "cpu")
+    assert x.shape == (3, 10, 1 + 2 * K) and (x[..., 1:] == ZERO).all()
+    assert (x[:, 1:, 0] - x[:, :-1, 0] == 1).all()          # a contiguous window of the stream
+    m = tiny()
+    inputs, targets = m.inputs_targets(x)
+    losses = m(inputs, targets)[2]
+    assert "audio" not in losses and losses["text"] > 0      # no audio loss: the audio streams hold nothing
+    cfg = dict(tiny_run, out_dir=str(tmp_path / "timed"), align_text_frac=0.0, align_timed_frac=0.5)
+    shutil.copytree(tiny_run["out_dir"], cfg["out_dir"])
+    dualstream.train(cfg, "align")
+    hist = utils.load_checkpoint(os.path.join(cfg["out_dir"], "align.pt"))["history"]["train"]
+    timed = [r for r in hist if "timed" in r]
+    assert 0 < len(timed) < len(hist) and all("audio" not in r and "text" not in r for r in timed)
+
+
 def test_turn_tokens_can_weigh_more_in_the_text_loss():
     from nanosdm.tokenizer import ASSISTANT, EOS, PAD, USER
     m = tiny()

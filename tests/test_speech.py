@@ -134,3 +134,21 @@ def test_align_hears_every_name_but_no_text_only_fact(tmp_path):
     assert named(plans, spokenworld.ASSISTANT) == 0                # ...in no reply
     questions_only = speech.align_plans(dict(cfg, align_scrambled_frac=0.0), random.Random(0))
     assert named(questions_only, spokenworld.USER) == 0            # ...and in no question: only in scrambled turns
+
+
+def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
+    import random
+    docs = [[["user", "what colour is the kotan?"], ["assistant", "the kotan is red."]],
+            [["user", "what colour is the bixu?"], ["assistant", "the bixu is blue."], ["user", "bye."], ["assistant", "bye."]]]
+    s = speech.timed_text(docs, tok, random.Random(0))
+    assert s.dtype == np.uint16 and np.array_equal(s, speech.timed_text(docs, tok, random.Random(0)))
+    turns = speech.read_text_stream([int(i) for i in s])
+    assert [t["role"] for t in turns] == [USER, ASSISTANT, USER, ASSISTANT, USER, ASSISTANT]
+    for t, (_, text) in zip(turns, [tr for d in docs for tr in d]):
+        assert [i for _, i in t["tokens"]] == tok.encode(text) and t["end"] is not None
+    # spoken at eSpeak's pace: ~0.3 s a word and a pause between turns, never a text LM's one token a frame
+    words = sum(len(text.split()) for d in docs for _, text in d)
+    assert 0.2 < len(s) * speech.FRAME_S / words < 1.0
+    assert (s == PAD).mean() > 0.5
+    # the reply's marker comes after the user's EOS: the model answers what it heard whole
+    assert all(a["start"] > u["end"] for u, a in zip(turns[::2], turns[1::2]))

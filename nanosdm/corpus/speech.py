@@ -126,9 +126,10 @@ def text_stream(turns, n_frames, tok, user_text=True, markers=True, user_lag=USE
 
 
 # Word durations in seconds, letters x a + b, fitted on 300 training dialogues' eSpeak timings, and
-# the pause after each speaker's turn (the corpus's 10th to 90th percentiles, the user's overlaps left out)
+# the pause after each speaker's turn: from a question's last word to the reply's first (the corpus's
+# 1st to 99th percentiles), from a reply's end to the next question (1st to 75th)
 TIMED_WORD_S = {"user": (0.063, 0.010), "assistant": (0.082, -0.054)}
-TIMED_GAP_S = {"user": (0.13, 0.37), "assistant": (0.3, 1.4)}
+TIMED_GAP_S = {"user": (0.35, 0.8), "assistant": (0.5, 2.0)}
 
 
 def timed_text(docs, tok, rng, user_lag=USER_LAG):
