@@ -19,12 +19,10 @@ again (a setting only its evaluation reads, EVAL_ONLY, evaluates it again and no
 of stages left out of date are dropped from report.json, never kept stale.
 """
 import importlib
-import json
 import os
 import sys
-import time
 
-from nanosdm import utils
+from nanosdm import runner, utils
 
 # -----------------------------------------------------------------------------
 # defaults (the tiny preset)
@@ -325,6 +323,13 @@ def step(module, function, *args):
 
 SPEECH_KEYS = ["speech_data", "speech_eval_data"]   # where the speech comes from (nanosdm/corpus/realdata.py)
 
+
+def speech_reads(cfg):
+    """The speech stage reads the recognizer too when it aligns a real corpus's utterances, and the
+    units when the user is heard through them."""
+    return ["data", "tokenizer", "codec"] + ["asr"] * (cfg["speech_data"] != "spokenworld") + ["units"] * (cfg["dual_ear"] == "units")
+
+
 # name, train/build, evaluate, the stages it reads, the settings that shape it beyond its own
 # <name>_* keys, the outputs --retrain deletes first (so it starts from scratch)
 STAGES = [
@@ -337,11 +342,11 @@ STAGES = [
      ["data", "units"], SPEECH_KEYS, ["codec.pt"]),
     ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too
      ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
-    ("speech", step("corpus.speech", "build"), None, ["data", "tokenizer", "codec"],    # both channels to codes, align's utterances
+    ("speech", step("corpus.speech", "build"), None, speech_reads,                      # both channels to codes, align's utterances
      ["dual_user_text", "dual_user_lag", "dual_markers", "dual_ear", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
-    ("align", step("dualstream", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
+    ("align", step("dualtrain", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
      ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
-    ("sft", step("dualstream", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues
+    ("sft", step("dualtrain", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues
      ["align", "asr"], ["dual_"] + SPEECH_KEYS, ["sft.pt"]),
     ("duplex", None, step("eval.duplex", "evaluate_duplex"), ["sft", "asr"], [], []),   # when it speaks
     ("dpo", step("dpo", "train_stage"), step("eval.dpo", "evaluate"),   # preference optimisation
@@ -373,80 +378,6 @@ EVAL_ONLY = {
 }
 
 
-def stage_settings(cfg, name, extra):
-    """The settings that shape a stage (what its marker records): its own <name>_* keys, the extra
-    ones, the global ones, and the evaluation-only ones."""
-    extra = list(extra) + EVAL_ONLY.get(name, [])
-    return {k: cfg[k] for k in sorted(cfg)
-            if k in GLOBAL_KEYS or k.startswith(f"{name}_") or any(k == e or (e.endswith("_") and k.startswith(e)) for e in extra)}
-
-
-def training_settings(cfg, name, extra):
-    """The settings its training depends on: stage_settings less the evaluation-only ones. The
-    training loops record them in their checkpoints (utils.resume)."""
-    return {k: v for k, v in stage_settings(cfg, name, extra).items() if k not in EVAL_ONLY.get(name, [])}
-
-
-def read_marker(out_dir, name):
-    """A stage's .done marker: the settings that shaped it, the stamps of the inputs it read, its
-    own stamp, and its figures (training and evaluation apart)."""
-    path = os.path.join(out_dir, f"{name}.done")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        marker = json.load(f)
-    return marker if "settings" in marker else None    # an older runner's marker: the stage runs again
-
-
-def stage_reads(cfg, name):
-    """The stages whose outputs this one reads (the table's list; and for the speech stage the
-    recognizer when it aligns a real corpus's utterances, the units when the user is heard through them)."""
-    reads = STAGES[[s[0] for s in STAGES].index(name)][3]
-    if name == "speech":
-        reads = reads + ["asr"] * (cfg["speech_data"] != "spokenworld") + ["units"] * (cfg["dual_ear"] == "units")
-    return reads
-
-
-def marker_changes(marker, now):
-    """'key=old -> new, ...' for the settings in now that the marker recorded otherwise ("" if none)."""
-    changed = [k for k in now if marker["settings"].get(k, now[k]) != now[k]]
-    return ", ".join(f"{k}={marker['settings'][k]!r} -> {now[k]!r}" for k in changed[:4])
-
-
-def why_stale(cfg, name, markers):
-    """Why the stage must be trained (built) again ("" if its marker is current): a setting its
-    training reads changed, or an input was rebuilt. Evaluation-only settings: why_reevaluate."""
-    _, _, _, _, extra, _ = STAGES[[s[0] for s in STAGES].index(name)]
-    reads = stage_reads(cfg, name)
-    marker = markers.get(name)
-    if marker is None:
-        return "not run yet"
-    changed = marker_changes(marker, training_settings(cfg, name, extra))
-    if changed:
-        return "its settings changed: " + changed
-    for r in reads:
-        if markers.get(r) is not None and marker["reads"].get(r) != markers[r]["stamp"]:
-            return f"its input {r!r} was rebuilt"
-        if markers.get(r) is not None and why_stale(cfg, r, markers):   # an input of an input: out of date too
-            return f"its input {r!r} is out of date"
-    return ""
-
-
-def why_reevaluate(cfg, name, markers):
-    """Why a current stage must be evaluated again ("" if not): an evaluation-only setting changed."""
-    marker = markers.get(name)
-    eval_only = {k: cfg[k] for k in EVAL_ONLY.get(name, [])}
-    changed = marker_changes(marker, eval_only) if marker and eval_only else ""
-    return "its evaluation settings changed: " + changed if changed else ""
-
-
-def write_marker(out_dir, name, marker):
-    tmp = os.path.join(out_dir, f"{name}.done.tmp")
-    with open(tmp, "w") as f:
-        json.dump(marker, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, f"{name}.done"))
-
-
 PARALLEL = {"text", "units", "codec", "asr", "align", "sft", "dpo", "vocoder", "omni"}  # train on every rank
 
 
@@ -470,72 +401,8 @@ def main(argv):
             raise SystemExit(f"--{key}={cfg[key]}: {e}") from None
     if cfg["dual_ear"] == "units" and cfg["codec_n_q"] % 4:   # a frame's user columns hold its 4 units (corpus/speech.py)
         raise SystemExit(f"--dual_ear=units needs --codec_n_q a multiple of 4 (got {cfg['codec_n_q']}); or --dual_ear=codec")
-    main_rank = utils.is_main()
-    log = print if main_rank else (lambda *a, **k: None)
-    log(f"nanosdm: preset={cfg['preset']} device={cfg['device']} out={cfg['out_dir']}"
-        + (f", {utils.world_size()} ranks (torchrun)" if utils.world_size() > 1 else ""))
-    markers = {n: read_marker(cfg["out_dir"], n) for n in names}
-    for name, build, evaluate, _, extra, outputs in STAGES:
-        if cfg["stage"] != name and (cfg["stage"] != "all" or name in OPT_IN):
-            continue
-        why = why_stale(cfg, name, markers)
-        why_eval = "" if why else why_reevaluate(cfg, name, markers)
-        if cfg["stage"] == "all" and not why and not why_eval:
-            log(f"[{name}] up to date, skipped (--stage={name} evaluates it again, --stage={name} --retrain trains it again)")
-            continue
-        for r in stage_reads(cfg, name):   # asked for by name while an input is itself out of date: say so, go on
-            if cfg["stage"] == name and markers[r] and why_stale(cfg, r, markers):
-                log(f"[{name}] warning: its input {r!r} is out of date ({why_stale(cfg, r, markers)}); "
-                    f"{name} uses it as it is (python train.py rebuilds both)")
-        marker = markers[name]
-        utils.seed_everything(cfg["seed"])
-        t0 = time.time()
-        if build is not None and (why or retrain):
-            log(f"[{name}] starting" + (f": {why}" if marker and why else "") + (" (--retrain)" if retrain else ""))
-            if retrain and main_rank:       # from scratch: no checkpoint to resume
-                for f in outputs:
-                    if os.path.exists(os.path.join(cfg["out_dir"], f)):
-                        os.remove(os.path.join(cfg["out_dir"], f))
-            utils.barrier()
-            # the training loops record the settings they depend on in their checkpoints (utils.resume)
-            stage_cfg = dict(cfg, train_settings=training_settings(cfg, name, extra))
-            trained = (build(stage_cfg) or {}) if main_rank or name in PARALLEL else {}
-            trained[f"{name}_seconds"] = round(time.time() - t0, 1)
-            stamp = f"{time.time_ns():x}"   # this build's id: the stages that read it record it
-        else:
-            why = why or why_eval
-            log(f"[{name}] " + (f"{why}: evaluating it" if why else "up to date: evaluating it again (--retrain trains it again)"
-                                if evaluate is not None else "up to date, nothing to evaluate (--retrain builds it again)"))
-            trained, stamp = (marker["train"], marker["stamp"]) if marker else ({}, "none")
-        utils.barrier()
-        if main_rank:               # rank 0 alone evaluates and writes the figures and the marker
-            t1 = time.time()
-            measured = {}
-            if evaluate is not None:
-                measured = evaluate(cfg) or {}
-                measured[f"{name}_eval_seconds"] = round(time.time() - t1, 1)
-            old = set(marker["train"]) | set(marker["eval"]) if marker else set()
-            markers[name] = dict(settings=stage_settings(cfg, name, extra), stamp=stamp, train=trained, eval=measured,
-                                 reads={r: markers[r]["stamp"] for r in stage_reads(cfg, name) if markers[r]})
-            write_marker(cfg["out_dir"], name, markers[name])
-            report = utils.update_report(cfg["out_dir"], {**trained, **measured}, drop=old)
-            print(f"[{name}] done in {time.time() - t0:.1f}s: "
-                  + ", ".join(f"{k}={v:.4g}" for k, v in {**trained, **measured}.items()))
-            # figures later stages derived from what this stage rebuilt are dropped, never left stale
-            for later in names[names.index(name) + 1:]:
-                m = markers[later]
-                lwhy = why_stale(cfg, later, markers)
-                if m and lwhy and (m["train"] or m["eval"]):
-                    gone = set(m["train"]) | set(m["eval"])
-                    report = utils.update_report(cfg["out_dir"], {}, drop=gone)
-                    markers[later] = dict(m, train={}, eval={})
-                    write_marker(cfg["out_dir"], later, markers[later])
-                    if cfg["stage"] != "all":
-                        print(f"[{later}] out of date ({lwhy}): its {len(gone)} figures were dropped from "
-                              f"report.json; python train.py reruns it")
-            print(f"[{name}] figures merged into {os.path.join(cfg['out_dir'], 'report.json')} ({len(report)} in all)")
-        utils.barrier()
-        markers = {n: read_marker(cfg["out_dir"], n) for n in names}   # every rank sees what rank 0 wrote
+    runner.run(cfg, dict(stages=STAGES, opt_in=OPT_IN, eval_only=EVAL_ONLY, global_keys=GLOBAL_KEYS, parallel=PARALLEL),
+               retrain)
 
 
 if __name__ == "__main__":

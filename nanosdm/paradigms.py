@@ -43,7 +43,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nanosdm import dualstream, flat, utils
+from nanosdm import dualstream, dualtrain, flat, utils
 
 DUAL_ROWS = ("moshi", "mini_omni", "s2s_duplex")
 FLAT_ROWS = ("flat_chain", "flat_spirit", "flat_spirit_words", "flat_s2s")
@@ -70,7 +70,7 @@ def row_settings(cfg, name):
 
 
 def dual_config(cfg, name):
-    """The config that dualstream.train builds a dual-stream row from: the paradigm, its depth head's size, the budget."""
+    """The config that dualtrain.train builds a dual-stream row from: the paradigm, its depth head's size, the budget."""
     paradigm = dict(
         moshi=dict(dual_heads="depth", dual_text=True, dual_depth_layers=cfg["paradigms_moshi_depth_layers"],
                    dual_depth_d_model=cfg["paradigms_moshi_depth_d_model"]),
@@ -83,9 +83,9 @@ def dual_config(cfg, name):
 
 
 def train_dual(cfg, name, stop_step=None):
-    """A dual-stream row: sft's loop (dualstream.train) from the text LM, out_dir/paradigm_<name>.pt."""
+    """A dual-stream row: sft's loop (dualtrain.train) from the text LM, out_dir/paradigm_<name>.pt."""
     rc = dual_config(cfg, name)
-    m = dualstream.train(rc, "sft", stop_step, name=f"paradigm_{name}")
+    m = dualtrain.train(rc, "sft", stop_step, name=f"paradigm_{name}")
     if not m:
         return {}
     model = dualstream.load_model(os.path.join(cfg["out_dir"], f"paradigm_{name}.pt"))

@@ -185,13 +185,13 @@ def test_collect_pairs_with_a_hand_made_judge():
 def test_stage_trains_resumes_after_a_kill_and_plots(tmp_path):
     import os
     import shutil
-    from test_dualstream import make_tiny_run
-    from nanosdm import dualstream, utils
+    from test_dualtrain import make_tiny_run
+    from nanosdm import dualtrain, utils
     cfg = make_tiny_run(tmp_path / "run")
     cfg.update(sft_max_steps=2, sft_batch_size=2, sft_ckpt_interval=2, sft_warmup=1, align_max_steps=2,
                dpo_max_steps=5, dpo_batch_size=2, dpo_ckpt_interval=2, dpo_warmup=1, dpo_lr=1e-3)
-    dualstream.train(cfg, "align")
-    dualstream.train(cfg, "sft")
+    dualtrain.train(cfg, "align")
+    dualtrain.train(cfg, "sft")
     from nanosdm.corpus.speech import Streams
     st = Streams(os.path.join(cfg["out_dir"], "speech"), "train")
     x = torch.from_numpy(st.window(0, 20))[None].repeat(3, 1, 1)

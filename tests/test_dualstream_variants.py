@@ -176,7 +176,7 @@ def test_parameter_counts_differ_by_the_parts_each_variant_drops():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from test_dualstream import make_tiny_run
+    from test_dualtrain import make_tiny_run
     return make_tiny_run(tmp_path_factory.mktemp("run"))
 
 
@@ -184,10 +184,10 @@ def tiny_run(tmp_path_factory):
 def test_stage_align_trains_each_variant_from_the_text_lm(tiny_run, tmp_path, variant):
     import os
     import shutil
-    from nanosdm import dualstream
+    from nanosdm import dualtrain
     cfg = dict(tiny_run, out_dir=str(tmp_path / "out"), **variant)
     shutil.copytree(tiny_run["out_dir"], cfg["out_dir"])
-    metrics = dualstream.train(cfg, "align")
+    metrics = dualtrain.train(cfg, "align")
     ckpt = utils.load_checkpoint(os.path.join(cfg["out_dir"], "align.pt"))
     model = load_model(os.path.join(cfg["out_dir"], "align.pt"))
     assert ckpt["step"] == 6 and model.config["heads"] == variant.get("dual_heads", "depth")

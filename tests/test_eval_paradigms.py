@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from nanosdm import dualstream, flat, utils
+from nanosdm import dualstream, dualtrain, flat, utils
 from nanosdm.asr import ASR
 from nanosdm.eval import paradigms
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def run(tmp_path_factory):
     """make_tiny_run's out/ with an unseen_voice split (the train split's dialogues) and an untrained
     recognizer as asr.pt: enough for every figure to be computed, none to be good."""
-    from test_dualstream import make_tiny_run
+    from test_dualtrain import make_tiny_run
     cfg = make_tiny_run(tmp_path_factory.mktemp("run"))
     speech = os.path.join(cfg["out_dir"], "speech")
     for f in os.listdir(speech):
@@ -34,7 +34,7 @@ def run(tmp_path_factory):
 def test_a_dual_stream_rows_figures(run, tmp_path, name, variant, parallel_decoding):
     cfg = dict(run, out_dir=str(tmp_path / "out"), **variant)
     shutil.copytree(run["out_dir"], cfg["out_dir"])
-    dualstream.train(cfg, "align")
+    dualtrain.train(cfg, "align")
     path = os.path.join(cfg["out_dir"], "align.pt")
     model = dualstream.load_model(path)
     figures = paradigms.evaluate_dual_row(cfg, name, path, parallel_decoding)

@@ -102,7 +102,7 @@ def test_sample_omni_wav_in_reply_out(tmp_path):
     import subprocess
     import sys
     import numpy as np
-    from test_dualstream import make_tiny_run
+    from test_dualtrain import make_tiny_run
     from nanosdm import utils
     from nanosdm.corpus import audio
     from nanosdm.asr import ASR

@@ -62,7 +62,7 @@ def test_paradigms_rows_names_rows_and_refuses_others():
 def run(tmp_path_factory):
     """make_tiny_run laid out as train.py's out/tiny and data/tiny, with the unseen_voice and text_only
     splits (the train split's dialogues), an untrained recognizer and unit vocoder."""
-    from test_dualstream import make_tiny_run
+    from test_dualtrain import make_tiny_run
     from nanosdm.asr import ASR
     from nanosdm.vocoder import Vocoder
     root = tmp_path_factory.mktemp("paradigms")

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, codec, dpo, dualstream, omni, textlm, tokenizer, units, utils, vocoder
+from nanosdm import asr, codec, dpo, dualtrain, omni, textlm, tokenizer, units, utils, vocoder
 from nanosdm.corpus import speech, spokenworld  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
@@ -78,8 +78,8 @@ def small(tmp_path_factory, one_thread):
     codec.train(cfg)
     asr.train(cfg)
     speech.build(cfg)
-    dualstream.train(cfg, "align")
-    dualstream.train(cfg, "sft")
+    dualtrain.train(cfg, "align")
+    dualtrain.train(cfg, "sft")
     dpo.train(cfg, fake_pairs(cfg))
     vocoder.train(cfg)
     omni.train(cfg)
@@ -194,7 +194,7 @@ def test_bf16_autocast_paths_train(small, tmp_path, monkeypatch):
     shutil.copy(os.path.join(small["out_dir"], "tokenizer.model"), tmp_path / "tokenizer.model")
     for name, fn in (("text", lambda: textlm.train(cfg, stop_step=1)), ("codec", lambda: codec.train(cfg)),
                      ("asr", lambda: asr.train(cfg)), ("units", lambda: units.train(cfg)),
-                     ("speech", lambda: speech.build(cfg)), ("align", lambda: dualstream.train(cfg, "align"))):
+                     ("speech", lambda: speech.build(cfg)), ("align", lambda: dualtrain.train(cfg, "align"))):
         entered.clear()
         fn()
         assert set(entered) == ({torch.bfloat16} if name != "speech" else set()), (name, entered)

@@ -201,7 +201,7 @@ def test_asr_trains_and_reports_real_figures(corpora, tmp_path, kind):
 
 
 def test_mixed_streams_draw_windows_in_proportion():
-    from nanosdm.dualstream import get_batch
+    from nanosdm.dualtrain import get_batch
 
     class FakeStreams:        # dialogues of 100 frames; a frame's token is its part's tag + its index
         def __init__(self, n, tag):
@@ -228,7 +228,7 @@ def test_mixed_streams_draw_windows_in_proportion():
 
 def dual_run(root, setting):
     """make_tiny_run's text LM, codec and SpokenWorld streams, with the setting changed."""
-    from test_dualstream import make_tiny_run
+    from test_dualtrain import make_tiny_run
     cfg = make_tiny_run(root)
     cfg.update(ASR, speech_data=setting, align_user_turns=6, align_assistant_turns=2, align_max_steps=2,
                sft_batch_size=2, sft_max_steps=2, sft_ckpt_interval=2, sft_warmup=1, sft_eval_history=8)
@@ -243,7 +243,7 @@ def codec_and_tok(cfg):
 
 
 def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
-    from nanosdm import dualstream
+    from nanosdm import dualstream, dualtrain
     from nanosdm.corpus import speech
     from nanosdm.eval import dialogue
     cfg = dual_run(tmp_path, f"spokenworld:0.5,moshi:{corpora['moshi']}:0.5")
@@ -255,8 +255,8 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
     assert len(real.dialogues) == 1 and real.dialogues[0]["id"] in DIALOGUES   # the other dialogue is held out
     held = speech.Streams(out, "align_real_heldout")
     assert all(tr["speaker"] == "user" for d in held.dialogues for tr in d["turns"])
-    assert "align_text_loss" in dualstream.train(cfg, "align")
-    assert "sft_text_loss" in dualstream.train(cfg, "sft")
+    assert "align_text_loss" in dualtrain.train(cfg, "align")
+    assert "sft_text_loss" in dualtrain.train(cfg, "sft")
     printed = capsys.readouterr().out
     assert "align: SpokenWorld's align 50%, the user's align_real 50%" in printed
     assert "sft: SpokenWorld's train 50%, the user's real 50%" in printed
@@ -273,7 +273,7 @@ def test_moshi_dialogues_feed_speech_align_and_sft(corpora, tmp_path, capsys):
 
 
 def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, capsys):
-    from nanosdm import dualstream
+    from nanosdm import dualtrain
     from nanosdm.corpus import speech
     cfg = dual_run(tmp_path, f"librispeech:{corpora['librispeech']}")
     out = os.path.join(cfg["out_dir"], "speech")
@@ -285,8 +285,8 @@ def test_librispeech_feeds_align_through_forced_alignment(corpora, tmp_path, cap
     d = speech.Streams(out, "align_real").dialogues[0]
     words = [w for tr in d["turns"] for w, _, _ in tr["words"]]
     assert set(words) <= {w for _, texts in SPEAKERS.values() for t in texts for w in t.lower().split()}
-    assert "align_text_loss" in dualstream.train(cfg, "align")
-    assert "sft_text_loss" in dualstream.train(cfg, "sft")             # SpokenWorld's dialogues: nothing else has two channels
+    assert "align_text_loss" in dualtrain.train(cfg, "align")
+    assert "sft_text_loss" in dualtrain.train(cfg, "sft")             # SpokenWorld's dialogues: nothing else has two channels
     printed = capsys.readouterr().out
     assert "align: SpokenWorld's align 0%, the user's align_real 100%" in printed
     assert "sft: trains on SpokenWorld's split train only: the setting has no two-channel corpus" in printed

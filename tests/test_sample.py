@@ -18,15 +18,15 @@ from nanosdm.corpus import audio
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)  # sample.py and train.py
-from test_dualstream import make_tiny_run  # noqa: E402
+from test_dualtrain import make_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     cfg = make_tiny_run(root)
-    from nanosdm import dualstream
-    dualstream.train(dict(cfg, align_max_steps=2), "align")
+    from nanosdm import dualtrain
+    dualtrain.train(dict(cfg, align_max_steps=2), "align")
     shutil.copy(os.path.join(cfg["out_dir"], "align.pt"), os.path.join(cfg["out_dir"], "sft.pt"))
     preset_dir = root / "runs" / "tiny"
     shutil.copytree(cfg["out_dir"], preset_dir)

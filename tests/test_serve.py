@@ -28,7 +28,7 @@ from nanosdm.corpus import speech
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)  # sample.py and train.py
-from test_dualstream import make_tiny_run  # noqa: E402
+from test_dualtrain import make_tiny_run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py; the server runs on one thread too
 
@@ -37,12 +37,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py; the 
 def run(tmp_path_factory):
     """A tiny trained run in runs/tiny: tokenizer, text LM, codec, sft.pt (stage align, 2 steps: it writes
     garbage, in both roles), and LLaMA-Omni's asr, omni and vocoder (untrained)."""
-    from nanosdm import dualstream, omni
+    from nanosdm import dualtrain, omni
     from nanosdm.asr import ASR
     from nanosdm.vocoder import Vocoder
     root = tmp_path_factory.mktemp("serve")
     cfg = make_tiny_run(root)
-    dualstream.train(dict(cfg, align_max_steps=2), "align")
+    dualtrain.train(dict(cfg, align_max_steps=2), "align")
     out = cfg["out_dir"]
     shutil.copy(os.path.join(out, "align.pt"), os.path.join(out, "sft.pt"))
     torch.manual_seed(0)
@@ -326,7 +326,7 @@ def preset_sized(run, root):
     codes, depth 2 x 128, context 256) with the fixture's tokenizer (100 pieces, not 1024: only the
     text head is smaller). A frame costs what it costs the preset; what it says is noise."""
     import train
-    from nanosdm import dualstream, textlm
+    from nanosdm import dualtrain, textlm
     from nanosdm.codec import Codec
     from nanosdm.tokenizer import Tokenizer
     out = root / "runs" / "tiny"
@@ -340,7 +340,7 @@ def preset_sized(run, root):
     codec = Codec(*(cfg[f"codec_{k}"] for k in ("dim", "sub_dim", "enc_layers", "dec_layers", "sub_layers", "kernel",
                                                 "latent_dim", "n_q", "codebook_size")))
     utils.save_checkpoint(str(out / "codec.pt"), dict(model=codec.state_dict(), config=codec.config))
-    model = dualstream.build_model(cfg)
+    model = dualtrain.build_model(cfg)
     utils.save_checkpoint(str(out / "sft.pt"), dict(model=model.state_dict(), config=model.config))
     return root
 

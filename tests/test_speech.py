@@ -114,28 +114,6 @@ def test_the_units_ear_needs_units_that_stream(tmp_path):
         speech.load_ear(dict(cfg, dual_ear="mel"))
 
 
-def test_align_hears_every_name_but_no_text_only_fact(tmp_path):
-    """align's scrambled ASR-like turns name the text-only creatures too (a name never heard cannot be
-    transcribed), while no question or reply of align is about one (their facts stay text-only)."""
-    import json
-    import os
-    import random
-    from nanosdm.corpus import spokenworld
-    world = spokenworld.make_world(40, 0.25, seed=0)
-    spokenworld.write_jsonl(os.path.join(tmp_path, "world.jsonl"), world)
-    with open(os.path.join(tmp_path, "corpus.json"), "w") as f:
-        json.dump(dict(seen_voices=["en"]), f)
-    cfg = dict(data_dir=str(tmp_path), align_user_turns=400, align_assistant_turns=100, align_scrambled_frac=0.3)
-    text_only = {e["name"] for e in world if e["text_only"]}
-    named = lambda plans, ch: sum(len(set(t.replace("?", " ").replace(".", " ").split()) & text_only)
-                                  for c, t, _, _ in plans if c == ch)
-    plans = speech.align_plans(cfg, random.Random(0))
-    assert named(plans, spokenworld.USER) > 10                     # text-only names are heard...
-    assert named(plans, spokenworld.ASSISTANT) == 0                # ...in no reply
-    questions_only = speech.align_plans(dict(cfg, align_scrambled_frac=0.0), random.Random(0))
-    assert named(questions_only, spokenworld.USER) == 0            # ...and in no question: only in scrambled turns
-
-
 def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
     import random
     docs = [[["user", "what colour is the kotan?"], ["assistant", "the kotan is red."]],

@@ -173,10 +173,11 @@ def test_an_evaluation_only_setting_evaluates_again_without_training(fake_codec_
 
 
 def test_eval_only_settings_are_known_keys_and_sft_eval_history_still_shapes_dpo():
+    from nanosdm import runner
     cfg = train.parse_config([])
-    extra = {s[0]: s[4] for s in train.STAGES}
+    plan = dict(stages=train.STAGES, eval_only=train.EVAL_ONLY, global_keys=train.GLOBAL_KEYS)
     for name, keys in train.EVAL_ONLY.items():
-        assert name in extra and all(k in cfg for k in keys), name
-        assert not set(keys) & set(train.training_settings(cfg, name, extra[name])), name
+        assert name in [s[0] for s in train.STAGES] and all(k in cfg for k in keys), name
+        assert not set(keys) & set(runner.training_settings(cfg, plan, name)), name
     # sft evaluates with it; dpo collects its pairs with it, so it trains dpo again
-    assert "sft_eval_history" in train.EVAL_ONLY["sft"] and "sft_eval_history" in train.training_settings(cfg, "dpo", extra["dpo"])
+    assert "sft_eval_history" in train.EVAL_ONLY["sft"] and "sft_eval_history" in runner.training_settings(cfg, plan, "dpo")

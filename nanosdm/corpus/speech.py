@@ -32,7 +32,7 @@ Files, under out/<preset>/speech/ (codes depend on the trained codec, so they li
 
 Splits: the corpus's spoken splits (train, val, unseen_voice, text_only), `align` (single
 utterances for modality adaptation: ASR-like user turns and TTS-like assistant turns, synthesized
-here), and under a `speech_data` setting the user's corpora (write_speech below: `real`, `align_real` and
+by corpus/practice.py), and under a `speech_data` setting the user's corpora (write_speech below: `real`, `align_real` and
 their held-out parts, which sft and align then train on).
 """
 import json
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm.corpus import audio, realdata, spokenworld
+from nanosdm.corpus import audio, practice, realdata, spokenworld
 from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, TEXT, USER, Tokenizer
 
@@ -316,90 +316,6 @@ class Streams:
 
 
 # -----------------------------------------------------------------------------
-# `align` data: single utterances, synthesized here (eSpeak renders hours a minute)
-
-def align_plans(cfg, rng):
-    """(channel, text, voice) for the ASR-like user turns (training questions in training voices,
-    plus turns of scrambled words and names, which force listening as in the ASR stage) and
-    the TTS-like assistant turns (replies in the assistant's voice).
-
-    The scrambled turns name every creature of the world, the text-only ones too: a name is one
-    token, and a name never heard cannot be transcribed, so without them the text_only split
-    measured whether the ear guesses unheard words, not whether text knowledge reaches speech.
-    Their facts are never spoken: no question or reply here is about a text-only creature."""
-    everyone = spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))
-    world = [e for e in everyone if not e["text_only"]]
-    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
-        voices = json.load(f)["seen_voices"]
-    vocab = sorted({w for e in world for a in spokenworld.ATTRIBUTES for w in spokenworld.ATTRIBUTES[a][2][0].format(e=e["name"]).split()})
-    plans = []
-    for i in range(cfg["align_user_turns"] + cfg["align_assistant_turns"]):
-        ex = spokenworld.random_exchanges(rng, world, 1, held_out=False)[0]
-        if i < cfg["align_user_turns"]:
-            voice = dict(voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75))
-            text = ex["question"]
-            if rng.random() < cfg["align_scrambled_frac"]:
-                words = [rng.choice(vocab) if rng.random() > 0.3 else rng.choice(everyone)["name"] for _ in range(rng.randint(2, 7))]
-                text = " ".join(words) + "."
-            plans.append((spokenworld.USER, text, voice, rng.uniform(0.25, 0.6)))
-        else:
-            # the dialogues' assistant level: at peak 1.0 the same turns share codebook 0 with it on
-            # only 74% of frames (codebooks 1-3: 24/14/9%), a second voice the dialogues never use
-            plans.append((spokenworld.ASSISTANT, ex["reply"], spokenworld.ASSISTANT_VOICE, spokenworld.ASSISTANT_PEAK))
-    return plans
-
-
-def align_dialogues(cfg, seed, per_dialogue=8):
-    """Group the single utterances into pseudo-dialogues of `per_dialogue` turns on one channel,
-    each turn followed by silence, so they are stored and windowed like any dialogue."""
-    from nanosdm.corpus import espeak
-    rng = random.Random(seed)
-    plans = align_plans(cfg, rng)
-    jobs = [dict(text=t, **v) for _, t, v, _ in plans]
-    rendered = espeak.synthesize_many(jobs)
-    group = []
-    for (ch, text, _, peak), (wav, words, _) in tqdm(zip(plans, rendered), total=len(plans), desc="align turns", leave=False):
-        group.append((ch, text, wav * peak / max(1e-4, np.abs(wav).max()), words))
-        if len(group) == per_dialogue:
-            yield _place(group, rng)
-            group = []
-    if group:
-        yield _place(group, rng)
-
-
-def extra_dialogues(cfg):
-    """More training dialogues than the corpus holds, rendered here and kept only as codes (the
-    dual-stream model memorised the tiny corpus's hour in a few hundred steps and never learnt to
-    listen; eSpeak renders hours a minute). Same world, same training voices, same phrasings."""
-    import multiprocessing as mp
-    n = cfg["speech_extra_dialogues"]
-    if n <= 0:
-        return
-    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
-    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
-        voices = json.load(f)["seen_voices"]
-    rng = random.Random(cfg["seed"] + 3 * 10**6)
-    plans = [spokenworld.plan_dialogue(rng, world, voices, held_out=False) for _ in range(n)]
-    with mp.Pool(cfg.get("workers") or os.cpu_count()) as pool:
-        for pcm, turns in tqdm(pool.imap(spokenworld.render_dialogue, plans, chunksize=2), total=n, desc="speech extra", unit="dlg"):
-            yield torch.from_numpy(pcm.T.astype(np.float32) / 32768.0), turns
-
-
-def _place(group, rng):
-    sr = audio.SAMPLE_RATE
-    t, pieces, turns = rng.uniform(0.2, 0.6), [], []
-    for ch, text, wav, words in group:
-        pieces.append((ch, int(t * sr), wav))
-        turns.append(dict(speaker="assistant" if ch == spokenworld.ASSISTANT else "user", text=text, start=t,
-                          end=t + len(wav) / sr, kind="align", words=[[w, t + s, t + e] for w, s, e in words]))
-        t += len(wav) / sr + rng.uniform(0.3, 1.0)
-    stereo = np.zeros((2, int(t * sr)), dtype=np.float32)
-    for ch, s, wav in pieces:
-        stereo[ch, s:s + len(wav)] += wav
-    return torch.from_numpy(stereo), turns
-
-
-# -----------------------------------------------------------------------------
 # the stage
 
 def load_ear(cfg, device=None):
@@ -431,12 +347,12 @@ def build(cfg):
             text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg, ear)
             w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
         if split == "train":
-            for i, (wav, turns) in enumerate(extra_dialogues(cfg)):
+            for i, (wav, turns) in enumerate(practice.extra_dialogues(cfg)):
                 text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
                 w.add(dict(id=f"extra-{i:05d}", turns=turns), text, codes)
         metrics[f"speech_frames_{split}"] = w.close()
     w = StreamWriter(out, "align")
-    for i, (wav, turns) in enumerate(align_dialogues(cfg, cfg["seed"] + 7)):
+    for i, (wav, turns) in enumerate(practice.align_dialogues(cfg, cfg["seed"] + 7)):
         text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
         w.add(dict(id=f"align-{i:05d}", turns=turns), text, codes)
     metrics["speech_frames_align"] = w.close()
@@ -452,7 +368,7 @@ def build(cfg):
 # real corpora (nanosdm/realdata.py's --speech_data) as codes, beside SpokenWorld's: for align and sft
 
 REAL_EVAL_TURNS = 160      # held-out utterances of split align_real_heldout (eval/dialogue.py's user_wer reads 160)
-PER_DIALOGUE = 8           # single utterances per pseudo-dialogue of split align_real (as speech.align_dialogues)
+PER_DIALOGUE = 8           # single utterances per pseudo-dialogue of split align_real (as practice.align_dialogues)
 
 
 def _weight(cfg, kinds, kind="spokenworld"):
@@ -500,7 +416,7 @@ def write_speech(cfg, out, codec, tok, ear=None):
         w, group, untimed = StreamWriter(out, split), [], 0
 
         def flush():
-            stereo, turns = _place(group, rng)
+            stereo, turns = practice.place(group, rng)
             for tr in turns:   # what eval/dialogue.py's user_wer transcribes
                 tr["kind"] = "question" if tr["speaker"] == "user" else "answer"
             text, codes = encode_dialogue(codec, tok, stereo, turns, cfg, ear)
@@ -551,7 +467,7 @@ def _aligner(cfg):
 
 class MixedStreams:
     """Several splits' streams (speech.Streams) as one, each drawn in its stated share.
-    dualstream.get_batch picks window starts uniformly over len(self): each part owns a stretch
+    dualtrain.get_batch picks window starts uniformly over len(self): each part owns a stretch
     of that range in proportion to its weight, and a start in it is scaled onto the part's frames."""
 
     def __init__(self, parts):
