@@ -208,7 +208,7 @@ def converse_omni(args, out_dir, device):
     audio was ready (the question's end + the measured compute)."""
     import json
     import time
-    from nanosdm import omni
+    from nanosdm import omni, omni_data
     from nanosdm.corpus import audio
     from nanosdm.asr import ASR
     from nanosdm.codec import Codec
@@ -218,8 +218,8 @@ def converse_omni(args, out_dir, device):
     model, voc = omni.load_model(os.path.join(out_dir, "omni.pt"), device), Vocoder.load(os.path.join(out_dir, "vocoder.pt"), device)
     heard = user_input(args, out_dir)
     t0 = time.time()
-    feats = omni.encode_speech(asr, [heard])[0]
-    example = omni.make_example(dict(parts=[], question=feats), model.config["k"], model.lm.config["block_size"],
+    feats = omni_data.encode_speech(asr, [heard])[0]
+    example = omni_data.make_example(dict(parts=[], question=feats), model.config["k"], model.lm.config["block_size"],
                                 with_answer=False)   # a recording too long for the LM's block is refused by name
     out = omni.respond(model, example, voc, codec, args.omega, args.max_new_tokens, t0=t0)
     seconds = time.time() - t0

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanosdm import utils
+from nanosdm.codec_losses import Discriminator, discriminator_loss, generator_adv_loss, mel_loss
 from nanosdm.corpus import audio, realdata
 from nanosdm.kmeans import kmeans
 
@@ -62,7 +63,6 @@ N_FFT = 2 * HOP                   # 40 ms windows, half overlapping: overlap-add
 N_BINS = N_FFT // 2 + 1
 DELAY = HOP                       # decoder output lag in samples (see the docstring)
 MAX_LOG_MAG = 8.0                 # exp(8) ~ 3000: caps the decoder's magnitudes early in training
-MEL_SCALES = ((256, 40), (512, 80), (1024, 128))   # (n_fft, n_mels) of the mel loss: 16 to 64 ms
 
 
 def hann(n, device=None):
@@ -327,28 +327,7 @@ class Codec(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# losses: multi-scale log-mel L1, semantic distillation, an optional multi-scale STFT discriminator
-
-_FILTERBANKS = {}
-
-
-def fast_log_mel(x, n_fft, n_mels):
-    """audio.log_mel in dB (same normalisation, -80 dB floor) with hop n_fft/4, zero padding and a
-    cached filterbank: rfft of unfolded frames back-propagates faster on a CPU than torch.stft."""
-    key = (n_fft, n_mels, str(x.device))
-    if key not in _FILTERBANKS:
-        window = hann(n_fft, x.device)
-        fb = audio.mel_filterbank(n_fft, n_mels, SAMPLE_RATE, device=x.device) / (window.sum() ** 2 / 4)
-        _FILTERBANKS[key] = (window, fb.T.contiguous())
-    window, fb = _FILTERBANKS[key]
-    spec = torch.fft.rfft(F.pad(x, (n_fft // 2, n_fft // 2)).unfold(-1, n_fft, n_fft // 4) * window)
-    return 10 * torch.log10(((spec.real.square() + spec.imag.square()) @ fb).clamp_min(1e-8))
-
-
-def mel_loss(y, x):
-    """Mean |log-mel difference| in dB over several resolutions: the evaluation's measure."""
-    return sum((fast_log_mel(y, n, m) - fast_log_mel(x, n, m)).abs().mean() for n, m in MEL_SCALES) / len(MEL_SCALES)
-
+# semantic distillation (the mel loss and the optional discriminator: codec_losses.py)
 
 def distill_loss(model, first, wav, teacher):
     """1 - cosine between codebook 0's output (projected) and the teacher's features pooled to
@@ -359,50 +338,6 @@ def distill_loss(model, first, wav, teacher):
     t = min(T, target.shape[1] // SUB)
     target = target[:, :t * SUB].reshape(B, t, SUB, -1).mean(2)
     return 1 - F.cosine_similarity(model.distill(first[:, :t]).float(), target, dim=-1).mean()
-
-
-class STFTDiscriminator(nn.Module):
-    """2-D convs over the real and imaginary parts of one STFT (EnCodec's MS-STFT discriminator):
-    it sees phase, which the mel loss cannot."""
-
-    def __init__(self, n_fft, ch=32):
-        super().__init__()
-        self.n_fft = n_fft
-        self.register_buffer("window", hann(n_fft), persistent=False)
-        self.convs = nn.ModuleList([nn.Conv2d(2, ch, (3, 9), padding=(1, 4))] + [
-            nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), dilation=(d, 1), padding=(d, 4)) for d in (1, 2, 4)
-        ] + [nn.Conv2d(ch, ch, (3, 3), padding=(1, 1))])
-        self.out = nn.Conv2d(ch, 1, (3, 3), padding=(1, 1))
-
-    def forward(self, wav):
-        spec = torch.stft(wav.float(), self.n_fft, self.n_fft // 4, window=self.window, return_complex=True)
-        h, features = torch.stack([spec.real, spec.imag], 1).transpose(2, 3), []   # [B, 2, frames, bins]
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.2)
-            features.append(h)
-        return self.out(h).float(), features
-
-
-class Discriminator(nn.ModuleList):
-    def __init__(self, n_ffts=(256, 512, 1024)):
-        super().__init__(STFTDiscriminator(n) for n in n_ffts)
-
-
-def discriminator_loss(disc, real, fake):
-    """Hinge loss: real logits above +1, fake below -1."""
-    return sum(F.relu(1 - d(real)[0]).mean() + F.relu(1 + d(fake.detach())[0]).mean() for d in disc) / len(disc)
-
-
-def generator_adv_loss(disc, real, fake):
-    """(hinge loss of the decoder's audio, feature matching: L1 between the discriminator's features of
-    real and decoded audio, relative to the real features' size)."""
-    adv, fm = 0.0, []
-    for d in disc:
-        feat_r = [f.detach().float() for f in d(real)[1]]
-        logit, feat_f = d(fake)
-        adv = adv + F.relu(1 - logit).mean()
-        fm += [(fr - ff.float()).abs().mean() / (fr.abs().mean() + 1e-8) for fr, ff in zip(feat_r, feat_f)]
-    return adv / len(disc), sum(fm) / len(fm)
 
 
 # -----------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def train_text_out(cfg, stop_step=None):
     omni_lm_lr_mult of the rate (omni_tune_lm), on the train split's spoken exchanges -> their
     text answers, the answer alone scored. No synthesized questions (omni_extra_exchanges): the
     flat rows' exchanges, no more."""
-    from nanosdm import omni
+    from nanosdm import omni, omni_data
     from nanosdm.asr import ASR
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]
@@ -136,14 +136,14 @@ def train_text_out(cfg, stop_step=None):
     lm_ckpt = utils.load_checkpoint(os.path.join(out_dir, "text.pt"), device)
     model = build_text_out(cfg, lm_ckpt["config"], asr.config["d_model"]).to(device)
     model.lm.load_state_dict(lm_ckpt["model"])
-    examples = [omni.make_example(it, cfg["omni_k"], lm_ckpt["config"]["block_size"])
-                for it in omni.spoken_exchanges(cfg, "train", asr, tok)]
+    examples = [omni_data.make_example(it, cfg["omni_k"], lm_ckpt["config"]["block_size"])
+                for it in omni_data.spoken_exchanges(cfg, "train", asr, tok)]
     groups = omni.adapter_groups(model, cfg)
     B, steps = cfg["paradigms_batch_size"], cfg["paradigms_steps"]
     draw = lambda gen: torch.randint(len(examples), (B,), generator=gen).tolist()
 
     def loss_fn(gen):
-        batch = omni.collate([examples[r] for r in draw(gen)], device)
+        batch = omni_data.collate([examples[r] for r in draw(gen)], device)
         _, logits = model(batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1), ignore_index=-1)
 

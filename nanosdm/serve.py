@@ -111,7 +111,7 @@ class HalfDuplex:
         return []
 
     def end(self, send):
-        from nanosdm import omni
+        from nanosdm import omni, omni_data
         from nanosdm.asr import HOP, conv_lengths
         app, heard, self.heard = self.app, self.heard, []
         if len(heard) * FRAME < MIN_QUESTION_S * 16000:
@@ -121,13 +121,13 @@ class HalfDuplex:
         # the ear's positions and the prompt (BOS USER speech EOS ASSISTANT) with its answer must fit
         enc = int(conv_lengths(torch.tensor(len(wav) // HOP + 1)))
         fits = min(app.asr.config["max_seq_len"] / enc, (app.model.lm.config["block_size"] - app.args.max_new_tokens - 1)
-                   / (omni.downsampled_length(enc, app.model.config["k"]) + 4))
+                   / (omni_data.downsampled_length(enc, app.model.config["k"]) + 4))
         if fits < 1:
             return send(json.dumps(dict(type="error", message=f"too long a question ({len(wav) / 16000:.1f} s): "
                                         f"this model hears at most about {int(fits * len(wav) / 16000)} s")))
         t0, cpu = time.time(), time.thread_time()
-        feats = omni.encode_speech(app.asr, [wav])[0]
-        example = omni.build_example([("speech", feats)], app.model.config["k"])
+        feats = omni_data.encode_speech(app.asr, [wav])[0]
+        example = omni_data.build_example([("speech", feats)], app.model.config["k"])
         held, sent = [torch.zeros(0)], [0]
 
         def speak(piece, last=False):

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from nanosdm import utils
 from nanosdm.corpus import spokenworld
 from nanosdm.corpus.audio import SAMPLE_RATE
-from nanosdm.codec import DELAY, FRAME, CausalBlock, mel_loss
+from nanosdm.codec import DELAY, FRAME, CausalBlock
+from nanosdm.codec_losses import mel_loss
 from nanosdm.units import HOP, dedup
 
 SUB = FRAME // HOP           # unit frames (20 ms) per codec frame (80 ms): 4

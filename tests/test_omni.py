@@ -1,8 +1,9 @@
-"""LLaMA-Omni's way: the adapter's lengths, the prompt layout, the lambda check, streaming generation."""
+"""LLaMA-Omni's way: the adapter's lengths, the speech embeddings' places, the lambda check, streaming
+generation, prompts trimmed to the block."""
 import pytest
 import torch
 
-from nanosdm import omni
+from nanosdm import omni, omni_data
 from nanosdm.codec import Codec
 from nanosdm.tokenizer import ASSISTANT, BOS, EOS, USER
 from nanosdm.vocoder import Vocoder
@@ -24,7 +25,7 @@ def test_adapter_downsampled_lengths():
     adapter = omni.SpeechAdapter(6, 16, k=3, hidden=32)
     out, lengths = adapter(torch.randn(2, 10, 6), torch.tensor([10, 7]))
     assert out.shape == (2, 4, 16) and lengths.tolist() == [4, 3]
-    assert [omni.downsampled_length(n, 3) for n in (1, 3, 4, 9, 10)] == [1, 1, 2, 3, 4]
+    assert [omni_data.downsampled_length(n, 3) for n in (1, 3, 4, 9, 10)] == [1, 1, 2, 3, 4]
     # frames 0..2 make position 0: a change in frame 3 leaves it alone
     x = torch.randn(1, 10, 6)
     y = x.clone()
@@ -32,22 +33,10 @@ def test_adapter_downsampled_lengths():
     assert torch.equal(adapter(x, torch.tensor([10]))[0][0, 0], adapter(y, torch.tensor([10]))[0][0, 0])
 
 
-def test_prompt_layout_and_targets():
-    speech = torch.randn(7, 6)                        # 7 frames -> 3 positions
-    ex = omni.build_example([("speech", torch.randn(4, 6)), ("assistant", [11, 12]), ("speech", speech)], 3, [20, 21])
-    ids = ex["ids"]
-    assert ids[:2] == [BOS, USER] and ids[4] == EOS and ids[5:9] == [ASSISTANT, 11, 12, EOS]
-    assert ids[9] == USER and sum(ex["is_speech"]) == 2 + 3 and ids[13:] == [EOS, ASSISTANT, 20, 21]
-    assert ex["answer_pos"] == [15, 16]
-    # only the answer and its EOS are targets, each at the position before it
-    scored = [(p, t) for p, t in enumerate(ex["targets"]) if t >= 0]
-    assert scored == [(14, 20), (15, 21), (16, EOS)]
-
-
 def test_speech_embeddings_land_on_their_positions(model):
     a, b = torch.randn(4, 6), torch.randn(7, 6)
-    ex = omni.build_example([("speech", a), ("speech", b)], 3, [20])
-    batch = omni.collate([ex, omni.build_example([("speech", b)], 3)], "cpu")
+    ex = omni_data.build_example([("speech", a), ("speech", b)], 3, [20])
+    batch = omni_data.collate([ex, omni_data.build_example([("speech", b)], 3)], "cpu")
     x = model.embed(batch["ids"], batch["is_speech"], batch["segments"])
     adapted_b = model.adapter(b[None], torch.tensor([7]))[0][0]
     where = batch["is_speech"][0].nonzero()[:, 0]
@@ -68,12 +57,12 @@ def test_respond_streams_text_units_and_audio(model):
                   codebook_size=16).eval()
     voc = Vocoder(n_units=10, latent_dim=8, dim=16, kernel=3, dur_layers=1, frame_layers=1, latent_layers=1).eval()
     torch.nn.init.normal_(model.decoder.head.weight, std=2.0)   # a busy random decoder
-    ex = omni.build_example([("speech", torch.randn(9, 6))], 3)
+    ex = omni_data.build_example([("speech", torch.randn(9, 6))], 3)
     out = omni.respond(model, ex, voc, codec, omega=3, max_tokens=6)
     assert 1 <= len(out["tokens"]) <= 6 and EOS not in out["tokens"]
     assert out["units_at"] == sorted(out["units_at"]) and out["units_at"][-1] == len(out["units"])
     # the streamed units are the offline units of the same answer, teacher-forced
-    full = omni.build_example([("speech", ex["segments"][0])], 3, out["tokens"])
+    full = omni_data.build_example([("speech", ex["segments"][0])], 3, out["tokens"])
     states = omni.answer_states(model, [full])[0]
     assert out["units"] == model.decoder.units(states[None])[0]
     assert len(out["wav"]) % 1280 == 0 and (out["first_audio_s"] is not None) == (len(out["wav"]) > 0)
@@ -84,15 +73,15 @@ def test_a_prompt_longer_than_the_block_is_trimmed_to_fit_or_refused_by_name(mod
     # 60 frames of context speech (22 positions), an assistant turn (22), a 150-frame question (52):
     # 98 positions with no room for a reply: the oldest turn goes, the question and a reply fit
     item = dict(parts=[("speech", torch.randn(60, 6)), ("assistant", [11] * 20)], question=torch.randn(150, 6), answer=[20, 21])
-    ex = omni.make_example(item, 3, block, with_answer=False)
+    ex = omni_data.make_example(item, 3, block, with_answer=False)
     assert len(ex["ids"]) < block and ex["ids"].count(USER) == 1 and ex["ids"].count(ASSISTANT) == 2
     assert len(omni.respond(model, ex, max_tokens=6)["tokens"]) >= 1          # was: "KV cache full: 0 + 98 > 96"
-    assert len(omni.make_example(item, 3, block)["ids"]) <= block           # the same with the answer (training)
+    assert len(omni_data.make_example(item, 3, block)["ids"]) <= block           # the same with the answer (training)
     short = dict(item, question=torch.randn(30, 6))   # a short question keeps both turns
-    assert omni.make_example(short, 3, block, with_answer=False)["ids"].count(USER) == 2
+    assert omni_data.make_example(short, 3, block, with_answer=False)["ids"].count(USER) == 2
     # a question that alone outgrows the block: the setting to change is named
     with pytest.raises(ValueError, match=r"300 encoder frames \(9.0 s\).*--text_block_size"):
-        omni.make_example(dict(item, question=torch.randn(300, 6)), 3, block, with_answer=False)
+        omni_data.make_example(dict(item, question=torch.randn(300, 6)), 3, block, with_answer=False)
 
 
 def test_sample_omni_wav_in_reply_out(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nanosdm import asr, codec, ctc, textlm, units, utils
+from nanosdm import asr, codec, ctc, textlm, units, units_plots, utils
 from nanosdm.corpus import audio, realdata, spokenworld
 from nanosdm.codec import Codec
 from nanosdm.ctc import edit_distance
@@ -431,6 +431,6 @@ def evaluate_units_checkpoint(cfg):
               f"SpokenWorld's unseen voices only (no units_*_real figures)")
     metrics = {f"units_{key}": round(value, 4) for key, value in quality.items()}
     plot_dir = os.path.join(cfg["out_dir"], "plots")
-    units.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
-    units.plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
+    units_plots.plot_cooccurrence(ids, labels, inventory, cfg["units_k"], metrics, os.path.join(plot_dir, "units_cooccurrence.png"))
+    units_plots.plot_utterance(wavs[0], ids["mfcc"][0], ids["hubert"][0], labels[0], os.path.join(plot_dir, "units_utterance.png"))
     return metrics

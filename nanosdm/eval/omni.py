@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanosdm import omni, textlm
+from nanosdm import omni, omni_data, textlm
 from nanosdm.corpus import spokenworld
 from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.eval import metrics
@@ -113,14 +113,14 @@ def evaluate_omni(cfg):
     figures, latencies = {}, []
     for split in QA_SPLITS:
         sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
-        items = [it for it in omni.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
+        items = [it for it in omni_data.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
         assert len(items) == len(questions(sp)), "the dual-stream evaluation's questions, exactly"
         text_ok, wavs = [], []
         for it in tqdm(items, desc=f"omni QA {split}", leave=False):
             wav, _ = sp.dialogue(it["dialogue"])
             t0 = time.time()      # the question has just ended: hear it, then answer (batch 1)
-            heard = omni.encode_speech(asr, [omni.user_audio(wav, it["turn"])])[0]
-            example = omni.make_example(dict(it, question=heard), k, block, with_answer=False)
+            heard = omni_data.encode_speech(asr, [omni_data.user_audio(wav, it["turn"])])[0]
+            example = omni_data.make_example(dict(it, question=heard), k, block, with_answer=False)
             out = omni.respond(model, example, voc, codec, omega, t0=t0)
             if out["first_audio_s"] is not None:
                 latencies.append(1000 * out["first_audio_s"])
@@ -148,10 +148,10 @@ def unit_error_rate(model, units, asr, tok, cfg, max_answers=150):
     for split in QA_SPLITS:
         targets = omni.reply_units(cfg, units, split)
         ids = [d["id"] for d in spokenworld.SpeechSplit(cfg["data_dir"], split).dialogues]
-        for it in omni.spoken_exchanges(cfg, split, asr, tok):
+        for it in omni_data.spoken_exchanges(cfg, split, asr, tok):
             ref = targets.get((ids[it["dialogue"]], it["reply"]["text"]))
             if ref is not None:
-                examples.append(omni.make_example(it, k, block))
+                examples.append(omni_data.make_example(it, k, block))
                 refs.append(ref)
     step = max(1, len(examples) // max_answers)
     examples, refs = examples[::step][:max_answers], refs[::step][:max_answers]

@@ -201,7 +201,7 @@ def evaluate_text_out(cfg):
     """text_out: the adapter's text answer to each spoken question (in its dialogue, as omni hears
     it), spoken by eSpeak, judged. first_audio_ms: measured at batch 1 from the question's end
     (the ear, the whole answer, eSpeak's whole reply: an external TTS speaks a finished text)."""
-    from nanosdm import omni
+    from nanosdm import omni, omni_data
     from nanosdm.asr import ASR
     from nanosdm.tokenizer import Tokenizer
     device, out_dir = cfg["device"], cfg["out_dir"]
@@ -212,13 +212,13 @@ def evaluate_text_out(cfg):
     figures = {key("params"): paradigms.text_out_params(model), key("batch_per_reply"): 1, key("full_duplex"): 0}
     for split in (SPLIT, TEXT_ONLY):
         sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
-        items = [it for it in omni.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
+        items = [it for it in omni_data.spoken_exchanges(cfg, split, asr, tok, complete_only=False) if it["turn"].get("answer")]
         said, wavs, ms, n_tokens = [], [], [], []
         for it in items:
             wav, _ = sp.dialogue(it["dialogue"])
             t0 = time.time()
-            heard = omni.encode_speech(asr, [omni.user_audio(wav, it["turn"])])[0]
-            out = omni.respond(model, omni.make_example(dict(it, question=heard), k, block, with_answer=False), None, None, 1)
+            heard = omni_data.encode_speech(asr, [omni_data.user_audio(wav, it["turn"])])[0]
+            out = omni.respond(model, omni_data.make_example(dict(it, question=heard), k, block, with_answer=False), None, None, 1)
             said.append(tok.decode(out["tokens"]))
             n_tokens.append(len(out["tokens"]) + 1)       # and its EOS: the text is finished
             if split == SPLIT:
