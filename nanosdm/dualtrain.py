@@ -50,12 +50,18 @@ def text_batch(stream, batch_size, length, n_q, gen, device):
     return torch.cat([w[:, :-1, None], zeros], 2), torch.cat([w[:, 1:, None], zeros], 2)
 
 
-def timed_batch(stream, batch_size, length, n_q, gen, device):
-    """A timed text batch: windows of speech.timed_text's monologue stream [B, length, S], every
-    audio stream ZERO (no audio input, no audio loss), for inputs_targets."""
+def timed_batch(model, timed, batch_size, length, gen, device):
+    """A timed text batch from speech.timed_text's (stream, heard): windows of the monologue stream
+    on the text stream, every audio stream ZERO (no audio input, no audio loss), and no text target
+    where the user speaks (INIT, masked in the loss). -> (inputs, targets) [B, length, S]."""
+    stream, heard = timed
     starts = torch.randint(len(stream) - length, (batch_size,), generator=gen).numpy()
-    w = torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
-    return torch.cat([w[..., None], torch.full((batch_size, length, 2 * n_q), ZERO, dtype=torch.long)], 2).to(device)
+    w = torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64)).to(device)
+    h = torch.from_numpy(np.stack([heard[s:s + length] for s in starts])).to(device)
+    zeros = torch.full((batch_size, length, 2 * model.n_q), ZERO, dtype=torch.long, device=device)
+    inputs, targets = model.inputs_targets(torch.cat([w[..., None], zeros], 2))
+    targets[..., 0] = torch.where(h, model.init_tokens[0], targets[..., 0])
+    return inputs, targets
 
 
 def build_model(cfg):
@@ -187,7 +193,7 @@ def train(cfg, stage, stop_step=None, name=None):
         if kind == "text_only":
             inputs, targets = text_batch(text_stream, B, T, model.n_q, gen, device)
         elif kind == "timed":
-            inputs, targets = model.inputs_targets(timed_batch(timed, B, T, model.n_q, gen, device))
+            inputs, targets = timed_batch(model, timed, B, T, gen, device)
         else:
             inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
         inputs, targets = utils.shard((inputs, targets))     # this rank's share of the batch

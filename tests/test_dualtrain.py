@@ -90,13 +90,18 @@ def test_timed_text_batches_train_the_text_stream_alone(tiny_run, tmp_path):
     from nanosdm import dualtrain, utils
     from nanosdm.dualtrain import timed_batch
     stream = np.arange(VOCAB - 5, dtype=np.uint16)
-    x = timed_batch(stream, 3, 10, K, torch.Generator().manual_seed(0), "cpu")
-    assert x.shape == (3, 10, 1 + 2 * K) and (x[..., 1:] == ZERO).all()
-    assert (x[:, 1:, 0] - x[:, :-1, 0] == 1).all()          # a contiguous window of the stream
     m = tiny()
-    inputs, targets = m.inputs_targets(x)
+    g = lambda: torch.Generator().manual_seed(0)
+    inputs, targets = timed_batch(m, (stream, stream < 0), 3, 10, g(), "cpu")
+    assert inputs.shape == targets.shape == (3, 10, 1 + 2 * K) and (targets[..., 1:] == ZERO).all()
+    assert (targets[:, 1:, 0] - targets[:, :-1, 0] == 1).all()          # a contiguous window of the stream
+    assert torch.equal(inputs[:, 1:, 0], targets[:, :-1, 0])             # read one step later
     losses = m(inputs, targets)[2]
     assert "audio" not in losses and losses["text"] > 0      # no audio loss: the audio streams hold nothing
+    # where the user speaks the words are input, never a target: heard everywhere, no loss at all
+    inputs_h, targets_h = timed_batch(m, (stream, stream % 2 == 0), 3, 10, g(), "cpu")
+    assert torch.equal(inputs_h, inputs) and (targets_h[..., 0] >= VOCAB).sum() == (targets[..., 0] % 2 == 0).sum()
+    assert m(inputs, timed_batch(m, (stream, stream >= 0), 3, 10, g(), "cpu")[1])[2]["text"] == 0
     cfg = dict(tiny_run, out_dir=str(tmp_path / "timed"), align_text_frac=0.0, align_timed_frac=0.5)
     shutil.copytree(tiny_run["out_dir"], cfg["out_dir"])
     dualtrain.train(cfg, "align")

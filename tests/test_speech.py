@@ -118,9 +118,12 @@ def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
     import random
     docs = [[["user", "what colour is the kotan?"], ["assistant", "the kotan is red."]],
             [["user", "what colour is the bixu?"], ["assistant", "the bixu is blue."], ["user", "bye."], ["assistant", "bye."]]]
-    s = speech.timed_text(docs, tok, random.Random(0))
-    assert s.dtype == np.uint16 and np.array_equal(s, speech.timed_text(docs, tok, random.Random(0)))
+    s, heard = speech.timed_text(docs, tok, random.Random(0))
+    assert s.dtype == np.uint16 and np.array_equal(s, speech.timed_text(docs, tok, random.Random(0))[0])
     turns = speech.read_text_stream([int(i) for i in s])
+    # the user's turns, marker to EOS, are context only (heard); the replies are targets
+    for t in turns:
+        assert heard[t["start"]:t["end"] + 1].all() == (t["role"] == USER) and heard[t["start"]:t["end"] + 1].any() == (t["role"] == USER)
     assert [t["role"] for t in turns] == [USER, ASSISTANT, USER, ASSISTANT, USER, ASSISTANT]
     for t, (_, text) in zip(turns, [tr for d in docs for tr in d]):
         assert [i for _, i in t["tokens"]] == tok.encode(text) and t["end"] is not None

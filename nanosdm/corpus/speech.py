@@ -136,7 +136,10 @@ def timed_text(docs, tok, rng, user_lag=USER_LAG):
     """The text corpus's dialogues laid out in time, for sft's timed text batches: each doc's turns
     [[speaker, text], ...] get the word timings eSpeak would give them (TIMED_WORD_S, +-20%) and
     are written by text_stream, as a spoken dialogue's monologue is. No audio is rendered: the text-only
-    facts stay unspoken. -> uint16 [frames], the dialogues one after another.
+    facts stay unspoken. -> (uint16 [frames], the dialogues one after another; bool [frames], True
+    over each user turn, from the PAD before its marker to its EOS: with no voice to hear, what the
+    user says, and when, is context for the reply, never a target: learnt from text, the ear would
+    write names from the LM's expectations rather than from the sound).
 
     Why: with the question's words written for it, the dual-stream model answered the text-only
     facts 25% of the time in its monologue's layout (PADs, the user's words one a frame behind the
@@ -153,8 +156,13 @@ def timed_text(docs, tok, rng, user_lag=USER_LAG):
                 w_t += d + rng.uniform(0.0, 0.04)
             turns.append(dict(speaker=speaker, text=text, start=t, end=words[-1][2], words=words))
             t = words[-1][2] + rng.uniform(*TIMED_GAP_S[speaker])
-        out.append(text_stream(turns, int(np.ceil(t / FRAME_S)), tok, user_lag=user_lag))
-    return np.concatenate(out)
+        stream = text_stream(turns, int(np.ceil(t / FRAME_S)), tok, user_lag=user_lag)
+        heard = np.zeros(len(stream), dtype=bool)
+        for tr in read_text_stream(stream):
+            if tr["role"] == USER:
+                heard[max(0, tr["start"] - 1):tr["end"] + 1] = True
+        out.append((stream, heard))
+    return np.concatenate([s for s, _ in out]), np.concatenate([h for _, h in out])
 
 
 def _span(turn):
