@@ -64,6 +64,16 @@ def timed_batch(model, timed, batch_size, length, gen, device):
     return inputs, targets
 
 
+def ear_noise(x, share, n_q, gen):
+    """Undelayed tokens x [B, T, S] with a share of the user's ids replaced by ids from random frames
+    of the same batch (the marginal kept): a voice never heard gives noisier units, and an ear
+    trained on clean ones leans on every id being right."""
+    user = x[..., 1 + n_q:]
+    flip = (torch.rand(user.shape, generator=gen) < share).to(x.device)
+    donors = user.flatten()[torch.randint(user.numel(), user.shape, generator=gen).to(x.device)]
+    return torch.cat([x[..., :1 + n_q], torch.where(flip, donors, user)], -1)
+
+
 def build_model(cfg):
     """A dual-stream model for this config, started from the text LM and the codec. dual_heads and
     dual_text choose the paradigm (absent: Moshi's)."""
@@ -195,7 +205,10 @@ def train(cfg, stage, stop_step=None, name=None):
         elif kind == "timed":
             inputs, targets = timed_batch(model, timed, B, T, gen, device)
         else:
-            inputs, targets = model.inputs_targets(get_batch(streams, B, T, gen, device, cfg["dual_start_frac"]))
+            x = get_batch(streams, B, T, gen, device, cfg["dual_start_frac"])
+            if cfg["dual_ear_noise"] > 0:
+                x = ear_noise(x, cfg["dual_ear_noise"], model.n_q, gen)
+            inputs, targets = model.inputs_targets(x)
         inputs, targets = utils.shard((inputs, targets))     # this rank's share of the batch
         with utils.autocast(device):
             _, _, losses = model(inputs, targets)

@@ -129,3 +129,15 @@ def test_some_windows_open_at_a_dialogue_start():
     assert 0.4 < share < 0.6                          # half at a start (plus 1% by chance)
     g = torch.Generator().manual_seed(0)
     assert ((get_batch(FakeStreams(), 400, 20, g, "cpu")[:, 0, 0] % 100) == 0).float().mean() < 0.05
+
+
+def test_ear_noise_replaces_a_share_of_the_users_ids_only():
+    from nanosdm.dualtrain import ear_noise
+    g = lambda: torch.Generator().manual_seed(0)
+    x = torch.randint(0, 1000, (4, 50, 1 + 2 * K), generator=g())    # ids all but unique: a replaced one shows
+    assert torch.equal(ear_noise(x, 0.0, K, g()), x)
+    y = ear_noise(x, 0.3, K, g())
+    assert torch.equal(y[..., :1 + K], x[..., :1 + K])                 # text and the model's own voice untouched
+    changed = (y[..., 1 + K:] != x[..., 1 + K:]).float().mean().item()
+    assert 0.25 < changed < 0.35
+    assert set(y[..., 1 + K:].flatten().tolist()) <= set(x[..., 1 + K:].flatten().tolist())   # ids the user stream holds
