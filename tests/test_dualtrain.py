@@ -16,7 +16,7 @@ def make_tiny_run(root):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import train
     from nanosdm import textlm, tokenizer, utils
-    from nanosdm.corpus import speech
+    from nanosdm.corpus import speech, spokenworld
     from nanosdm.codec import Codec
     from test_textlm import write_world
     cfg = train.parse_config([
@@ -27,6 +27,8 @@ def make_tiny_run(root):
         "--align_text_frac=0.3", "--dual_ear=codec"])   # random codec codes in both channels: no units to hear through
     cfg.update(device="cpu", data_dir=str(root / "data"), out_dir=str(root / "out"))
     write_world(cfg["data_dir"], n_docs=60)
+    from test_textlm import NAMES
+    spokenworld.write_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"), [dict(name=n, text_only=i < 2) for i, n in enumerate(NAMES)])
     utils.seed_everything(0)
     tokenizer.build(cfg)
     textlm.train(cfg)

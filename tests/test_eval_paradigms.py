@@ -47,6 +47,45 @@ def test_a_dual_stream_rows_figures(run, tmp_path, name, variant, parallel_decod
     assert (key("qa_text") in figures) == model.text      # a row without text has no text figure
     shares = (0.0, 0.3333, 0.6667, 1.0)                      # of the 3 questions
     assert figures[key("qa_speech")] in shares and figures.get(key("qa_text"), 0.0) in shares
+    # a row with text is taken apart as stage sft is: ear, brain, voice (none for speech to speech)
+    parts = ("ear_name_acc", "qa_text_heard", "qa_text_heard_facts", "voice_acc", "judge_acc_window")
+    assert all((key(p) in figures) == model.text for p in parts)
+    assert all(figures[key(p)] in shares for p in parts if model.text)
+
+
+def test_taken_apart_finds_nothing_lost_in_the_recording_itself(run):
+    """The plumbing of eval/dialogue.taken_apart, model-free: a 'model' that writes and says what the
+    recording holds hears every name, answers every question, and its voice scores the judge's ceiling."""
+    import numpy as np
+    from nanosdm.codec import Codec, FRAME_S
+    from nanosdm.corpus.speech import Streams
+    from nanosdm.eval.dialogue import recorded_window, taken_apart
+    from nanosdm.live import ANSWER_WINDOW_S, qa_batch, questions, silence_codes
+    from nanosdm.tokenizer import PAD, Tokenizer
+    out = run["out_dir"]
+    codec, tok, asr = Codec.load(os.path.join(out, "codec.pt")), Tokenizer.load(os.path.join(out, "tokenizer.model")), ASR.load(os.path.join(out, "asr.pt"))
+    streams = Streams(os.path.join(out, "speech"), "unseen_voice")
+    items = questions(streams)
+    quiet = silence_codes(codec)
+    hist, user, starts, ends = qa_batch(streams, items, 8, quiet, np.concatenate([[PAD], quiet.numpy(), quiet.numpy()]))
+    q_frames = [e - s for s, e in zip(starts, ends)]
+    window = [q + int(ANSWER_WINDOW_S / FRAME_S) for q in q_frames]
+    rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], quiet)
+    calls = []
+
+    def recording(h, u, force=None):     # writes what it is told, else what the recording holds
+        calls.append(force)
+        return (rec_text if force is None else torch.where(force >= 0, force, rec_text)), rec_codes
+
+    parts = taken_apart(recording, rec_text, codec, asr, tok, streams, items, (hist, user, starts, q_frames, window),
+                        quiet, {"kotan"}, 0)
+    assert parts["ear_name_acc"] == 1.0 and parts["qa_text_heard"] == parts["qa_text_heard_facts"] == 1.0
+    assert parts["voice_acc"] == parts["judge_acc_window"]
+    assert len(calls) == 2 and (calls[0] == -1).any() and (calls[1] >= 0).all()   # the question forced, then everything
+    # a transcript that names another creature is not heard
+    wrong = torch.where(rec_text == tok.encode("kotan")[0], tok.encode("lomar")[0], rec_text)
+    assert taken_apart(recording, wrong, codec, asr, tok, streams, items, (hist, user, starts, q_frames, window),
+                       quiet, {"kotan"}, 0)["ear_name_acc"] == 0.0
 
 
 def test_a_flat_rows_figures(run):
@@ -77,3 +116,30 @@ def test_a_flat_rows_figures(run):
     assert figures[key("params")] == utils.count_params(model) and figures[key("qa_questions")] == 2
     assert figures[key("qa_speech")] == 0.0                  # silence says nothing
     assert key("qa_text") not in figures                     # the speech row writes no answer text
+
+
+def test_the_chain_of_modality_is_taken_apart(run, monkeypatch):
+    """chain_taken_apart asks the chain three things: its transcript (ear), its answer with the
+    question's words written for it (brain), its units with the reply's words written for it (voice)."""
+    from nanosdm.tokenizer import Tokenizer
+    tok = Tokenizer.load(os.path.join(run["out_dir"], "tokenizer.model"))
+    v = flat.Vocab(tok.vocab_size, 12)
+    items = [dict(question_units=[1, 2], question="what colour is the kotan?", answer="red", reply="the kotan is red."),
+             dict(question_units=[3, 4], question="what colour is the lomar?", answer="blue", reply=None)]
+    asked = []
+
+    def respond(model, v_, question_units, start=(), max_new_tokens=300):   # hears "kotan" for every creature
+        asked.append(list(start))
+        if v.answer not in start:
+            return dict(transcript=tok.encode("what colour is the kotan?"), answer=[], answer_units=[])
+        return dict(transcript=[], answer=tok.encode("the kotan is red."), answer_units=[1, 2, 3] * (v.speech in start))
+
+    monkeypatch.setattr(flat, "respond", respond)
+    said = []
+    figures = paradigms.chain_taken_apart("chain", None, v, tok, items, lambda u: said.append(u) or torch.zeros(3200),
+                                          ASR.load(os.path.join(run["out_dir"], "asr.pt")), {"kotan", "lomar"})
+    assert figures["paradigm_chain_ear_name_acc"] == 0.5          # kotan heard, lomar not
+    assert figures["paradigm_chain_qa_text_heard"] == 0.5         # "red" right for the kotan only
+    assert figures["paradigm_chain_voice_acc"] == 0.0 and said == [[1, 2, 3]]   # silence: one reply to voice
+    assert [v.text] + tok.encode(items[0]["question"]) + [v.answer] in asked
+    assert [v.text] + tok.encode(items[0]["question"]) + [v.answer] + tok.encode(items[0]["reply"]) + [v.speech] in asked

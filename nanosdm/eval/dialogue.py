@@ -141,27 +141,11 @@ def evaluate_sft(cfg):
               f"text {tok.decode(monologue_parts(text[0].tolist())[1])!r}, heard {hyps[0]!r}")
         # taken apart: the ear, the brain given the question's words, the voice given the answer's words
         # (text_only too: whether its facts are lost in hearing their creatures' names or in reaching them)
-        rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], quiet)
-        corpus_wavs = codec.decode(rec_codes.transpose(1, 2).to(device)).cpu()
-        ok, _ = judge_wavs(asr, reply_clips(corpus_wavs, q_frames, window), qs, ans)
-        figures[f"judge_acc_window_{split}"] = round(float(np.mean(ok)), 4)
-        heard = [tok.decode(monologue_parts(text[n, :window[n]].tolist())[0]) for n in range(len(items))]
-        named = [n for n, q in enumerate(qs) if question_name(q, names)]
-        figures[f"sft_ear_name_acc_{split}"] = round(float(np.mean(
-            [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4) if named else -1
-        torch.manual_seed(cfg["seed"])
-        text_h, _ = run(hist, user, force_question(rec_text, q_frames))
-        heard_ok = [textlm.answer_in(tok.decode(monologue_parts(text_h[n, :window[n]].tolist())[1]), a) for n, a in enumerate(ans)]
-        figures[f"sft_qa_text_heard_{split}"] = round(float(np.mean(heard_ok)), 4)
-        # the world's facts alone (the questions that name a creature): the text LM answers all of them
-        # (text_qa_acc_seen), while its arithmetic and the history's "my name is ..." are harder for it
-        figures[f"sft_qa_text_heard_facts_{split}"] = round(float(np.mean([heard_ok[n] for n in named])), 4) if named else -1
-        torch.manual_seed(cfg["seed"])
-        _, codes_v = run(hist, user, rec_text)
-        wavs_v = codec.decode(codes_v.transpose(1, 2).to(device)).cpu()
-        ok, _ = judge_wavs(asr, reply_clips(wavs_v, q_frames, window), qs, ans)
-        figures[f"sft_voice_acc_{split}"] = round(float(np.mean(ok)), 4)
-        figures[f"asr_name_acc_{split}"] = asr_name_acc(asr, cfg, split, [items[n] for n in named], names)
+        parts = taken_apart(run, text, codec, asr, tok, streams, items, (hist, user, starts, q_frames, window),
+                            quiet, names, cfg["seed"])
+        figures.update({f"{'' if k.startswith('judge') else 'sft_'}{k}_{split}": v for k, v in parts.items()})
+        named = [it for it in items if question_name(it[1]["text"], names)]
+        figures[f"asr_name_acc_{split}"] = asr_name_acc(asr, cfg, split, named, names)
         print(f"sft {split} taken apart: ear (names heard) {figures[f'sft_ear_name_acc_{split}']:.1%}, "
               f"brain (question's words given) {figures[f'sft_qa_text_heard_{split}']:.1%} "
               f"(world facts {figures[f'sft_qa_text_heard_facts_{split}']:.1%}), voice (answer's words "
@@ -176,6 +160,40 @@ def evaluate_sft(cfg):
     if not realdata.is_default(cfg):
         figures.update(evaluate_sft_real(cfg, model, codec, tok))
     return figures
+
+
+def taken_apart(run, text, codec, asr, tok, streams, items, qa, quiet, names, seed):
+    """Where a dual-stream model loses a spoken question's answer, on the questions of qa_batch
+    (qa = hist, user, starts, q_frames, window) and its free run's text [B, F]; run(hist, user,
+    force_text) runs it again with text written for it (live.free_run):
+        ear_name_acc          its own transcript names the creature asked about
+        qa_text_heard         the answer in its monologue when the question's words are written for it
+        qa_text_heard_facts   the same, on the questions that name a creature (the world's facts)
+        voice_acc             the judge hears the answer when the recording's text is written for it
+        judge_acc_window      the judge on the corpus's own codes in the same windows (voice's ceiling)"""
+    hist, user, starts, q_frames, window = qa
+    device = next(iter(codec.parameters())).device
+    qs, ans = [tr["text"] for _, tr, _ in items], [tr["answer"] for _, tr, _ in items]
+    rec_text, rec_codes = recorded_window(streams, items, starts, user.shape[1], quiet)
+    out = {}
+    ok, _ = judge_wavs(asr, reply_clips(codec.decode(rec_codes.transpose(1, 2).to(device)).cpu(), q_frames, window), qs, ans)
+    out["judge_acc_window"] = round(float(np.mean(ok)), 4)
+    heard = [tok.decode(monologue_parts(text[n, :window[n]].tolist())[0]) for n in range(len(items))]
+    named = [n for n, q in enumerate(qs) if question_name(q, names)]
+    out["ear_name_acc"] = round(float(np.mean(
+        [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4) if named else -1
+    torch.manual_seed(seed)
+    text_h, _ = run(hist, user, force_question(rec_text, q_frames))
+    heard_ok = [textlm.answer_in(tok.decode(monologue_parts(text_h[n, :window[n]].tolist())[1]), a) for n, a in enumerate(ans)]
+    out["qa_text_heard"] = round(float(np.mean(heard_ok)), 4)
+    # the world's facts alone (the questions that name a creature): the text LM answers all of them
+    # (text_qa_acc_seen), while its arithmetic and the history's "my name is ..." are harder for it
+    out["qa_text_heard_facts"] = round(float(np.mean([heard_ok[n] for n in named])), 4) if named else -1
+    torch.manual_seed(seed)
+    _, codes_v = run(hist, user, rec_text)
+    ok, _ = judge_wavs(asr, reply_clips(codec.decode(codes_v.transpose(1, 2).to(device)).cpu(), q_frames, window), qs, ans)
+    out["voice_acc"] = round(float(np.mean(ok)), 4)
+    return out
 
 
 def recorded_window(streams, items, starts, n_frames, silence):

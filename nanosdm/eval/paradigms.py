@@ -36,6 +36,7 @@ from nanosdm.codec import FRAME_S
 from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.corpus import spokenworld
 from nanosdm.corpus.speech import Streams
+from nanosdm.eval.dialogue import taken_apart
 from nanosdm.judge import judge_wavs
 from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, load_ear, monologue_parts, qa_batch,
                           questions, reply_clips, silence_codes, user_silence)
@@ -49,11 +50,12 @@ def _mean(xs):
 
 
 @torch.no_grad()
-def dual_row(name, model, codec, tok, streams, history, judge=None, parallel_decoding=False, ear=None, seed=0):
+def dual_row(name, model, codec, tok, streams, history, judge=None, parallel_decoding=False, ear=None, seed=0, names=None):
     """A dual-stream row (any of its variants) on every question of `streams`, as evaluate_sft asks
     them: `history` steps of the dialogue before the question teacher-forced, then the question heard
     and ANSWER_WINDOW_S of free running, greedy text, audio as live.py samples it. judge: the ASR
-    that judges speech."""
+    that judges speech. names (the world's creatures): a row with text and a judge is also taken
+    apart as stage sft is (eval/dialogue.taken_apart: ear, brain, voice)."""
     device = next(model.parameters()).device
     quiet, silence = silence_codes(codec), user_silence(codec, ear)
     pad_col = np.concatenate([[PAD], quiet.numpy(), silence.numpy()])
@@ -62,9 +64,10 @@ def dual_row(name, model, codec, tok, streams, history, judge=None, parallel_dec
     q_frames = [e - s for s, e in zip(starts, ends)]
     window = [q + int(ANSWER_WINDOW_S / FRAME_S) for q in q_frames]
     qs, answers = [tr["text"] for _, tr, _ in items], [tr["answer"] for _, tr, _ in items]
+    run = lambda h, u, force=None: free_run(model, h.to(device), u.to(device), silence.to(device),
+                                            (0, 0, AUDIO_TEMP, AUDIO_TOP_K), force_text=force, parallel_decoding=parallel_decoding)
     torch.manual_seed(seed)
-    text, codes = free_run(model, hist.to(device), user.to(device), silence.to(device), (0, 0, AUDIO_TEMP, AUDIO_TOP_K),
-                           parallel_decoding=parallel_decoding)
+    text, codes = run(hist, user)
     D = max(model.delays)
     key = lambda figure: f"paradigm_{name}_{figure}"
     figures = {key("qa_questions"): len(items), key("steps_per_s"): round(1 / FRAME_S, 2),
@@ -77,6 +80,10 @@ def dual_row(name, model, codec, tok, streams, history, judge=None, parallel_dec
         wavs = codec.decode(codes.transpose(1, 2).to(device)).cpu()
         ok, _ = judge_wavs(judge, reply_clips(wavs, q_frames, window), qs, answers)
         figures[key("qa_speech")] = _mean(ok)
+    if text is not None and judge is not None and names is not None:
+        parts = taken_apart(run, text, codec, judge, tok, streams, items, (hist, user, starts, q_frames, window),
+                            quiet, names, seed)
+        figures.update({key(k): v for k, v in parts.items()})
     return figures
 
 
@@ -104,6 +111,30 @@ def flat_row(name, model, v, tok, items, speak=None, judge=None, start=(), max_n
     return figures
 
 
+def chain_taken_apart(name, model, v, tok, items, speak, judge, names, max_new_tokens=300):
+    """The chain of modality (flat_chain) taken apart as stage sft is: its own transcript names the
+    creature (ear); the answer when the question's words are written for it (brain); the judge on
+    its units when the reply's words are written for it (voice). items need "reply" for the voice."""
+    from nanosdm.eval.dialogue import question_name
+    key = lambda figure: f"paradigm_{name}_{figure}"
+    clean = lambda text: text.replace("?", " ").replace(".", " ").split()
+    named = [it for it in items if question_name(it["question"], names)]
+    heard = [flat.respond(model, v, it["question_units"], start=[v.text], max_new_tokens=max_new_tokens) for it in named]
+    figures = {key("ear_name_acc"): _mean([question_name(it["question"], names) in clean(tok.decode(r["transcript"]))
+                                           for it, r in zip(named, heard)])}
+    given_q = [flat.respond(model, v, it["question_units"], start=[v.text] + tok.encode(it["question"]) + [v.answer],
+                            max_new_tokens=max_new_tokens) for it in items]
+    figures[key("qa_text_heard")] = _mean([textlm.answer_in(tok.decode(r["answer"]), it["answer"]) for r, it in zip(given_q, items)])
+    spoken = [it for it in items if it.get("reply")]
+    given_a = [flat.respond(model, v, it["question_units"], max_new_tokens=max_new_tokens,
+                            start=[v.text] + tok.encode(it["question"]) + [v.answer] + tok.encode(it["reply"]) + [v.speech])
+               for it in spoken]
+    wavs = [speak(r["answer_units"]) if r["answer_units"] else torch.zeros(0) for r in given_a]
+    ok, _ = judge_wavs(judge, wavs, [it["question"] for it in spoken], [it["answer"] for it in spoken])
+    figures[key("voice_acc")] = _mean(ok)
+    return figures
+
+
 def evaluate_dual_row(cfg, name, path, parallel_decoding=False, text_only=False):
     """One dual-stream row from its checkpoint, hearing and speaking through the run's codec (and
     ear), judged by its ASR. text_only: also the text_only split's questions in text, and the
@@ -118,8 +149,9 @@ def evaluate_dual_row(cfg, name, path, parallel_decoding=False, text_only=False)
     tok = Tokenizer.load(os.path.join(out_dir, "tokenizer.model"))
     asr = ASR.load(os.path.join(out_dir, "asr.pt"), device)
     ear = load_ear(model, out_dir, device)
+    names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
     run = lambda split, judge: dual_row(name, model, codec, tok, Streams(os.path.join(out_dir, "speech"), split),
-                                        cfg["sft_eval_history"], judge, parallel_decoding, ear, cfg["seed"])
+                                        cfg["sft_eval_history"], judge, parallel_decoding, ear, cfg["seed"], names)
     figures = dict(run(SPLIT, asr), **{f"paradigm_{name}_full_duplex": 1})
     if text_only and model.text:
         figures[f"paradigm_{name}_qa_text_only"] = run(TEXT_ONLY, None)[f"paradigm_{name}_qa_text"]
@@ -152,9 +184,12 @@ def seen_qa(lm, tok, cfg):
 
 
 def flat_items(cfg, units, split):
-    """A split's spoken questions (with an answer word) for the flat rows: the question's units, alone."""
-    return [dict(question_units=t["units"], question=t["text"], answer=t["answer"])
-            for t in flat.spoken_turns(cfg, units, split) if t["kind"] == "question" and t.get("answer")]
+    """A split's spoken questions (with an answer word) for the flat rows: the question's units, alone,
+    and the words of the reply that answers it (None where it was interrupted)."""
+    turns = flat.spoken_turns(cfg, units, split)
+    replies = {id(q): a["text"] for q, a in flat.exchanges(turns)}
+    return [dict(question_units=t["units"], question=t["text"], answer=t["answer"], reply=replies.get(id(t)))
+            for t in turns if t["kind"] == "question" and t.get("answer")]
 
 
 def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
@@ -174,6 +209,7 @@ def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
     speak = lambda u: voc.synthesize(torch.tensor(u, dtype=torch.long, device=device), codec).cpu()
     base = seen_qa(textlm.load_model(os.path.join(out_dir, "text.pt"), device), tok, cfg)   # retention's 100%
     items, text_only = flat_items(cfg, units, SPLIT), flat_items(cfg, units, TEXT_ONLY)
+    names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
     figures = {}
     for name in rows:
         model, v = flat.load_model(os.path.join(out_dir, f"{name}.pt"), device)
@@ -181,6 +217,8 @@ def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
         figures.update(flat_row(name, model, v, tok, items, speak, asr, start, MAX_REPLY))
         figures[f"paradigm_{name}_full_duplex"] = 0
         figures[f"paradigm_{name}_retention"] = round(seen_qa(text_part(model, v), tok, cfg) / max(base, 1e-9), 4)
+        if name == "flat_chain":                             # the format that writes the question's words
+            figures.update(chain_taken_apart(name, model, v, tok, items, speak, asr, names, MAX_REPLY))
         if name in ("flat_chain", "flat_spirit_words"):      # the formats that write their answer in text
             figures[f"paradigm_{name}_qa_text_only"] = flat_row(name, model, v, tok, text_only, None, None, start,
                                                                 MAX_REPLY).get(f"paradigm_{name}_qa_text", 0.0)
