@@ -19,6 +19,10 @@ other evaluations it loads what it scores, and no component imports it. Keys par
                         rows never heard spoken, only read in the text LM's corpus (rows that write text)
     retention           the text LM's QA asked of the row's model in text / asked of the text LM
     full_duplex         1 if the row listens while it speaks (the dual-stream rows), else 0
+    ear_name_acc, qa_text_heard(_facts), voice_acc, judge_acc_window
+                        the row taken apart as stage sft is (eval/dialogue.taken_apart; rows with text
+                        only): its transcript names the creature, the answer with the question's words
+                        written for it, the judge on its voice with the reply's words written for it
     train_seconds, train_tokens, train_loss   from the training (nanosdm/paradigms.py): the loop's wall
                         time (data preparation apart), the positions the loss scored, the last loss
 
