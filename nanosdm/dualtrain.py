@@ -152,8 +152,10 @@ def train(cfg, stage, stop_step=None, name=None):
     docs = [d["turns"] for d in read_jsonl(os.path.join(cfg["data_dir"], "text_train.jsonl"))]
     text_stream = tokenize_docs(tok, docs)
     # the text corpus's dialogues in the monologue's layout (speech.timed_text says why)
-    timed = (timed_text([d for d in docs if d[0][0] != "text"], tok, random.Random(cfg["seed"]), cfg["dual_user_lag"])
-             if p("timed_frac") > 0 else None)
+    timed = timed_text(docs, tok, random.Random(cfg["seed"]), cfg["dual_user_lag"]) if p("timed_frac") > 0 else None
+    if timed is not None and len(timed[0]) <= cfg["dual_context"]:
+        raise ValueError(f"timed text: the text corpus's dialogues make {len(timed[0])} frames, fewer than one "
+                         f"training window of {cfg['dual_context']} (dual_context): lower {stage}_timed_frac to 0")
 
     torch.manual_seed(cfg["seed"])
     if stage == "align" or name:

@@ -133,3 +133,9 @@ def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
     assert (s == PAD).mean() > 0.5
     # the reply's marker comes after the user's EOS: the model answers what it heard whole
     assert all(a["start"] > u["end"] for u, a in zip(turns[::2], turns[1::2]))
+    # prose and empty turns are skipped; a corpus with no dialogue at all is refused by name
+    prose = [[["text", "the kotan is red."]], [["user", "what colour is the kotan?"], ["assistant", ""]]]
+    s2, _ = speech.timed_text(prose, tok, random.Random(0))
+    assert [t["role"] for t in speech.read_text_stream([int(i) for i in s2])] == [USER]
+    with pytest.raises(ValueError, match="no user/assistant dialogue"):
+        speech.timed_text(prose[:1], tok, random.Random(0))

@@ -133,8 +133,8 @@ TIMED_GAP_S = {"user": (0.35, 0.8), "assistant": (0.5, 2.0)}
 
 
 def timed_text(docs, tok, rng, user_lag=USER_LAG):
-    """The text corpus's dialogues laid out in time, for sft's timed text batches: each doc's turns
-    [[speaker, text], ...] get the word timings eSpeak would give them (TIMED_WORD_S, +-20%) and
+    """The text corpus's dialogues laid out in time, for sft's timed text batches: each dialogue's
+    turns [[speaker, text], ...] (prose documents are skipped) get the word timings eSpeak would give them (TIMED_WORD_S, +-20%) and
     are written by text_stream, as a spoken dialogue's monologue is. No audio is rendered: the text-only
     facts stay unspoken. -> (uint16 [frames], the dialogues one after another; bool [frames], True
     over each user turn, from the PAD before its marker to its EOS: with no voice to hear, what the
@@ -146,8 +146,12 @@ def timed_text(docs, tok, rng, user_lag=USER_LAG):
     voice), 100% in the text LM's layout. The layout, not the facts, was missing."""
     out = []
     for doc in docs:
+        if any(speaker not in TIMED_WORD_S for speaker, _ in doc):
+            continue          # prose (a "text" turn), not a dialogue: nothing to lay out in turns
         t, turns = rng.uniform(0.1, 1.0), []
         for speaker, text in doc:
+            if not text.split():
+                continue      # an empty turn says nothing and takes no time
             a, b = TIMED_WORD_S[speaker]
             words, w_t = [], t
             for w in text.split():
@@ -162,6 +166,8 @@ def timed_text(docs, tok, rng, user_lag=USER_LAG):
             if tr["role"] == USER:
                 heard[max(0, tr["start"] - 1):tr["end"] + 1] = True
         out.append((stream, heard))
+    if not out:
+        raise ValueError("timed text: the text corpus holds no user/assistant dialogue to lay out")
     return np.concatenate([s for s, _ in out]), np.concatenate([h for _, h in out])
 
 
