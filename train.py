@@ -150,6 +150,7 @@ dual_ear = "units"             # what the user stream holds: the causal units' i
                                # and units_window; corpus/speech.py), or "codec": the codec's codes (Moshi's symmetry;
                                # unseen-voice names heard after align: 7.5% against 23.8% through the units)
 dual_ear_mlp = 0               # width of an MLP reading a frame's K user columns side by side, added to their sum (0: none)
+dual_ear_conv = 0              # width of a causal convolution over the user's ids (dualstream.EarConv; 0: none)
 dual_ear_noise = 0.0           # share of the user's ids replaced by random ones in align and sft (dualtrain.ear_noise)
 dual_heads = "depth"           # a step's K codes: "depth" (Moshi's depth transformer) or "parallel" (Mini-Omni's K heads, its delays)
 dual_text = True               # the inner monologue; False: speech to speech, the text stream never read (Moshi's ablation)

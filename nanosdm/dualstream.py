@@ -50,6 +50,37 @@ ZERO = -1               # a token that embeds to exactly zero: "no input on this
 HEADS = ("depth", "parallel")   # the step's K codes: Moshi's depth transformer, or Mini-Omni's K linear heads
 
 
+class EarConv(nn.Module):
+    """A small causal convolution over what the user said, read as one sequence: a frame's K user
+    ids in order, K sub-steps a frame (through the units: 20 ms each). The temporal stack gets one
+    sum of embeddings a frame and must piece a name together from 5-8 such sums; a name-recognising
+    probe (REFERENCE §14) is two convolutions over the name's units. This is that front end: dilated
+    layers reaching back `reach` sub-steps (kernel 5, dilations 1, 2, 4: 28 units, 560 ms), and a
+    frame's last sub-step (all of the frame heard) projected to d_model. The output layer starts at
+    zero, so the model starts exactly as without it."""
+
+    def __init__(self, card, width, d_model, kernel=5, dilations=(1, 2, 4)):
+        super().__init__()
+        self.emb = nn.Embedding(card + 1, width)            # + INIT, as the audio tables
+        self.convs = nn.ModuleList(nn.Conv1d(width, width, kernel, dilation=d) for d in dilations)
+        self.pads = [(kernel - 1) * d for d in dilations]
+        self.reach = sum(self.pads)                          # sub-steps of the past an output depends on
+        self.out = nn.Linear(width, d_model)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, user, n_past=0):
+        """user [B, T, K] ids (INIT allowed, ZERO embeds to zero), of which the first n_past are
+        context only (streaming: the columns fed before) -> [B, T - n_past, d_model]."""
+        B, T, K = user.shape
+        x = (self.emb(user.clamp(min=0)) * (user >= 0)[..., None]).reshape(B, T * K, -1).transpose(1, 2)
+        for conv, pad in zip(self.convs, self.pads):   # pre-activation residual; GELU(0) = 0 pads the past
+            x = x + conv(F.pad(F.gelu(x), (pad, 0)))
+        x = x.transpose(1, 2).reshape(B, T, K, -1)[:, n_past:, -1]
+        return self.out(x)
+
+
 def user_delays(n_q, ear="codec"):
     """The user's K columns: Moshi's [0, 1, .., 1] for codec codes (a frame's acoustic codes a step
     after its semantic one, as the model's own). Through the units (ear="units") the columns are four
@@ -87,7 +118,7 @@ def undelay(y, delays):
 class DualStream(nn.Module):
     def __init__(self, vocab_size, card, n_q, n_layer, n_head, d_model, context, delays=None,
                  depth_layers=2, depth_heads=4, depth_d_model=128, pad_weight=0.5, semantic_weight=10.0,
-                 turn_weight=1.0, ear="codec", ear_mlp=0, heads="depth", text=True):
+                 turn_weight=1.0, ear="codec", ear_mlp=0, heads="depth", text=True, ear_conv=0):
         super().__init__()
         assert heads in HEADS, f"heads={heads!r}: expected one of {HEADS}"
         delays = list(delays or (mini_omni_delays if heads == "parallel" else default_delays)(n_q, ear))
@@ -96,7 +127,7 @@ class DualStream(nn.Module):
                            d_model=d_model, context=context, delays=delays, depth_layers=depth_layers,
                            depth_heads=depth_heads, depth_d_model=depth_d_model, pad_weight=pad_weight,
                            semantic_weight=semantic_weight, turn_weight=turn_weight, ear=ear, ear_mlp=ear_mlp,
-                           heads=heads, text=text)
+                           heads=heads, text=text, ear_conv=ear_conv)
         self.vocab_size, self.card, self.n_q, self.delays, self.context = vocab_size, card, n_q, delays, context
         self.text = text   # False: no text stream at all (None below), so the parameter count is honest
         # one table per stream, each with its initial token as the last row
@@ -114,6 +145,9 @@ class DualStream(nn.Module):
         # Its output layer starts at zero, so the model starts exactly as without it.
         self.ear_mlp = nn.Sequential(nn.Linear(n_q * d_model, ear_mlp), nn.GELU(),
                                      nn.Linear(ear_mlp, d_model)) if ear_mlp else None
+        self.ear_conv = EarConv(card, ear_conv, d_model) if ear_conv else None
+        # streaming: the input columns before a step that the ear's convolution still reads
+        self.ear_frames = math.ceil(self.ear_conv.reach / n_q) if ear_conv else 0
         for m in [self.text_emb, *self.audio_emb, self.text_head, *(self.audio_heads or [])]:
             if m is not None:
                 nn.init.normal_(m.weight, std=0.02)
@@ -176,8 +210,9 @@ class DualStream(nn.Module):
 
     # --- the forward pass --------------------------------------------------------------------------
 
-    def embed(self, tokens):
-        """tokens [B, T, S] (delayed, INIT or ZERO allowed) -> the per-step sum of embeddings [B, T, D]."""
+    def embed(self, tokens, past=None):
+        """tokens [B, T, S] (delayed, INIT or ZERO allowed) -> the per-step sum of embeddings [B, T, D].
+        past [B, P, S]: the columns fed before in this window, which only the ear's convolution reads."""
         x, user = 0, []
         for s in range(tokens.shape[-1]):
             if s == 0 and not self.text:
@@ -191,6 +226,10 @@ class DualStream(nn.Module):
         if self.ear_mlp is not None:   # ZERO user columns (text-only batches) stay an exact zero
             heard = (tokens[..., 1 + self.n_q:] >= 0).any(-1, keepdim=True)
             x = x + self.ear_mlp(torch.cat(user, -1)) * heard
+        if self.ear_conv is not None:
+            cols = tokens[..., 1 + self.n_q:] if past is None else torch.cat([past, tokens], 1)[..., 1 + self.n_q:]
+            heard = (tokens[..., 1 + self.n_q:] >= 0).any(-1, keepdim=True)
+            x = x + self.ear_conv(cols, 0 if past is None else past.shape[1]) * heard
         return x
 
     def inputs_targets(self, x):
@@ -267,8 +306,10 @@ class DualStream(nn.Module):
             cache.reset()
             state["inputs"][:, :keep] = old
             self.transformer(self.embed(old), kv_cache=cache)
-        state["inputs"][:, cache.length:cache.length + n] = cols
-        return self.transformer(self.embed(cols), kv_cache=cache)
+        L = cache.length
+        past = state["inputs"][:, max(0, L - self.ear_frames):L] if self.ear_frames else None
+        state["inputs"][:, L:L + n] = cols
+        return self.transformer(self.embed(cols, past), kv_cache=cache)
 
     def _user_column(self, state):
         """The user's delayed column of step t: codebook k of frame t - delays[k] (INIT before 0)."""

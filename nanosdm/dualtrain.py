@@ -89,7 +89,7 @@ def build_model(cfg):
                        lc["d_model"], cfg["dual_context"], delays, cfg["dual_depth_layers"], cfg["dual_depth_heads"],
                        cfg["dual_depth_d_model"], cfg["dual_pad_weight"], cfg["dual_semantic_weight"],
                        cfg["dual_turn_weight"], cfg["dual_ear"], cfg["dual_ear_mlp"],
-                       cfg["dual_heads"], cfg["dual_text"])
+                       cfg["dual_heads"], cfg["dual_text"], cfg["dual_ear_conv"])
     model.init_from_text_lm(lm["model"])
     model.init_from_codec(codec.quantizer.embed.float().cpu(), row_norm=lm["model"]["embed.weight"].norm(dim=-1).mean())
     return model

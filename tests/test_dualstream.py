@@ -106,6 +106,33 @@ def test_ear_mlp_starts_as_the_sum_and_streams_like_the_forward_pass():
         assert torch.allclose(out["text_logits"], logits[:, t], atol=1e-4)
 
 
+def test_ear_conv_starts_at_zero_is_causal_and_streams_like_the_forward_pass():
+    m, plain = tiny(ear="units", ear_conv=8), tiny(ear="units")
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("ear_conv.")})
+    T = 24      # longer than the convolution's reach (28 sub-steps = 10 frames of K = 3)
+    assert m.ear_frames == 10
+    x = random_tokens(2, T)
+    inputs, _ = m.inputs_targets(x)
+    assert torch.equal(m.embed(inputs), plain.embed(inputs))     # zero output layer: the sum alone
+    with torch.no_grad():
+        m.ear_conv.out.weight.normal_(std=0.5)
+    e = m.embed(inputs)
+    assert not torch.allclose(e, plain.embed(inputs))
+    changed = inputs.clone()
+    changed[:, 15, 1 + K:] = (changed[:, 15, 1 + K:] + 1) % CARD    # one heard frame changed ...
+    d = (m.embed(changed) - e).abs().amax((0, 2))
+    assert d[:15].max() == 0 and d[15] > 0                       # ... changes nothing before it
+    text_only = inputs.clone()
+    text_only[..., 1:] = ZERO
+    assert torch.equal(m.embed(text_only), plain.embed(text_only))   # no user heard: no ear term
+    logits, _ = m(inputs)
+    state = m.new_state(2)
+    for t in range(T):   # the step reads the columns fed before: streaming equals the full pass
+        out = m.step(state, x[:, t, 1 + K:], force_text=inputs[:, t + 1, 0] if t < T - 1 else None,
+                     force_audio=inputs[:, t + 1, 1:1 + K] if t < T - 1 else None)
+        assert torch.allclose(out["text_logits"], logits[:, t], atol=1e-4)
+
+
 def test_prefill_then_step_equals_stepping_all_the_way():
     m = tiny()
     x = random_tokens(1, 10)
