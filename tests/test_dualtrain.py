@@ -112,6 +112,18 @@ def test_timed_text_batches_train_the_text_stream_alone(tiny_run, tmp_path):
     assert 0 < len(timed) < len(hist) and all("audio" not in r and "text" not in r for r in timed)
 
 
+def test_align_trains_the_ears_convolution(tiny_run, tmp_path):
+    import os
+    import shutil
+    from nanosdm import dualstream, dualtrain
+    cfg = dict(tiny_run, out_dir=str(tmp_path / "conv"), dual_ear_conv=8)
+    shutil.copytree(tiny_run["out_dir"], cfg["out_dir"])
+    dualtrain.train(cfg, "align")
+    m = dualstream.load_model(os.path.join(cfg["out_dir"], "align.pt"))
+    assert m.config["ear_conv"] == 8 and m.ear_conv.emb.weight.shape[1] == 8   # rebuilt from the checkpoint
+    assert m.ear_conv.out.weight.abs().max() > 0               # its zero output layer has learnt something
+
+
 def test_some_windows_open_at_a_dialogue_start():
     import numpy as np
     from nanosdm.dualtrain import get_batch
