@@ -28,7 +28,7 @@ def tiny_rows(cfg):
         model = dualstream.DualStream(lm["vocab_size"], cfg["codec_codebook_size"], cfg["codec_n_q"], lm["n_layer"],
                                       lm["n_head"], lm["d_model"], rc["dual_context"], None, rc["dual_depth_layers"],
                                       rc["dual_depth_heads"], rc["dual_depth_d_model"], ear=rc["dual_ear"],
-                                      heads=rc["dual_heads"], text=rc["dual_text"])
+                                      heads=rc["dual_heads"], text=rc["dual_text"], ear_conv=rc["dual_ear_conv"])
         counts[name] = utils.count_params(model)
     counts["text_out"] = paradigms.text_out_params(paradigms.build_text_out(cfg, lm, cfg["asr_d_model"]))
     text_lm = TextLM(**lm)
