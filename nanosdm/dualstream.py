@@ -145,6 +145,8 @@ class DualStream(nn.Module):
         # Its output layer starts at zero, so the model starts exactly as without it.
         self.ear_mlp = nn.Sequential(nn.Linear(n_q * d_model, ear_mlp), nn.GELU(),
                                      nn.Linear(ear_mlp, d_model)) if ear_mlp else None
+        if ear_conv < 0:
+            raise ValueError(f"ear_conv is the ear's convolution width (0: none), not {ear_conv}")
         self.ear_conv = EarConv(card, ear_conv, d_model) if ear_conv else None
         # streaming: the input columns before a step that the ear's convolution still reads
         self.ear_frames = math.ceil(self.ear_conv.reach / n_q) if ear_conv else 0

@@ -111,6 +111,8 @@ def test_ear_conv_starts_at_zero_is_causal_and_streams_like_the_forward_pass():
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("ear_conv.")})
     T = 24      # longer than the convolution's reach (28 sub-steps = 10 frames of K = 3)
     assert m.ear_frames == 10
+    with pytest.raises(ValueError, match="ear_conv"):
+        tiny(ear_conv=-8)
     x = random_tokens(2, T)
     inputs, _ = m.inputs_targets(x)
     assert torch.equal(m.embed(inputs), plain.embed(inputs))     # zero output layer: the sum alone
