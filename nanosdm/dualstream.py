@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanosdm import utils
+from nanosdm.corpus.speech import UNITS_PER_FRAME
 from nanosdm.depth import Depth
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER
 from nanosdm.transformer import Transformer, sample_logits
@@ -148,8 +149,11 @@ class DualStream(nn.Module):
         if ear_conv < 0:
             raise ValueError(f"ear_conv is the ear's convolution width (0: none), not {ear_conv}")
         self.ear_conv = EarConv(card, ear_conv, d_model) if ear_conv else None
+        # the sub-steps of a frame the convolution reads: through the units, a frame's 4 distinct ids
+        # (at n_q = 8 each is held twice, and read twice the sequence would be u1..u4 u1..u4)
+        self.ear_sub = min(n_q, UNITS_PER_FRAME) if ear == "units" else n_q
         # streaming: the input columns before a step that the ear's convolution still reads
-        self.ear_frames = math.ceil(self.ear_conv.reach / n_q) if ear_conv else 0
+        self.ear_frames = math.ceil(self.ear_conv.reach / self.ear_sub) if ear_conv else 0
         for m in [self.text_emb, *self.audio_emb, self.text_head, *(self.audio_heads or [])]:
             if m is not None:
                 nn.init.normal_(m.weight, std=0.02)
@@ -229,7 +233,8 @@ class DualStream(nn.Module):
             heard = (tokens[..., 1 + self.n_q:] >= 0).any(-1, keepdim=True)
             x = x + self.ear_mlp(torch.cat(user, -1)) * heard
         if self.ear_conv is not None:
-            cols = tokens[..., 1 + self.n_q:] if past is None else torch.cat([past, tokens], 1)[..., 1 + self.n_q:]
+            cols = tokens if past is None else torch.cat([past, tokens], 1)
+            cols = cols[..., 1 + self.n_q:1 + self.n_q + self.ear_sub]
             heard = (tokens[..., 1 + self.n_q:] >= 0).any(-1, keepdim=True)
             x = x + self.ear_conv(cols, 0 if past is None else past.shape[1]) * heard
         return x

@@ -135,6 +135,29 @@ def test_ear_conv_starts_at_zero_is_causal_and_streams_like_the_forward_pass():
         assert torch.allclose(out["text_logits"], logits[:, t], atol=1e-4)
 
 
+def test_ear_conv_reads_a_units_frame_once_at_eight_columns():
+    # at n_q = 8 the units' 4 ids of a frame are each held twice (corpus/speech.ear_codes): the
+    # convolution reads u1..u4 once, so its reach in frames is 28 / 4, and the repeats are not read
+    kw = dict(n_layer=1, n_head=2, d_model=16, context=32, depth_layers=1, depth_heads=2, depth_d_model=16, ear="units")
+    torch.manual_seed(0)
+    m = DualStream(VOCAB, CARD, 8, ear_conv=8, **kw).eval()
+    plain = DualStream(VOCAB, CARD, 8, **kw).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("ear_conv.")})
+    assert (m.ear_sub, m.ear_frames) == (4, 7)
+    with torch.no_grad():
+        m.ear_conv.out.weight.normal_(std=0.5)
+    g = torch.Generator().manual_seed(1)
+    units = torch.randint(CARD, (1, 12, 4), generator=g)
+    x = torch.cat([torch.randint(VOCAB, (1, 12, 1), generator=g), torch.randint(CARD, (1, 12, 8), generator=g),
+                   units, units], 2)
+    ear = lambda t: m.embed(t) - plain.embed(t)    # the convolution's term alone
+    moved = x.clone()
+    moved[:, 5, 1 + 8 + 4:] = (moved[:, 5, 1 + 8 + 4:] + 1) % CARD    # the repeats only
+    assert torch.allclose(ear(moved), ear(x), atol=1e-6)
+    moved[:, 5, 1 + 8] = (moved[:, 5, 1 + 8] + 1) % CARD                # a unit it reads
+    assert not torch.allclose(ear(moved), ear(x), atol=1e-6)
+
+
 def test_prefill_then_step_equals_stepping_all_the_way():
     m = tiny()
     x = random_tokens(1, 10)
