@@ -239,6 +239,14 @@ def generate(model, v, prompt, max_new_tokens, temperature=0.0, top_k=None, cons
     constrain: hold every new token to the modality the last marker opened (an untrained model
     writes units into text and words into speech). Returns (new ids, the logits [n, V] each was
     drawn from, before the constraint)."""
+    pairs = list(stream(model, v, prompt, max_new_tokens, temperature, top_k, constrain))
+    return [i for i, _ in pairs], torch.stack([logits for _, logits in pairs])
+
+
+@torch.no_grad()
+def stream(model, v, prompt, max_new_tokens, temperature=0.0, top_k=None, constrain=True):
+    """generate()'s loop, one (id, logits) at a time as they come: a live caller can send each unit
+    to the vocoder before the reply is finished."""
     device = model.embed.weight.device
     n = min(max_new_tokens, model.config["block_size"] - len(prompt))
     if n <= 0:
@@ -248,20 +256,18 @@ def generate(model, v, prompt, max_new_tokens, temperature=0.0, top_k=None, cons
     markers = [i for i in prompt if v.is_marker(i)]
     in_speech = bool(markers) and markers[-1] == v.speech
     x = torch.tensor([prompt], device=device)      # the first step reads the whole prompt
-    new, seen = [], []
     for _ in range(n):
         logits = model(x, kv_cache=cache)[0, -1]
-        seen.append(logits)
+        raw = logits
         if constrain:
             logits = logits.masked_fill(~masks[int(in_speech)], float("-inf"))
         nxt = int(sample_logits(logits[None], temperature, top_k)[0])
-        new.append(nxt)
+        yield nxt, raw
         if nxt == EOS:
             break
         if v.is_marker(nxt):
             in_speech = nxt == v.speech
         x = torch.tensor([[nxt]], device=device)
-    return new, torch.stack(seen)
 
 
 def respond(model, v, question_units, start=(), max_new_tokens=300, **sampling):

@@ -49,10 +49,11 @@ class LiveSession:
     one code path.
 
     script_text [F] / script_codes [F, K] (optional): the model's own text tokens and codes for
-    its first F frames (undelayed), fed instead of sampled (the scenarios' scripted part)."""
+    its first F frames (undelayed), fed instead of sampled (the scenarios' scripted part).
+    parallel_decoding: Mini-Omni's batch parallel decoding (free_run says how): two rows a step."""
 
-    def __init__(self, model, codec, script_text=None, script_codes=None, temps=TEMPS, ear=None):
-        self.model, self.codec, self.temps = model, codec, temps
+    def __init__(self, model, codec, script_text=None, script_codes=None, temps=TEMPS, ear=None, parallel_decoding=False):
+        self.model, self.codec, self.temps, self.parallel = model, codec, temps, parallel_decoding
         self.ear = None      # the user heard through the causal units (a model trained with dual_ear=units)
         if model.config.get("ear", "codec") == "units":
             if ear is None:
@@ -63,7 +64,7 @@ class LiveSession:
         self.script_text, self.script_codes = script_text, script_codes
         self.n_script = 0 if script_text is None else len(script_text)
         self.enc, self.dec = codec.encoder_state(1), codec.decoder_state(1)
-        self.state = model.new_state(1)
+        self.state = model.new_state(2 if parallel_decoding else 1)
         self.state["seconds"] = dict(temporal=0.0, depth=0.0)      # model.step() adds its two parts
         self.secs = dict(codec_enc=0.0, codec_dec=0.0)
         self.t = 0
@@ -103,12 +104,17 @@ class LiveSession:
             user = ids.to(self.dev)[None, :, None]
         self.secs["codec_enc"] += time.perf_counter() - tick
         force_text, force_audio = self._forced(t)
-        out = self.model.step(self.state, user[:, :, 0], *self.temps, force_text=force_text, force_audio=force_audio)
+        if self.parallel:    # the text-only copy hears the same frame, is forced alike (its audio stays ZERO)
+            user = user.repeat(2, 1, 1)
+            force_text = None if force_text is None else force_text.repeat(2)
+            force_audio = None if force_audio is None else force_audio.repeat(2, 1)
+        out = self.model.step(self.state, user[:, :, 0], *self.temps, force_text=force_text, force_audio=force_audio,
+                              parallel_decoding=self.parallel)
         text = None if out["text"] is None else int(out["text"][0])   # None: a model without text
         result = dict(t=t, text=text, user_codes=user[0, :, 0].cpu(), frame=None, codes=None, wav=None)
         if out["audio"] is not None:     # frame t - D is complete: decode it
             tick = time.perf_counter()
-            chunk, self.dec = self.codec.decode_step(out["audio"][:, :, None], self.dec)
+            chunk, self.dec = self.codec.decode_step(out["audio"][:1, :, None], self.dec)
             self.secs["codec_dec"] += time.perf_counter() - tick
             result.update(frame=t - D, codes=out["audio"][0].cpu(), wav=chunk[0].cpu())
         self.t = t + 1

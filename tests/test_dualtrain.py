@@ -47,6 +47,12 @@ def make_tiny_run(root):
             text = speech.text_stream(turns, 50, tok)
             w.add(dict(id=f"{split}-{i}", turns=turns), text, rng.integers(0, 16, (2, 50, 2)).astype(np.uint16))
         w.close()
+    # the dialogues' two channels as the data stage writes them (quiet noise), for what plays them live
+    n = 50 * 1280
+    pcm = (rng.standard_normal((3 * n, 2)) * 300).astype(np.int16)
+    pcm.tofile(os.path.join(cfg["data_dir"], "speech_unseen_voice.bin"))
+    spokenworld.write_jsonl(os.path.join(cfg["data_dir"], "speech_unseen_voice.jsonl"),
+                            [dict(id=f"unseen_voice-{i}", offset=i * n, length=n, turns=turns) for i in range(3)])
     return cfg
 
 

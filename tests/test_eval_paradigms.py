@@ -2,6 +2,7 @@
 (steps per second, first audio, parameters), and the QA figures where a row writes text or speaks."""
 import os
 import shutil
+import types
 
 import pytest
 import torch
@@ -51,6 +52,18 @@ def test_a_dual_stream_rows_figures(run, tmp_path, name, variant, parallel_decod
     parts = ("ear_name_acc", "qa_text_heard", "qa_text_heard_facts", "voice_acc", "judge_acc_window")
     assert all((key(p) in figures) == model.text for p in parts)
     assert all(figures[key(p)] in shares for p in parts if model.text)
+    # first audio in the live loop: never before the delays let the frame after the question's end out
+    silent, ms = figures[key("first_audio_silent")], figures[key("first_audio_measured_ms")]
+    assert silent in shares and (ms == -1) == (silent == 1.0)
+    assert ms == -1 or ms >= 80 * D
+
+
+def test_first_voiced_finds_the_first_loud_window():
+    wav = torch.zeros(16000)
+    assert paradigms.first_voiced(wav) is None
+    wav[3 * 320 + 10:3 * 320 + 300] = 0.5          # most of the fourth 20 ms window
+    assert paradigms.first_voiced(wav) == 3 * 320
+    assert paradigms.first_voiced(wav, 4 * 320) is None and paradigms.first_voiced(wav, 320) == 3 * 320
 
 
 def test_taken_apart_finds_nothing_lost_in_the_recording_itself(run):
@@ -116,6 +129,14 @@ def test_a_flat_rows_figures(run):
     assert figures[key("params")] == utils.count_params(model) and figures[key("qa_questions")] == 2
     assert figures[key("qa_speech")] == 0.0                  # silence says nothing
     assert key("qa_text") not in figures                     # the speech row writes no answer text
+    # first audio, measured: a vocoder that voices each unit at once answers in the LM's time alone;
+    # one that stays quiet never answers
+    loud = types.SimpleNamespace(new_state=lambda codec: {}, stream=lambda u, st, codec: (torch.full((320,), 0.5), st))
+    quiet = types.SimpleNamespace(new_state=lambda codec: {}, stream=lambda u, st, codec: (torch.zeros(320), st))
+    timed = paradigms.flat_first_audio("speech", model, v, loud, None, items, [v.speech])
+    assert timed[key("first_audio_silent")] == 0.0 and 0 <= timed[key("first_audio_measured_ms")] < 5000
+    timed = paradigms.flat_first_audio("speech", model, v, quiet, None, items, [v.speech])
+    assert timed == {key("first_audio_measured_ms"): -1, key("first_audio_silent"): 1.0}
 
 
 def test_the_chain_of_modality_is_taken_apart(run, monkeypatch):

@@ -54,6 +54,21 @@ def test_live_loop_equals_the_teacher_forced_model():
     assert torch.allclose(out["wav"][:(T - D) * FRAME], want, atol=1e-4)
 
 
+def test_live_loop_decodes_in_parallel_as_the_batched_free_run():
+    # Mini-Omni's batch parallel decoding, live at batch 1 (two rows a step), says what free_run says
+    model, codec = tiny_model(), tiny_codec()
+    wav = 0.3 * torch.randn(10 * FRAME, generator=torch.Generator().manual_seed(2))
+    session = live.LiveSession(model, codec, temps=(0, 0, 0, 0), parallel_decoding=True)
+    steps = [session.step(wav[t * FRAME:(t + 1) * FRAME]) for t in range(10)]
+    user = codec.encode(wav[None])[0].T[None]                        # [1, T, K]
+    silence = live.silence_codes(codec)
+    text, codes = live.free_run(model, torch.zeros(1, 0, 1 + 2 * K, dtype=torch.long), user, silence,
+                                (0, 0, 0, 0), parallel_decoding=True)
+    D = max(model.delays)
+    assert [s["text"] for s in steps] == text[0].tolist()
+    assert torch.equal(torch.stack([s["codes"] for s in steps[D:]]), codes[0, :10 - D])
+
+
 def test_live_loop_is_reproducible_with_a_seed_and_times_its_parts():
     model, codec = tiny_model(), tiny_codec()
     wav = 0.3 * torch.randn(12 * FRAME, generator=torch.Generator().manual_seed(3))

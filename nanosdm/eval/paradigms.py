@@ -14,6 +14,10 @@ other evaluations it loads what it scores, and no component imports it. Keys par
                         (the dual stream: one step plus the delays; a flat row: its reply's ids up
                         to and with its first unit, the mean over the questions)
     first_audio_ms      the same in ms where a step is a fixed time (the dual stream's 80 ms)
+    first_audio_measured_ms   measured at batch 1 on this machine (live_first_audio, flat_first_audio):
+                        the median ms from a question's end to the first voiced 20 ms of the reply
+                        leaving the row, its compute included; first_audio_silent: the share of the
+                        timed questions it never voiced a reply to
     params              parameters (utils.count_params; text_out: its LM and adapter; cascade: its text LM)
     qa_text_only        the answer word in the row's text on the text_only split: facts the
                         rows never heard spoken, only read in the text LM's corpus (rows that write text)
@@ -36,12 +40,12 @@ import numpy as np
 import torch
 
 from nanosdm import dualstream, flat, paradigms, textlm, utils
-from nanosdm.codec import FRAME_S
+from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.corpus.audio import SAMPLE_RATE
 from nanosdm.corpus import spokenworld
 from nanosdm.corpus.speech import Streams
 from nanosdm.eval.dialogue import taken_apart
-from nanosdm.judge import judge_wavs
+from nanosdm.judge import VAD_WIN, VOICED_RMS, judge_wavs
 from nanosdm.live import (ANSWER_WINDOW_S, AUDIO_TEMP, AUDIO_TOP_K, free_run, load_ear, monologue_parts, qa_batch,
                           questions, reply_clips, silence_codes, user_silence)
 from nanosdm.tokenizer import PAD
@@ -51,6 +55,89 @@ SPLIT = "unseen_voice"      # the table's questions: voices the rows never heard
 
 def _mean(xs):
     return round(float(np.mean(xs)), 4) if len(xs) else -1
+
+
+# -----------------------------------------------------------------------------
+# first audio, measured: each row as it would run live, at batch 1, on this machine
+
+TIMED = 12        # questions timed per row
+LISTEN_S = 3.0    # seconds a row may take to start its reply
+
+
+def first_voiced(wav, after=0):
+    """The sample where wav's first voiced 20 ms window at or after sample `after` starts, or None."""
+    n = (len(wav) - after) // VAD_WIN
+    if n <= 0:
+        return None
+    rms = wav[after:after + n * VAD_WIN].reshape(n, VAD_WIN).pow(2).mean(1).sqrt()
+    loud = (rms > VOICED_RMS).nonzero()
+    return after + int(loud[0]) * VAD_WIN if len(loud) else None
+
+
+def _timed_figures(name, ms, n):
+    key = lambda figure: f"paradigm_{name}_{figure}"
+    return {key("first_audio_measured_ms"): round(float(np.median(ms))) if ms else -1,
+            key("first_audio_silent"): round(1 - len(ms) / max(n, 1), 4)}
+
+
+@torch.no_grad()
+def live_first_audio(name, model, codec, ear, cfg, history, parallel_decoding=False, n=TIMED):
+    """A dual-stream row in the live loop (live.LiveSession, batch 1): the dialogue's `history` frames
+    before each question scripted (its own channel as recorded, as the evaluation forces it), the
+    user's voice through the question's end, then silence. The input of step t has arrived at
+    (t + 1) x 80 ms; the step starts then, or when the step before it is done, and takes the time it
+    took here. The reply is heard from the end of the step that emitted its first voiced window."""
+    from nanosdm.live import LiveSession
+    streams = Streams(os.path.join(cfg["out_dir"], "speech"), SPLIT)
+    sp = spokenworld.SpeechSplit(cfg["data_dir"], SPLIT)
+    K, D, ms = model.n_q, max(model.delays), []
+    items = questions(streams)[:n]
+    for i, tr, _ in items:
+        wav, _ = sp.dialogue(i)
+        x, _ = streams.dialogue(i)
+        s, e = int(tr["start"] / FRAME_S), int(np.ceil(tr["end"] / FRAME_S))
+        h0 = max(0, s - history)
+        user = torch.cat([wav[spokenworld.USER, h0 * FRAME:e * FRAME], torch.zeros(int(LISTEN_S * SAMPLE_RATE))])
+        user = torch.nn.functional.pad(user, (0, -len(user) % FRAME))
+        script = torch.from_numpy(x[h0:s])
+        session = LiveSession(model, codec, script[:, 0] if model.text else None, script[:, 1:1 + K], ear=ear,
+                              parallel_decoding=parallel_decoding)
+        if not model.text:   # a row without text is scripted on its codes alone
+            session.script_text, session.n_script = torch.full((s - h0,), -1), s - h0
+        q_end, done = tr["end"] - h0 * FRAME_S, 0.0     # seconds on the live clock
+        for t in range(len(user) // FRAME):
+            tick = time.perf_counter()
+            out = session.step(user[t * FRAME:(t + 1) * FRAME])
+            done = max(done, (t + 1) * FRAME_S) + time.perf_counter() - tick
+            if out["wav"] is None or (out["frame"] + 1) * FRAME_S <= q_end:
+                continue
+            at = max(0, int(round((q_end - out["frame"] * FRAME_S) * SAMPLE_RATE)))
+            v = first_voiced(out["wav"], min(at, FRAME))
+            if v is not None:
+                ms.append(1000 * (done + v / SAMPLE_RATE - q_end))
+                break
+    return _timed_figures(name, ms, len(items))
+
+
+@torch.no_grad()
+def flat_first_audio(name, model, v, voc, codec, items, start, n=TIMED):
+    """A flat row at batch 1: at the question's end its units are in hand (the causal units keep up
+    with the voice); the LM reads the prompt and writes its reply (flat.stream), each unit goes to
+    the vocoder as it comes (Vocoder.stream), until the vocoder gives a voiced window."""
+    ms = []
+    for it in items[:n]:
+        prompt = flat.dialogue_prompt(v, it["question_units"]) + list(start)
+        tick, state, heard = time.perf_counter(), voc.new_state(codec), 0
+        for i, _ in flat.stream(model, v, prompt, MAX_REPLY):
+            if not v.is_unit(i):
+                continue
+            wav, state = voc.stream(torch.tensor([i - v.n_text]), state, codec)
+            f = first_voiced(wav.cpu()) if len(wav) else None
+            if f is not None:
+                ms.append(1000 * (time.perf_counter() - tick + (heard + f) / SAMPLE_RATE))
+                break
+            heard += len(wav)
+    return _timed_figures(name, ms, min(n, len(items)))
 
 
 @torch.no_grad()
@@ -157,6 +244,7 @@ def evaluate_dual_row(cfg, name, path, parallel_decoding=False, text_only=False)
     run = lambda split, judge: dual_row(name, model, codec, tok, Streams(os.path.join(out_dir, "speech"), split),
                                         cfg["sft_eval_history"], judge, parallel_decoding, ear, cfg["seed"], names)
     figures = dict(run(SPLIT, asr), **{f"paradigm_{name}_full_duplex": 1})
+    figures.update(live_first_audio(name, model, codec, ear, cfg, cfg["sft_eval_history"], parallel_decoding))
     if text_only and model.text:
         figures[f"paradigm_{name}_qa_text_only"] = run(TEXT_ONLY, None)[f"paradigm_{name}_qa_text"]
         lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
@@ -219,6 +307,7 @@ def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
         model, v = flat.load_model(os.path.join(out_dir, f"{name}.pt"), device)
         start = {"flat_chain": [v.text], "flat_spirit_words": [v.answer]}.get(name, [v.speech])
         figures.update(flat_row(name, model, v, tok, items, speak, asr, start, MAX_REPLY))
+        figures.update(flat_first_audio(name, model, v, voc, codec, items, start))
         figures[f"paradigm_{name}_full_duplex"] = 0
         figures[f"paradigm_{name}_retention"] = round(seen_qa(text_part(model, v), tok, cfg) / max(base, 1e-9), 4)
         if name == "flat_chain":                             # the format that writes the question's words
@@ -274,6 +363,7 @@ def evaluate_text_out(cfg):
         seconds = sum(len(w) for w in wavs) / SAMPLE_RATE
         figures.update({key("qa_text"): ok, key("qa_speech"): _mean(speech_ok), key("qa_questions"): len(items),
                         key("first_audio_steps"): _mean(n_tokens), key("first_audio_ms"): round(float(np.median(ms))),
+                        key("first_audio_measured_ms"): round(float(np.median(ms))), key("first_audio_silent"): 0.0,
                         key("steps_per_s"): round(sum(n_tokens) / seconds, 2) if seconds else -1})
     base = seen_qa(textlm.load_model(os.path.join(out_dir, "text.pt"), device), tok, cfg)
     figures[key("retention")] = round(seen_qa(model.lm, tok, cfg) / max(base, 1e-9), 4)
