@@ -1,4 +1,6 @@
 """Stage `speech`: the inner-monologue text stream and the code files, SpokenWorld and real data alike."""
+import os
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,17 @@ def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
     assert [t["role"] for t in speech.read_text_stream([int(i) for i in s2])] == [USER]
     with pytest.raises(ValueError, match="no user/assistant dialogue"):
         speech.timed_text(prose[:1], tok, random.Random(0))
+
+
+def test_sft_keeps_a_share_of_aligns_single_turns(tmp_path):
+    from test_dualtrain import make_tiny_run
+    cfg = make_tiny_run(tmp_path)
+    speech_dir = os.path.join(cfg["out_dir"], "speech")
+    train, align = speech.Streams(speech_dir, "train"), speech.Streams(speech_dir, "align")
+    assert isinstance(speech.mixed_streams(dict(cfg, sft_align_frac=0.0), "sft", speech_dir), speech.Streams)
+    assert speech.mixed_streams(dict(cfg, sft_align_frac=0.25), "align", speech_dir).split == "align"  # sft's setting
+    mixed = speech.mixed_streams(dict(cfg, sft_align_frac=0.25), "sft", speech_dir)
+    (at_train, n_train), (at_align, n_align) = mixed.spans
+    assert n_align / (n_train + n_align) == pytest.approx(0.25, abs=0.01)
+    assert np.array_equal(mixed.window(0, 10), train.window(0, 10))
+    assert np.array_equal(mixed.window(at_align, 10), align.window(0, 10))   # align's frames, from its start
