@@ -77,11 +77,11 @@ def dual_config(cfg, name):
         mini_omni=dict(dual_heads="parallel", dual_text=True),
         s2s_duplex=dict(dual_heads="depth", dual_text=False, dual_depth_layers=cfg["paradigms_s2s_depth_layers"],
                         dual_depth_d_model=cfg["paradigms_s2s_depth_d_model"]))[name]
+    pinned = dict(sft_align_frac=0.0,    # the rows skip align: its single turns are not theirs either,
+                  sft_timed_frac=0.0)    # and no timed text: the flat rows have no such batches
     return dict(cfg, **paradigm, sft_max_steps=cfg["paradigms_steps"], sft_batch_size=cfg["paradigms_batch_size"],
-                sft_lr=cfg["align_lr"], sft_warmup=cfg["align_warmup"], sft_freeze=False,
-                sft_align_frac=0.0,     # the rows skip align: its single turns are not theirs either,
-                sft_timed_frac=0.0,     # and no timed text: the flat rows have no such batches
-                train_settings=row_settings(cfg, name))
+                sft_lr=cfg["align_lr"], sft_warmup=cfg["align_warmup"], sft_freeze=False, **pinned,
+                train_settings=row_settings(dict(cfg, **pinned), name))
 
 
 def train_dual(cfg, name, stop_step=None):

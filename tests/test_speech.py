@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from nanosdm.corpus import speech
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
@@ -143,15 +144,42 @@ def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
         speech.timed_text(prose[:1], tok, random.Random(0))
 
 
-def test_sft_keeps_a_share_of_aligns_single_turns(tmp_path):
-    from test_dualtrain import make_tiny_run
-    cfg = make_tiny_run(tmp_path)
-    speech_dir = os.path.join(cfg["out_dir"], "speech")
-    train, align = speech.Streams(speech_dir, "train"), speech.Streams(speech_dir, "align")
-    assert isinstance(speech.mixed_streams(dict(cfg, sft_align_frac=0.0), "sft", speech_dir), speech.Streams)
-    assert speech.mixed_streams(dict(cfg, sft_align_frac=0.25), "align", speech_dir).split == "align"  # sft's setting
-    mixed = speech.mixed_streams(dict(cfg, sft_align_frac=0.25), "sft", speech_dir)
-    (at_train, n_train), (at_align, n_align) = mixed.spans
-    assert n_align / (n_train + n_align) == pytest.approx(0.25, abs=0.01)
-    assert np.array_equal(mixed.window(0, 10), train.window(0, 10))
-    assert np.array_equal(mixed.window(at_align, 10), align.window(0, 10))   # align's frames, from its start
+def test_sft_listens_to_a_share_of_aligns_user_turns(tmp_path):
+    from nanosdm.dualstream import DualStream
+    from nanosdm.dualtrain import get_batch, listen_only
+    K = 2
+    out = str(tmp_path / "speech")
+    for split, parts in (("train", [("both", 60)]), ("align", [("user", 40), ("assistant", 30), ("user", 35)])):
+        w = speech.StreamWriter(out, split)
+        for n, (who, frames) in enumerate(parts):
+            speakers = ["user", "assistant"] if who == "both" else [who]
+            tag = {"train": 1000, "align": 2000 + 100 * n}[split]     # a frame's tokens say where they come from
+            w.add(dict(id=f"{split}-{n}", turns=[dict(speaker=sp) for sp in speakers]),
+                  np.full(frames, tag, dtype=np.uint16), np.full((2, frames, K), tag % 256, dtype=np.uint16))
+        w.close()
+    cfg = dict(out_dir=str(tmp_path), speech_data="spokenworld", sft_align_frac=0.25)
+    assert isinstance(speech.mixed_streams(dict(cfg, sft_align_frac=0.0), "sft", out), speech.Streams)
+    assert speech.mixed_streams(cfg, "align", out).split == "align"          # sft's setting only
+    mixed = speech.mixed_streams(cfg, "sft", out)
+    (_, n_train), (at, n_listen) = mixed.spans
+    assert n_listen / (n_train + n_listen) == pytest.approx(0.25, abs=0.02)
+    listening = mixed.parts[1][1]
+    assert len(listening) == 75                                            # the user-only dialogues only
+    # its windows stay inside one user-only dialogue, never in the assistant's
+    tags = {int(listening.window(s, 20)[:, 0].max()) for s in range(75)}
+    assert tags == {2000, 2200}
+    assert not mixed.listening(0) and mixed.listening(at)
+    x, listen = get_batch(mixed, 400, 4, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(listen, x[:, 0, 0] >= 2000) and 0.15 < listen.float().mean() < 0.35
+    # in a listened window the model's own audio and its text's PADs teach nothing; elsewhere all do
+    model = DualStream(VOCAB, 16, K, n_layer=1, n_head=2, d_model=16, context=32, depth_layers=1, depth_heads=2,
+                       depth_d_model=16)
+    y = torch.randint(10, 16, (2, 20, 1 + 2 * K))     # ids above the specials
+    y[:, ::2, 0] = PAD
+    masked = listen_only(model, y, torch.tensor([True, False]))
+    assert torch.equal(masked[1], y[1]) and torch.equal(masked[0, :, 1 + K:], y[0, :, 1 + K:])
+    assert (masked[0, :, 1:1 + K] == 16).all()                             # INIT: nothing to predict
+    assert (masked[0, ::2, 0] == VOCAB).all() and torch.equal(masked[0, 1::2, 0], y[0, 1::2, 0])
+
+
+VOCAB = 50

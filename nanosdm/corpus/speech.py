@@ -501,6 +501,11 @@ class MixedStreams:
     def __len__(self):
         return self.n
 
+    def listening(self, start):
+        """Whether the window at `start` comes from a part that is only listened to (Listening)."""
+        p = next(i for i, (at, n) in enumerate(self.spans) if start < at + n or i == len(self.spans) - 1)
+        return getattr(self.parts[p][1], "listen", False)
+
     def window(self, start, length):
         p = next(i for i, (at, n) in enumerate(self.spans) if start < at + n or i == len(self.spans) - 1)
         at, n = self.spans[p]
@@ -517,10 +522,42 @@ def mixed_streams(cfg, stage, speech_dir):
     an sft that never says it again: the dialogues teach the text stream that only their names occur."""
     streams = _stage_streams(cfg, stage, speech_dir)
     share = cfg.get("sft_align_frac", 0.0) if stage == "sft" else 0.0
-    if share <= 0:
+    align = Streams(speech_dir, "align")
+    if share <= 0 or not Listening.dialogues_of(align):
+        if share > 0:
+            print(f"{stage}: split align has no dialogue in which only the user speaks: sft_align_frac is not used")
         return streams
-    print(f"{stage}: {share:.0%} of its windows from align's single turns")
-    return MixedStreams([(1 - share, streams), (share, Streams(speech_dir, "align"))])
+    print(f"{stage}: {share:.0%} of its windows from align's single user turns, to listen to")
+    return MixedStreams([(1 - share, streams), (share, Listening(align))])
+
+
+class Listening:
+    """The dialogues of a split in which only the user speaks (align's: eight single user turns
+    each), as one stream whose windows never leave them. They are there to be listened to: the
+    model is silent after every question in them, and dualtrain.listen_only masks what it would
+    learn from that (a model that learnt it kept silent after a conversation's first question)."""
+    listen = True
+
+    def __init__(self, streams):
+        own = self.dialogues_of(streams)
+        if not own:
+            raise ValueError(f"split {streams.split} has no dialogue in which only the user speaks")
+        self.streams, self.real = streams, [(d["offset"], d["frames"]) for d in own]
+        self.ends = np.cumsum([n for _, n in self.real])
+        self.dialogues = [dict(d, offset=int(e - n)) for d, e, (_, n) in zip(own, self.ends, self.real)]
+
+    @staticmethod
+    def dialogues_of(streams):
+        return [d for d in streams.dialogues if all(tr["speaker"] == "user" for tr in d["turns"])]
+
+    def __len__(self):
+        return int(self.ends[-1])
+
+    def window(self, start, length):
+        j = min(int(np.searchsorted(self.ends, start, side="right")), len(self.real) - 1)
+        offset, n = self.real[j]
+        within = start - int(self.ends[j] - n)
+        return self.streams.window(min(offset + min(within, max(0, n - length)), len(self.streams) - length), length)
 
 
 def _stage_streams(cfg, stage, speech_dir):

@@ -61,6 +61,7 @@ def _mean(xs):
 # first audio, measured: each row as it would run live, at batch 1, on this machine
 
 TIMED = 12        # questions timed per row
+TIMED_HISTORY = 40   # frames of the dialogue before each (3.2 s: enough context, and each costs a live step)
 LISTEN_S = 3.0    # seconds a row may take to start its reply
 
 
@@ -244,7 +245,7 @@ def evaluate_dual_row(cfg, name, path, parallel_decoding=False, text_only=False)
     run = lambda split, judge: dual_row(name, model, codec, tok, Streams(os.path.join(out_dir, "speech"), split),
                                         cfg["sft_eval_history"], judge, parallel_decoding, ear, cfg["seed"], names)
     figures = dict(run(SPLIT, asr), **{f"paradigm_{name}_full_duplex": 1})
-    figures.update(live_first_audio(name, model, codec, ear, cfg, cfg["sft_eval_history"], parallel_decoding))
+    figures.update(live_first_audio(name, model, codec, ear, cfg, TIMED_HISTORY, parallel_decoding))
     if text_only and model.text:
         figures[f"paradigm_{name}_qa_text_only"] = run(TEXT_ONLY, None)[f"paradigm_{name}_qa_text"]
         lm = textlm.load_model(os.path.join(out_dir, "text.pt"), device)
