@@ -182,7 +182,7 @@ sft_warmup = 30
 sft_text_frac = 0.1
 sft_timed_frac = 0.1           # (speech.timed_text), audio streams empty: facts reached in the layout the model speaks in
 sft_align_frac = 0.2           # share of sft's speech windows from align's single turns: every name stays heard
-                               # only listened to (speech.Listening); with timed text, text-only facts 8% -> 23% (docs/results.md)
+                               # only listened to (windows.Listening); with timed text, text-only facts 8% -> 23% (docs/results.md)
 sft_ckpt_interval = 100
 sft_eval_history = 120         # frames of real dialogue heard before each evaluated question
 # --- duplex (nanosdm/live.py, eval/duplex.py): when the model speaks, measured

@@ -27,7 +27,7 @@ from nanosdm.tokenizer import EPAD, PAD
 
 def get_batch(streams, batch_size, length, gen, device, start_frac=0.0):
     """Random windows of `length` steps (nanoGPT): (undelayed tokens [B, length, S], which windows are
-    only listened to [B] bool: speech.Listening's). A share start_frac of them opens at a dialogue's
+    only listened to [B] bool: windows.Listening's). A share start_frac of them opens at a dialogue's
     first frame: a window that starts anywhere teaches nothing about the start of a conversation,
     where the model has heard nothing yet."""
     if len(streams) <= length:
@@ -158,7 +158,8 @@ def train(cfg, stage, stop_step=None, name=None):
     align checkpoint: the two-channel dialogues), each with a share of text-only batches.
     name: a row of the paradigm table (paradigms.py): sft's recipe started from the text LM, with
     no align, so that every row sees the same dialogues for the same steps; out_dir/<name>.pt."""
-    from nanosdm.corpus.speech import Streams, mixed_streams, timed_text
+    from nanosdm.corpus.speech import Streams, timed_text
+    from nanosdm.corpus.windows import mixed_streams
     from nanosdm.corpus.spokenworld import read_jsonl
     from nanosdm.textlm import tokenize_docs
     from nanosdm.tokenizer import Tokenizer

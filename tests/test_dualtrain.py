@@ -44,7 +44,7 @@ def make_tiny_run(root):
                           ["is", 0.7, 0.8], ["the", 0.8, 0.9], ["kotan", 0.9, 1.3]]),
                      dict(speaker="assistant", text="the kotan is red.", start=1.8, end=2.7, kind="answer", words=[["the", 1.8, 1.9], ["kotan", 1.9, 2.3],
                           ["is", 2.3, 2.4], ["red", 2.4, 2.7]])]
-            if split == "align" and i == 2:   # align's dialogues: some with the user alone (speech.Listening)
+            if split == "align" and i == 2:   # align's dialogues: some with the user alone (windows.Listening)
                 turns = turns[:1]
             text = speech.text_stream(turns, 50, tok)
             w.add(dict(id=f"{split}-{i}", turns=turns), text, rng.integers(0, 16, (2, 50, 2)).astype(np.uint16))

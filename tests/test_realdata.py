@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from nanosdm import asr, codec, units
-from nanosdm.corpus import audio, espeak, realdata, speech, spokenworld
+from nanosdm.corpus import audio, espeak, realdata, speech, spokenworld, windows
 from nanosdm.eval import metrics  # noqa: E402
 
 SR = 16000
@@ -215,7 +215,7 @@ def test_mixed_streams_draw_windows_in_proportion():
             assert 0 <= start <= self.n - length
             return (self.tag + np.arange(start, start + length))[:, None].repeat(3, 1)
 
-    mixed = speech.MixedStreams([(0.2, FakeStreams(5000, 0)), (0.8, FakeStreams(500, 10**6))])
+    mixed = windows.MixedStreams([(0.2, FakeStreams(5000, 0)), (0.8, FakeStreams(500, 10**6))])
     g = torch.Generator().manual_seed(0)
     first = get_batch(mixed, 4000, 20, g, "cpu")[0][:, 0, 0]
     assert (first >= 10**6).float().mean().item() == pytest.approx(0.8, abs=0.03)   # the small part, 80% of windows
@@ -310,7 +310,7 @@ def test_the_default_setting_takes_the_old_path(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("realdata called under the default setting")
     for module, name in ((realdata, "Speech"), (realdata, "utterance_stream"), (speech, "write_speech"),
-                         (speech, "MixedStreams")):
+                         (windows, "MixedStreams")):
         monkeypatch.setattr(module, name, refuse)
     write_mini_corpus(tmp_path / "data")
     cfg = dict(ASR, device="cpu", seed=0, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), workers=1,

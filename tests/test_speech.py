@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanosdm.corpus import speech
+from nanosdm.corpus import speech, windows
 from nanosdm.tokenizer import ASSISTANT, EOS, EPAD, PAD, USER, Tokenizer
 
 
@@ -158,9 +158,9 @@ def test_sft_listens_to_a_share_of_aligns_user_turns(tmp_path):
                   np.full(frames, tag, dtype=np.uint16), np.full((2, frames, K), tag % 256, dtype=np.uint16))
         w.close()
     cfg = dict(out_dir=str(tmp_path), speech_data="spokenworld", sft_align_frac=0.25)
-    assert isinstance(speech.mixed_streams(dict(cfg, sft_align_frac=0.0), "sft", out), speech.Streams)
-    assert speech.mixed_streams(cfg, "align", out).split == "align"          # sft's setting only
-    mixed = speech.mixed_streams(cfg, "sft", out)
+    assert isinstance(windows.mixed_streams(dict(cfg, sft_align_frac=0.0), "sft", out), speech.Streams)
+    assert windows.mixed_streams(cfg, "align", out).split == "align"          # sft's setting only
+    mixed = windows.mixed_streams(cfg, "sft", out)
     (_, n_train), (at, n_listen) = mixed.spans
     assert n_listen / (n_train + n_listen) == pytest.approx(0.25, abs=0.02)
     listening = mixed.parts[1][1]
