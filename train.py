@@ -238,7 +238,7 @@ omni_omega = 10                # units per vocoder chunk: the first audio waits 
 # --- paradigms: the survey's paradigm table, every row from the text LM at one budget (nanosdm/paradigms.py,
 # flat.py, eval/paradigms.py; docs/paradigms.md). Not part of `python train.py`: python train.py --stage=paradigms
 paradigms_steps = 600          # optimizer steps of every row. The whole stage at tiny on a 2-core CPU: 300 steps 16 min,
-                               # 600 steps 27 min (1,468 s training, 161 s evaluation), within the 40 asked
+                               # 600 steps 36 min (1,825 s training, 359 s evaluation), within the 40 asked
                                # (docs/paradigms.md); at 300 no row passed 8.4% spoken QA
 paradigms_rows = "all"         # the rows trained and measured: all, or names (nanosdm/paradigms.py ROWS), comma-separated
 paradigms_batch_size = 16      # examples per step, every row: 20 s dialogue windows, flat sequences, spoken exchanges
