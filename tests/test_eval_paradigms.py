@@ -164,3 +164,21 @@ def test_the_chain_of_modality_is_taken_apart(run, monkeypatch):
     assert figures["paradigm_chain_voice_acc"] == 0.0 and said == [[1, 2, 3]]   # silence: one reply to voice
     assert [v.text] + tok.encode(items[0]["question"]) + [v.answer] in asked
     assert [v.text] + tok.encode(items[0]["question"]) + [v.answer] + tok.encode(items[0]["reply"]) + [v.speech] in asked
+
+
+def test_the_vocoder_ceiling_judges_the_corpus_own_replies_only(monkeypatch):
+    """The flat rows' ceiling voices each recorded reply's units and judges it against its question's
+    answer; questions whose reply was interrupted (no reply units) are left out."""
+    judged = []
+
+    def judge_wavs(judge, wavs, questions, answers):   # a judge that hears every loud clip right
+        judged.append(list(answers))
+        return [bool(w.abs().max() > 0.1) for w in wavs], None
+
+    monkeypatch.setattr(paradigms, "judge_wavs", judge_wavs)
+    items = [dict(question="what colour is the kotan?", answer="red", reply_units=[1, 2]),
+             dict(question="what colour is the lomar?", answer="blue", reply_units=[3]),
+             dict(question="who owns the sifa?", answer="ana", reply_units=None)]
+    speak = lambda units: torch.full((320 * len(units),), 0.5 if units[0] < 3 else 0.0)   # unit 3: a silent mouth
+    assert paradigms.vocoder_ceiling(items, speak, None) == 0.5
+    assert judged == [["red", "blue"]]

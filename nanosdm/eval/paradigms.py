@@ -26,7 +26,9 @@ other evaluations it loads what it scores, and no component imports it. Keys par
     ear_name_acc, qa_text_heard(_facts), voice_acc, judge_acc_window
                         the row taken apart as stage sft is (eval/dialogue.taken_apart; rows with text
                         only): its transcript names the creature, the answer with the question's words
-                        written for it, the judge on its voice with the reply's words written for it
+                        written for it, the judge on its voice with the reply's words written for it;
+                        judge_acc_window: the judge on the corpus's own replies through the row's mouth
+                        (the codec's codes for the dual rows; the unit vocoder for the flat rows)
     train_seconds, train_tokens, train_loss   from the training (nanosdm/paradigms.py): the loop's wall
                         time (data preparation apart), the positions the loss scored, the last loss
 
@@ -278,11 +280,24 @@ def seen_qa(lm, tok, cfg):
 
 def flat_items(cfg, units, split):
     """A split's spoken questions (with an answer word) for the flat rows: the question's units, alone,
-    and the words of the reply that answers it (None where it was interrupted)."""
+    the words of the reply that answers it (None where it was interrupted) and the reply's units as
+    recorded (None where no answer followed)."""
     turns = flat.spoken_turns(cfg, units, split)
     replies = {id(q): a["text"] for q, a in flat.exchanges(turns)}
-    return [dict(question_units=t["units"], question=t["text"], answer=t["answer"], reply=replies.get(id(t)))
-            for t in turns if t["kind"] == "question" and t.get("answer")]
+    said = {id(q): a["units"] for q, a in zip(turns, turns[1:])      # interrupted replies too, as recorded
+            if a["kind"] == "answer" and a["dialogue"] == q["dialogue"]}
+    return [dict(question_units=t["units"], question=t["text"], answer=t["answer"], reply=replies.get(id(t)),
+                 reply_units=said.get(id(t))) for t in turns if t["kind"] == "question" and t.get("answer")]
+
+
+def vocoder_ceiling(items, speak, judge):
+    """What the judge can hear at all through the flat rows' mouth: the corpus's own replies (their
+    recorded units, interrupted ones as they were cut) through the unit vocoder, judged as a row's
+    reply is: the dual rows' judge_acc_window, for units."""
+    spoken = [it for it in items if it["reply_units"]]
+    ok, _ = judge_wavs(judge, [speak(it["reply_units"]) for it in spoken],
+                       [it["question"] for it in spoken], [it["answer"] for it in spoken])
+    return _mean(ok)
 
 
 def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
@@ -303,8 +318,10 @@ def evaluate_flat_rows(cfg, rows=paradigms.FLAT_ROWS):
     base = seen_qa(textlm.load_model(os.path.join(out_dir, "text.pt"), device), tok, cfg)   # retention's 100%
     items, text_only = flat_items(cfg, units, SPLIT), flat_items(cfg, units, TEXT_ONLY)
     names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
+    ceiling = vocoder_ceiling(items, speak, asr)
     figures = {}
     for name in rows:
+        figures[f"paradigm_{name}_judge_acc_window"] = ceiling
         model, v = flat.load_model(os.path.join(out_dir, f"{name}.pt"), device)
         start = {"flat_chain": [v.text], "flat_spirit_words": [v.answer]}.get(name, [v.speech])
         figures.update(flat_row(name, model, v, tok, items, speak, asr, start, MAX_REPLY))
