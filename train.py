@@ -152,6 +152,7 @@ dual_ear = "units"             # what the user stream holds: the causal units' i
 dual_ear_mlp = 0               # width of an MLP reading a frame's K user columns side by side, added to their sum (0: none)
 dual_ear_conv = 64             # width of a causal convolution over the user's ids (dualstream.EarConv; 0: none):
                                # ... names heard after align, unseen voices, seeds 1337 / 2: 67.5 / 66.3% without, 76.3 / 75.0% with
+dual_ear_init = "random"       # the user's unit tables start "random" or from the "units"' centroids (DualStream.init_ear_from_units)
 dual_ear_noise = 0.0           # share of the user's ids replaced by random ones in align and sft (dualtrain.ear_noise)
 dual_heads = "depth"           # a step's K codes: "depth" (Moshi's depth transformer) or "parallel" (Mini-Omni's K heads, its delays)
 dual_text = True               # the inner monologue; False: speech to speech, the text stream never read (Moshi's ablation)
@@ -406,6 +407,8 @@ def main(argv):
             raise SystemExit(f"--{key}={cfg[key]}: {e}") from None
     if cfg["dual_ear"] == "units" and cfg["codec_n_q"] % 4:   # a frame's user columns hold its 4 units (corpus/speech.py)
         raise SystemExit(f"--dual_ear=units needs --codec_n_q a multiple of 4 (got {cfg['codec_n_q']}); or --dual_ear=codec")
+    if cfg["dual_ear_init"] not in ("random", "units") or (cfg["dual_ear_init"] == "units" and cfg["dual_ear"] != "units"):
+        raise SystemExit(f"--dual_ear_init={cfg['dual_ear_init']}: random, or units (the units' centroids, with --dual_ear=units)")
     runner.run(cfg, dict(stages=STAGES, opt_in=OPT_IN, eval_only=EVAL_ONLY, global_keys=GLOBAL_KEYS, parallel=PARALLEL),
                retrain)
 

@@ -214,6 +214,23 @@ class DualStream(nn.Module):
                     continue                                          # no geometry to start from, a text row's size
                 self.audio_emb[s].weight[:self.card] = codebooks[s % self.n_q] @ P[s // self.n_q] * scale
 
+    def init_ear_from_units(self, centroids, seed=1):
+        """The user's unit tables (and the ear convolution's) start from the units' geometry: a unit's
+        row is its k-means centroid (unit length, centred) times a random projection, scaled to the
+        table's own spread. Units that sound alike start alike, so a voice never heard, whose units
+        stray to near neighbours of the training voices', starts out heard as they are. Embedded id
+        by id from random rows, each unit is a symbol of its own that only training can relate."""
+        c = F.normalize(centroids.float(), dim=-1)
+        c = c - c.mean(0)
+        g = torch.Generator().manual_seed(seed)
+        tables = [self.audio_emb[s].weight for s in range(self.n_q, 2 * self.n_q)]
+        if self.ear_conv is not None:
+            tables.append(self.ear_conv.emb.weight)
+        with torch.no_grad():
+            for w in tables:                     # a projection per table, as each channel has its own
+                e = c @ torch.randn(c.shape[1], w.shape[1], generator=g)
+                w[:len(c)] = e * (w[:len(c)].std() / e.std())
+
     # --- the forward pass --------------------------------------------------------------------------
 
     def embed(self, tokens, past=None):

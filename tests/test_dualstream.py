@@ -158,6 +158,24 @@ def test_ear_conv_reads_a_units_frame_once_at_eight_columns():
     assert not torch.allclose(ear(moved), ear(x), atol=1e-6)
 
 
+def test_ear_init_from_units_embeds_alike_units_alike_and_leaves_the_rest():
+    m, before = tiny(ear="units", ear_conv=8), tiny(ear="units", ear_conv=8)
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(20, 12, generator=g)
+    c[1] = c[0] + 0.01 * torch.randn(12, generator=g)     # unit 1 sounds like unit 0
+    m.init_ear_from_units(c)
+    cos = lambda w, i, j: float(torch.nn.functional.cosine_similarity(w[i], w[j], dim=0))
+    for w, w0 in [(m.audio_emb[s].weight, before.audio_emb[s].weight) for s in range(K, 2 * K)] + \
+                 [(m.ear_conv.emb.weight, before.ear_conv.emb.weight)]:
+        assert cos(w, 0, 1) > 0.99                          # near centroids, near rows
+        assert abs(cos(w, 0, 5)) < 0.9                      # others not
+        assert math.isclose(float(w[:20].std()), float(w0[:20].std()), rel_tol=1e-4)   # the table's spread kept
+        assert torch.equal(w[20:], w0[20:])                 # rows past the units (and INIT) untouched
+    for s in range(K):                                      # the model's own codec tables untouched
+        assert torch.equal(m.audio_emb[s].weight, before.audio_emb[s].weight)
+    assert not torch.equal(m.audio_emb[K].weight, m.audio_emb[K + 1].weight)   # a projection per table
+
+
 def test_prefill_then_step_equals_stepping_all_the_way():
     m = tiny()
     x = random_tokens(1, 10)

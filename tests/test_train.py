@@ -181,3 +181,10 @@ def test_eval_only_settings_are_known_keys_and_sft_eval_history_still_shapes_dpo
         assert not set(keys) & set(runner.training_settings(cfg, plan, name)), name
     # sft evaluates with it; dpo collects its pairs with it, so it trains dpo again
     assert "sft_eval_history" in train.EVAL_ONLY["sft"] and "sft_eval_history" in runner.training_settings(cfg, plan, "dpo")
+
+
+@pytest.mark.parametrize("args", [["--dual_ear_init=centroids"], ["--dual_ear_init=units", "--dual_ear=codec"]])
+def test_an_ear_init_without_units_is_refused_before_any_stage(args, tmp_path):
+    with pytest.raises(SystemExit, match="--dual_ear_init="):
+        train.main(args + [f"--out_root={tmp_path}", f"--data_root={tmp_path}"])
+    assert [f for f in tmp_path.rglob("*") if f.is_file()] == []      # nothing ran
