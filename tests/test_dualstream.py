@@ -165,8 +165,8 @@ def test_ear_init_from_units_embeds_alike_units_alike_and_leaves_the_rest():
     c[1] = c[0] + 0.01 * torch.randn(12, generator=g)     # unit 1 sounds like unit 0
     m.init_ear_from_units(c)
     cos = lambda w, i, j: float(torch.nn.functional.cosine_similarity(w[i], w[j], dim=0))
-    for w, w0 in [(m.audio_emb[s].weight, before.audio_emb[s].weight) for s in range(K, 2 * K)] + \
-                 [(m.ear_conv.emb.weight, before.ear_conv.emb.weight)]:
+    tables = [(m.audio_emb[s].weight, before.audio_emb[s].weight) for s in range(K, 2 * K)]
+    for w, w0 in [(w.detach(), w0.detach()) for w, w0 in tables + [(m.ear_conv.emb.weight, before.ear_conv.emb.weight)]]:
         assert cos(w, 0, 1) > 0.99                          # near centroids, near rows
         assert abs(cos(w, 0, 5)) < 0.9                      # others not
         assert math.isclose(float(w[:20].std()), float(w0[:20].std()), rel_tol=1e-4)   # the table's spread kept
