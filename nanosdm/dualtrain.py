@@ -110,10 +110,7 @@ def build_model(cfg):
                        cfg["dual_heads"], cfg["dual_text"], cfg["dual_ear_conv"])
     model.init_from_text_lm(lm["model"])
     model.init_from_codec(codec.quantizer.embed.float().cpu(), row_norm=lm["model"]["embed.weight"].norm(dim=-1).mean())
-    if cfg["dual_ear_init"] == "units":
-        if cfg["dual_ear"] != "units":
-            raise ValueError("dual_ear_init=units starts the user's tables from the units' centroids: "
-                             f"it needs dual_ear=units, not {cfg['dual_ear']!r}")
+    if cfg["dual_ear_init"] == "units":          # train.py has checked the ear is the units'
         from nanosdm.units import Units
         model.init_ear_from_units(Units.load(os.path.join(cfg["out_dir"], "units.pt")).centroids.cpu())
     return model
