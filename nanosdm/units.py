@@ -371,6 +371,52 @@ def canonical_mfcc(wavs, texts, processes=None):
 
 
 # -----------------------------------------------------------------------------
+# HuBERT's second phase, CTC on the transcripts, made the ear's (units_ctc_steps)
+
+def ctc_finetune(model, stream, spans, texts, cfg):
+    """Fine-tune the encoder up to the clustered layer with a character CTC head on that layer, on
+    whole training turns (HuBERT is fine-tuned so for ASR; here it is for the clusters that follow).
+    Masked prediction leaves a name's units voice-dependent: the dual-stream model hears a name in a
+    voice it never heard far less often than the recognizer, whose CTC-trained encoder hears it best
+    of every input probed. A linear head on the clustered layer makes that layer's directions the
+    characters' and so the k-means after it phonetic. stream: int16 turns end to end; spans: each
+    turn's (offset, samples). Returns the history of [step, loss]."""
+    from nanosdm.ctc import BLANK, VOCAB_SIZE, encode_text, normalize_text
+    device, layer, steps = cfg["device"], cfg["units_layer"], cfg["units_ctc_steps"]
+    labels = [encode_text(normalize_text(t)) for t in texts]
+    keep = [i for i, t in enumerate(labels) if 0 < len(t) < num_frames(spans[i][1])]
+    head = nn.Linear(model.config["d_model"], VOCAB_SIZE).to(device)
+    params = [p for n, p in model.named_parameters() if n.startswith(("conv", "transformer.blocks."))
+              and (not n.startswith("transformer.blocks.") or int(n.split(".")[2]) < layer)] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["units_ctc_lr"], betas=(0.9, 0.98), weight_decay=cfg["units_weight_decay"])
+    history = []
+    model.train()
+    for step in tqdm(range(steps), desc="units: ctc", dynamic_ncols=True):
+        gen = torch.Generator().manual_seed(cfg["seed"] * 100019 + step)
+        batch = [keep[i] for i in torch.randint(len(keep), (cfg["units_batch_size"],), generator=gen).tolist()]
+        n = torch.tensor([num_frames(spans[i][1]) for i in batch])
+        wav = torch.zeros(len(batch), int(n.max()) * HOP)
+        for j, i in enumerate(batch):   # causal: the zeros after a turn cannot reach its frames
+            wav[j, :n[j] * HOP] = stream[spans[i][0]:spans[i][0] + n[j] * HOP].float() / 32768.0
+        mel = model.mel(wav.to(device))
+        if cfg["units_warp"] > 0:
+            mel = warp_mel(mel, cfg["units_warp"], gen)
+        for group in opt.param_groups:
+            group["lr"] = utils.cosine_lr(step, steps, cfg["units_ctc_lr"], min(cfg["units_warmup"], steps // 10))
+        lp = F.log_softmax(head(F.rms_norm(model(mel, layer=layer), (model.config["d_model"],))).float(), -1)
+        target = [labels[i] for i in batch]
+        loss = F.ctc_loss(lp.transpose(0, 1), torch.tensor([c for t in target for c in t]), n,
+                          torch.tensor([len(t) for t in target]), blank=BLANK, zero_infinity=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg["units_grad_clip"])
+        opt.step()
+        history.append([step, loss.item()])
+    model.eval()
+    return history
+
+
+# -----------------------------------------------------------------------------
 # the units stage
 
 def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=None, stop_step=None):
@@ -425,6 +471,7 @@ def train(cfg, stop_step=None):
     if realdata.is_default(cfg):
         wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])
         stream = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])   # int16: half the memory
+        spans = list(zip(np.cumsum([0] + [len(w) for w in wavs[:-1]]).tolist(), [len(w) for w in wavs]))
     else:   # the speech_data setting's corpora, drawn once to a file beside the checkpoint, memory-mapped
         stream, spans, texts = realdata.utterance_stream(cfg, os.path.join(out_dir, "units_speech.bin"),
                                                          cfg["units_max_train_hours"], HOP, seed)
@@ -488,6 +535,10 @@ def train(cfg, stop_step=None):
     if step < cfg["units_max_steps"]:
         save(step)
         return None
+    ctc_history = []
+    if cfg["units_ctc_steps"]:   # a run killed in this phase resumes at its start
+        save(step)
+        ctc_history = ctc_finetune(model, stream, spans, texts, cfg)
     train_seconds = time.time() - t0
 
     # iteration 2: k-means on the middle layer, on directions (see Units.encode)
@@ -502,4 +553,5 @@ def train(cfg, stop_step=None):
     return dict(units_k=k, units_layer=layer, units_train_hours=round(train_hours, 3),
                 units_train_seconds=round(train_seconds, 1),
                 units_train_loss=round(float(np.mean([h[1] for h in history[-50:]])), 4),
-                units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4))
+                units_train_masked_acc=round(float(np.mean([h[2] for h in history[-50:]])), 4),
+                **({"units_ctc_loss": round(float(np.mean([h[1] for h in ctc_history[-50:]])), 4)} if ctc_history else {}))

@@ -137,7 +137,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
-               units_targets="canonical", units_causal=False, units_window=0)
+               units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=0, units_ctc_lr=1e-3)
     spokenworld.build(cfg)
     assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
@@ -170,3 +170,25 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     assert (tmp_path / "out" / "plots" / "units_utterance.png").exists()
     u = units.Units.load(str(tmp_path / "out" / "units.pt"))
     assert u.encode(torch.zeros(3200)).shape == (10,)
+
+
+def test_ctc_finetuning_learns_the_characters_and_leaves_the_blocks_above_alone():
+    from nanosdm.corpus import espeak
+    texts = ["the cat sat on the mat", "where is the lezis", "a blue kotan owns four dogs", "what colour is the ditum"]
+    wavs = [torch.as_tensor(espeak.synthesize(t, v)[0]) for t, v in zip(texts, ["en-us", "en-us+f2", "en", "en-us+m3"])]
+    stream = torch.cat([(w * 32767).round().short() for w in wavs])
+    spans = list(zip(np.cumsum([0] + [len(w) for w in wavs[:-1]]).tolist(), [len(w) for w in wavs]))
+    torch.manual_seed(0)
+    encoder = units.HubertEncoder(n_targets=10, n_layer=3, n_head=2, d_model=32, proj_dim=8, causal=True, window=50)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    cfg = dict(device="cpu", seed=0, units_layer=2, units_ctc_steps=60, units_ctc_lr=3e-3, units_batch_size=4,
+               units_warp=0.0, units_warmup=5, units_weight_decay=0.0, units_grad_clip=1.0)
+    history = units.ctc_finetune(encoder, stream, spans, texts, cfg)
+    assert [h[0] for h in history] == list(range(60))
+    first, last = history[0][1], np.mean([h[1] for h in history[-5:]])
+    assert last < 0.6 * first, (first, last)
+    after = encoder.state_dict()
+    changed = lambda prefix: any(not torch.equal(after[k], before[k]) for k in after if k.startswith(prefix))
+    assert changed("conv1") and changed("transformer.blocks.0.") and changed("transformer.blocks.1.")
+    assert not changed("transformer.blocks.2.") and not changed("proj") and not changed("label_emb")
+    assert torch.equal(after["mel_mean"], before["mel_mean"])
