@@ -33,6 +33,8 @@ HEADLINE = [
     ("codec", "bitrate (bps) / log-mel distance", ("codec_bitrate_bps", num), ("codec_mel_db", db)),
     ("asr", "WER, beam search + character LM / greedy", ("asr_wer_lm", pct), ("asr_wer", pct)),
     ("asr", "names the creature in the question", ("asr_name_acc_unseen_voice", pct), "optional"),
+    ("align", "its own transcript of unseen-voice questions, WER / names the creature", ("align_user_wer", pct),
+     ("align_ear_name_acc", pct), "optional"),
     ("sft", "spoken QA, text channel / speech channel", ("sft_qa_text_unseen_voice", pct),
      ("sft_qa_speech_unseen_voice", pct)),
     ("sft", "taken apart: hears the creature's name / answers given the question's words / "
@@ -119,9 +121,10 @@ STAGES = ["data", "tokenizer", "text", "units", "codec", "asr", "speech", "align
 
 
 def stage_seconds(report, stage):
-    """A stage's wall time in this run: its training (`<stage>_seconds`) and its evaluation."""
-    keys = [f"{stage}_seconds", f"{stage}_eval_seconds"]
-    return sum(report[k] for k in keys if k in report) if keys[0] in report else None
+    """A stage's wall time in this run: its training (`<stage>_seconds`) and its evaluation (duplex
+    only evaluates)."""
+    present = [report[k] for k in (f"{stage}_seconds", f"{stage}_eval_seconds") if k in report]
+    return sum(present) if present else None
 
 
 def table(report, rows=HEADLINE, stage_times=False):
