@@ -393,7 +393,8 @@ def ctc_finetune(model, stream, spans, texts, cfg):
     opt = torch.optim.AdamW(params, lr=cfg["units_ctc_lr"], betas=(0.9, 0.98), weight_decay=cfg["units_weight_decay"])
     history = []
     model.train()
-    for step in tqdm(range(steps), desc="units: ctc", dynamic_ncols=True):
+    bar = tqdm(range(steps), desc="units: ctc", dynamic_ncols=True)
+    for step in bar:
         gen = torch.Generator().manual_seed(cfg["seed"] * 100019 + step)
         batch = [keep[i] for i in torch.randint(len(keep), (cfg["units_batch_size"],), generator=gen).tolist()]
         n = torch.tensor([num_frames(spans[i][1]) for i in batch])
@@ -414,6 +415,7 @@ def ctc_finetune(model, stream, spans, texts, cfg):
         torch.nn.utils.clip_grad_norm_(params, cfg["units_grad_clip"])
         opt.step()
         history.append([step, loss.item()])
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return history
 
