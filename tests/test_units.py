@@ -137,7 +137,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
-               units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=0, units_ctc_lr=1e-3)
+               units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=3, units_ctc_lr=1e-3)
     spokenworld.build(cfg)
     assert units.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
@@ -146,7 +146,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     figures.update(metrics.evaluate_units_checkpoint(cfg))        # what the stage runner does next
     final = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert final["finished"] and final["step"] == 6 and [h[0] for h in final["history"]] == list(range(6))
-    assert figures["units_k"] == 12
+    assert figures["units_k"] == 12 and figures["units_ctc_loss"] > 0    # the CTC phase ran, after the resumed steps
     # the figures are those of the saved units on the unseen voice's user turns ...
     path = str(tmp_path / "out" / "units.pt")
     wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
