@@ -62,7 +62,7 @@ text_grad_clip = 1.0
 text_eval_interval = 50        # steps between validation losses
 text_eval_batches = 8
 text_ckpt_interval = 100       # steps between checkpoints (a killed run resumes from the last)
-# --- units (nanosdm/units.py)
+# --- units (nanosdm/units.py, trained by nanosdm/unitstrain.py)
 units_k = 100                  # final units: k-means clusters on the encoder's middle layer
 units_k_targets = 100          # iteration-1 targets: k-means clusters on MFCC frames
 units_targets = "canonical"    # iteration-1 targets: MFCC k-means of each turn re-spoken in one
@@ -87,7 +87,7 @@ units_warmup = 50
 units_weight_decay = 0.01
 units_grad_clip = 1.0
 units_kmeans_iters = 20
-units_ctc_steps = 0            # then CTC on the training turns' characters, a head on the top block (units.ctc_finetune):
+units_ctc_steps = 0            # then CTC on the training turns' characters, a head on the top block (unitstrain.ctc_finetune):
 units_ctc_lr = 1e-3            # ... more phonetic units (600: PNMI 0.57 a frame late vs 0.54); names heard in dialogue
                                # 72.5/78.8% at two seeds vs 66-72.5%, spoken QA unchanged (docs/results.md): 0, not yet measured downstream
 units_kmeans_frames = 150000   # frames k-means is fitted on (a random subset beyond that)
@@ -347,7 +347,7 @@ STAGES = [
     ("tokenizer", step("tokenizer", "build"), None, ["data"], [], ["tokenizer.model"]),
     ("text", step("textlm", "train"), step("eval.metrics", "evaluate_text_checkpoint"),   # the text LLM first (§4.2.1)
      ["data", "tokenizer"], [], ["text.pt"]),
-    ("units", step("units", "train"), step("eval.metrics", "evaluate_units_checkpoint"), ["data"], SPEECH_KEYS, ["units.pt"]),
+    ("units", step("unitstrain", "train"), step("eval.metrics", "evaluate_units_checkpoint"), ["data"], SPEECH_KEYS, ["units.pt"]),
     ("codec", step("codec", "train"), step("eval.metrics", "evaluate_codec_checkpoint"),  # codebook 0 distilled toward the units
      ["data", "units"], SPEECH_KEYS, ["codec.pt"]),
     ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too

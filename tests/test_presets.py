@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, codec, dpo, dualtrain, omni, textlm, tokenizer, units, utils, vocoder
+from nanosdm import asr, codec, dpo, dualtrain, omni, textlm, tokenizer, unitstrain, utils, vocoder
 from nanosdm.corpus import speech, spokenworld  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
@@ -75,7 +75,7 @@ def small(tmp_path_factory, one_thread):
     spokenworld.build(cfg)
     tokenizer.build(cfg)
     assert textlm.train(cfg, stop_step=1) == {}      # stopped before its QA evaluation, a checkpoint at step 1
-    units.train(cfg)
+    unitstrain.train(cfg)
     codec.train(cfg)
     asr.train(cfg)
     speech.build(cfg)
@@ -194,7 +194,7 @@ def test_bf16_autocast_paths_train(small, tmp_path, monkeypatch):
     cfg.update(data_dir=small["data_dir"], out_dir=str(tmp_path))
     shutil.copy(os.path.join(small["out_dir"], "tokenizer.model"), tmp_path / "tokenizer.model")
     for name, fn in (("text", lambda: textlm.train(cfg, stop_step=1)), ("codec", lambda: codec.train(cfg)),
-                     ("asr", lambda: asr.train(cfg)), ("units", lambda: units.train(cfg)),
+                     ("asr", lambda: asr.train(cfg)), ("units", lambda: unitstrain.train(cfg)),
                      ("speech", lambda: speech.build(cfg)), ("align", lambda: dualtrain.train(cfg, "align"))):
         entered.clear()
         fn()

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from nanosdm import asr, codec, units
+from nanosdm import asr, codec, units, unitstrain
 from nanosdm.corpus import audio, espeak, realdata, speech, spokenworld, windows
 from nanosdm.eval import metrics  # noqa: E402
 
@@ -171,7 +171,7 @@ def run_cfg(tmp_path, setting, **kw):
 def test_units_train_on_a_real_corpus(corpora, tmp_path, kind, capsys):
     # canonical targets re-speak the transcripts (the LibriSpeech case checks they arrive); mfcc is quicker
     cfg = run_cfg(tmp_path, f"{kind}:{corpora[kind]}", units_targets="canonical" if kind == "librispeech" else "mfcc")
-    figures = units.train(cfg)
+    figures = unitstrain.train(cfg)
     assert figures["units_train_hours"] > 0 and np.isfinite(figures["units_train_loss"])
     assert units.Units.load(os.path.join(cfg["out_dir"], "units.pt")).encode(torch.zeros(3200)).shape == (10,)
     # every training utterance went in once (held-out speakers or dialogues excluded), cut to whole frames
