@@ -13,6 +13,8 @@ rebuilt; an evaluation-only setting (eval_only) evaluates it again and no more.
 """
 import json
 import os
+import resource
+import sys
 import time
 
 from nanosdm import utils
@@ -92,6 +94,13 @@ def write_marker(out_dir, name, marker):
     os.replace(tmp, os.path.join(out_dir, f"{name}.done"))
 
 
+def peak_rss_gb():
+    """The most memory this process has held so far (its peak resident set): logged after each
+    stage, so a run's peak can be traced to the stage that reached it."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20   # macOS counts bytes, Linux kB
+
+
 def run(cfg, plan, retrain=False):
     """Run the stages cfg["stage"] asks for ("all": every one out of date, in order, less the opt-in
     ones; a name: that one, trained if out of date or --retrain, else evaluated again), then merge
@@ -147,7 +156,7 @@ def run(cfg, plan, retrain=False):
                                  reads={r: markers[r]["stamp"] for r in stage_reads(cfg, plan, name) if markers[r]})
             write_marker(cfg["out_dir"], name, markers[name])
             report = utils.update_report(cfg["out_dir"], {**trained, **measured}, drop=old)
-            print(f"[{name}] done in {time.time() - t0:.1f}s: "
+            print(f"[{name}] done in {time.time() - t0:.1f}s, peak memory so far {peak_rss_gb():.1f} GB: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in {**trained, **measured}.items()))
             # figures later stages derived from what this stage rebuilt are dropped, never left stale
             for later in names[names.index(name) + 1:]:

@@ -1,6 +1,7 @@
 """train.py's configuration and stage runner."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -188,3 +189,13 @@ def test_an_ear_init_without_units_is_refused_before_any_stage(args, tmp_path):
     with pytest.raises(SystemExit, match="--dual_ear_init="):
         train.main(args + [f"--out_root={tmp_path}", f"--data_root={tmp_path}"])
     assert [f for f in tmp_path.rglob("*") if f.is_file()] == []      # nothing ran
+
+
+def test_the_peak_memory_logged_after_a_stage_counts_what_it_held():
+    """runner.peak_rss_gb, in a fresh process: holding 400 MB raises it by about that much."""
+    code = ("from nanosdm import runner; import torch; a = runner.peak_rss_gb(); "
+            "x = torch.ones(100 * 2**20); print(a, runner.peak_rss_gb())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
+    before, after = map(float, out)
+    assert 0.01 < before < after and 0.35 < after - before < 0.5, (before, after)
