@@ -57,6 +57,16 @@ def test_shapes_and_exact_bitrate():
     assert Codec(n_q=4, codebook_size=256).bitrate == 400.0
 
 
+def test_a_big_batch_decodes_a_few_rows_at_a_time_to_the_same_audio():
+    torch.manual_seed(0)
+    model = Codec(**TINY).eval()
+    codes = torch.randint(16, (7, 3, 4))
+    whole = model.decode(codes, batch_size=7)
+    assert whole.shape == (7, 4 * FRAME) and whole.abs().max() > 1e-4
+    assert torch.equal(model.decode(codes, batch_size=3), whole)     # 3 + 3 + 1 rows
+    assert torch.equal(model.decode(codes[5:6], batch_size=3), whole[5:6])
+
+
 def test_streaming_equals_batch():
     torch.manual_seed(1)
     model = Codec(**TINY).eval()
