@@ -15,3 +15,15 @@ def test_prompt_layout_and_targets():
     # only the answer and its EOS are targets, each at the position before it
     scored = [(p, t) for p, t in enumerate(ex["targets"]) if t >= 0]
     assert scored == [(14, 20), (15, 21), (16, EOS)]
+
+
+def test_a_users_turn_is_copied_out_of_its_dialogue():
+    """A view would keep the whole stereo dialogue alive for every turn the stage holds."""
+    from nanosdm.corpus import spokenworld
+    dialogue = torch.randn(2, 16000 * 10)
+    turn = dict(start=2.0, end=3.5)
+    wav = omni_data.user_audio(dialogue, turn)
+    start = 2 * 16000
+    assert torch.equal(wav, dialogue[spokenworld.USER, start:start + len(wav)])
+    assert len(wav) == int(1.5 * 16000) + omni_data.QUESTION_TAIL
+    assert wav.untyped_storage().nbytes() == wav.numel() * 4           # its own samples, not the dialogue's
