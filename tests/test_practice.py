@@ -22,3 +22,24 @@ def test_align_hears_every_name_but_no_text_only_fact(tmp_path):
     assert named(plans, spokenworld.ASSISTANT) == 0                # ...in no reply
     questions_only = practice.align_plans(dict(cfg, align_scrambled_frac=0.0), random.Random(0))
     assert named(questions_only, spokenworld.USER) == 0            # ...and in no question: only in scrambled turns
+
+
+def test_imap_ahead_keeps_order_and_makes_no_more_than_it_may_ahead():
+    """The extra dialogues are rendered in workers a few ahead of the reader, never all at once."""
+    import threading
+    import time
+    from multiprocessing.pool import ThreadPool
+    started, lock = [], threading.Lock()
+
+    def square(x):
+        with lock:
+            started.append(x)
+        return x * x
+
+    with ThreadPool(3) as pool:
+        results = practice.imap_ahead(pool, square, range(20), ahead=4)
+        assert next(results) == 0
+        time.sleep(0.2)                                  # time for the workers to run ahead, if they could
+        assert len(started) == 5                         # the one read, and 4 ahead of it
+        assert [0] + list(results) == [x * x for x in range(20)]
+    assert sorted(started) == list(range(20))
