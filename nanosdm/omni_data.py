@@ -130,7 +130,7 @@ def exchanges(split):
 
 def user_audio(wav, turn):
     """The user's turn, copied out of its dialogue [2, T] (a view would keep the whole stereo
-    dialogue alive: one per user turn held 4 GB for the training split)."""
+    dialogue alive: one per user turn held about 3 GB for the training split)."""
     return wav[spokenworld.USER, int(turn["start"] * SAMPLE_RATE):int(turn["end"] * SAMPLE_RATE) + QUESTION_TAIL].clone()
 
 

@@ -65,6 +65,7 @@ def test_a_big_batch_decodes_a_few_rows_at_a_time_to_the_same_audio():
     assert whole.shape == (7, 4 * FRAME) and whole.abs().max() > 1e-4
     assert torch.equal(model.decode(codes, batch_size=3), whole)     # 3 + 3 + 1 rows
     assert torch.equal(model.decode(codes[5:6], batch_size=3), whole[5:6])
+    assert model.decode(codes[:0]).shape == (0, 4 * FRAME)                 # an empty batch, not None
 
 
 def test_streaming_equals_batch():
