@@ -158,6 +158,7 @@ dual_ear_conv = 64             # width of a causal convolution over the user's i
 dual_ear_init = "random"       # the user's unit tables start "random" or from the "units"' centroids (DualStream.init_ear_from_units):
                                # units: align WER 15-17% vs 20-23% (seeds 2, 1337), sft's spoken QA 2-4 points lower: kept off
 dual_ear_noise = 0.0           # share of the user's ids replaced by random ones in align and sft (dualtrain.ear_noise)
+dual_ear_warp = 0.0            # each training dialogue's user heard through a mel stretch of 1 +- warp (corpus/speech.py)
 dual_heads = "depth"           # a step's K codes: "depth" (Moshi's depth transformer) or "parallel" (Mini-Omni's K heads, its delays)
 dual_text = True               # the inner monologue; False: speech to speech, the text stream never read (Moshi's ablation)
 dual_depth_layers = 2
@@ -353,7 +354,7 @@ STAGES = [
     ("asr", step("asr", "train"), step("eval.metrics", "evaluate_asr_checkpoint"),         # judges the codec's audio too
      ["data", "codec"], SPEECH_KEYS, ["asr.pt"]),
     ("speech", step("corpus.speech", "build"), None, speech_reads,                      # both channels to codes, align's utterances
-     ["dual_user_text", "dual_user_lag", "dual_markers", "dual_ear", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
+     ["dual_user_text", "dual_user_lag", "dual_markers", "dual_ear", "dual_ear_warp", "align_user_turns", "align_assistant_turns", "align_scrambled_frac"], []),
     ("align", step("dualtrain", "train", "align"), step("eval.dialogue", "evaluate_align"),   # hear and speak
      ["text", "speech", "asr"], ["dual_"] + SPEECH_KEYS, ["align.pt"]),
     ("sft", step("dualtrain", "train", "sft"), step("eval.dialogue", "evaluate_sft"),   # full-duplex dialogues

@@ -71,8 +71,13 @@ def warp_mel(mel, amount, gen=None):
     """Speaker perturbation: stretch each example's mel axis by a random factor in 1 +- amount,
     roughly what a longer or shorter vocal tract does to the formants. The targets stay those of
     the unwarped audio, so the encoder learns to ignore the stretch (ContentVec's idea, simplified)."""
-    B, M, _ = mel.shape
-    alpha = 1 + (torch.rand(B, 1, generator=gen) * 2 - 1).to(mel.device) * amount
+    alpha = 1 + (torch.rand(mel.shape[0], 1, generator=gen) * 2 - 1).to(mel.device) * amount
+    return stretch_mel(mel, alpha)
+
+
+def stretch_mel(mel, alpha):
+    """mel [B, M, T], alpha [B, 1]: output band m reads input band m * alpha (linear between bands)."""
+    M = mel.shape[1]
     src = (torch.arange(M, device=mel.device)[None] * alpha).clamp(max=M - 1)   # [B, M] band to read
     lo = src.floor().long()
     hi = (lo + 1).clamp(max=M - 1)
@@ -189,10 +194,11 @@ class Units:
         return len(self.encoder.transformer.blocks) * (self.encoder.config["window"] - 1) + 4
 
     @torch.no_grad()
-    def features(self, wav, piece_frames=2048):
+    def features(self, wav, piece_frames=2048, stretch=1.0):
         """wav [B, T] (or [T]) at 16 kHz -> the clustered layer's features [B, T // 320, D], 50 Hz.
         A windowed causal encoder reads long audio in pieces of piece_frames (each with its context
-        before it): the same features as one pass, with no limit on the length."""
+        before it): the same features as one pass, with no limit on the length. stretch != 1 hears the
+        audio as a longer or shorter vocal tract would say it (stretch_mel: the speech stage's ear_warp)."""
         squeeze = wav.dim() == 1
         wav = wav.reshape(-1, wav.shape[-1]).to(self.device)
         n = num_frames(wav.shape[-1])
@@ -201,16 +207,19 @@ class Units:
             for a in range(0, n, piece_frames):
                 s = max(0, a - self.context)
                 b = min(n, a + piece_frames)
-                parts.append(self.features(wav[:, s * HOP:b * HOP], piece_frames=b - s)[:, a - s:])
+                parts.append(self.features(wav[:, s * HOP:b * HOP], piece_frames=b - s, stretch=stretch)[:, a - s:])
             feats = torch.cat(parts, 1)
         else:
-            feats = self.encoder(self.encoder.mel(wav), layer=self.layer).float()
+            mel = self.encoder.mel(wav)
+            if stretch != 1.0:
+                mel = stretch_mel(mel, torch.full((mel.shape[0], 1), float(stretch), device=mel.device))
+            feats = self.encoder(mel, layer=self.layer).float()
         return feats[0] if squeeze else feats
 
     @torch.no_grad()
-    def encode(self, wav):
+    def encode(self, wav, stretch=1.0):
         """wav [T] or [B, T] -> unit ids [T // 320] or [B, T // 320] (long), one per 20 ms frame."""
-        feats = F.normalize(self.features(wav), dim=-1)
+        feats = F.normalize(self.features(wav, stretch=stretch), dim=-1)
         return assign(feats.reshape(-1, self.dim), self.centroids)[0].reshape(feats.shape[:-1])
 
 

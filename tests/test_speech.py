@@ -1,4 +1,5 @@
 """Stage `speech`: the inner-monologue text stream and the code files, SpokenWorld and real data alike."""
+import random
 import os
 
 import numpy as np
@@ -117,8 +118,16 @@ def test_the_units_ear_needs_units_that_stream(tmp_path):
         speech.load_ear(dict(cfg, dual_ear="mel"))
 
 
+def test_only_the_training_splits_hear_a_stretched_voice():
+    rng = random.Random(0)
+    for split in ("val", "unseen_voice", "text_only"):
+        assert speech.ear_stretch(rng, split, 0.15) == 1.0
+    train = [speech.ear_stretch(rng, split, 0.15) for split in ("train", "align") for _ in range(200)]
+    assert 0.85 <= min(train) < 0.9 and 1.1 < max(train) <= 1.15
+    assert speech.ear_stretch(rng, "train", 0.0) == 1.0
+
+
 def test_timed_text_lays_text_dialogues_out_as_spoken_ones(tok):
-    import random
     docs = [[["user", "what colour is the kotan?"], ["assistant", "the kotan is red."]],
             [["user", "what colour is the bixu?"], ["assistant", "the bixu is blue."], ["user", "bye."], ["assistant", "bye."]]]
     s, heard = speech.timed_text(docs, tok, random.Random(0))

@@ -109,3 +109,18 @@ def test_a_stream_80_ms_at_a_time_gives_the_units_of_the_whole(tmp_path):
     bidirectional = units.Units(units.HubertEncoder(10, 2, 2, 32, 8), 1, torch.randn(12, 32))
     with pytest.raises(ValueError, match="causal units with an attention window"):
         units.UnitStream(bidirectional)
+
+
+def test_a_stretched_mel_moves_the_formants_and_the_units_hear_it(tmp_path):
+    mel = torch.zeros(1, units.N_MELS, 5)
+    mel[:, 20] = 1.0                                        # one formant, at band 20
+    assert torch.equal(units.stretch_mel(mel, torch.ones(1, 1)), mel)
+    moved = units.stretch_mel(mel, torch.full((1, 1), 1.25))     # band m reads band 1.25 m: 20 -> 16
+    assert moved[0, :, 0].argmax() == 16 and moved[0, 16, 0] == 1.0
+    u = causal_units(tmp_path)
+    torch.manual_seed(3)
+    wav = 0.1 * torch.randn(30 * units.HOP)
+    assert torch.equal(u.encode(wav, stretch=1.0), u.encode(wav))
+    assert not torch.allclose(u.features(wav, stretch=1.15), u.features(wav))
+    # read in pieces, a stretched stream is the same as in one pass
+    assert torch.allclose(u.features(wav[None], piece_frames=7, stretch=0.9)[0], u.features(wav, stretch=0.9), atol=1e-5)

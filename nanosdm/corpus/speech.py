@@ -251,16 +251,23 @@ UNITS_PER_FRAME = 4     # 50 Hz units in an 80 ms frame
 
 
 @torch.no_grad()
-def ear_codes(units, wav, n_frames, n_q):
+def ear_codes(units, wav, n_frames, n_q, stretch=1.0):
     """The user's channel as the causal units hear it: uint16 [n_frames, n_q], the 4 unit ids of
     each 80 ms frame in its columns (n_q = 8: each twice). A voice-invariant phonetic ear: a name
-    in a voice never heard is far easier to recognise from units than from the codec's codes."""
+    in a voice never heard is far easier to recognise from units than from the codec's codes.
+    stretch != 1: heard as a longer or shorter vocal tract (Units.encode), a voice no speaker has."""
     if n_q % UNITS_PER_FRAME:
         raise ValueError(f"dual_ear=units puts {UNITS_PER_FRAME} units in a frame's {n_q} user columns: "
                          f"codec_n_q must be a multiple of {UNITS_PER_FRAME}")
     wav = torch.nn.functional.pad(wav.float(), (0, max(0, n_frames * FRAME - wav.shape[-1])))[:n_frames * FRAME]
-    ids = units.encode(wav).reshape(n_frames, UNITS_PER_FRAME)
+    ids = units.encode(wav, stretch=stretch).reshape(n_frames, UNITS_PER_FRAME)
     return ids.repeat(1, n_q // UNITS_PER_FRAME).cpu().numpy().astype(np.uint16)
+
+
+def ear_stretch(rng, split, warp):
+    """The mel stretch a dialogue's user is heard at: 1 +- warp in the training splits (train,
+    align), 1 in the splits that measure (val, unseen_voice, text_only hear the voices as they are)."""
+    return 1 + rng.uniform(-1, 1) * warp if split in ("train", "align") else 1.0
 
 
 class StreamWriter:
@@ -293,12 +300,12 @@ class StreamWriter:
         return self.offset
 
 
-def encode_dialogue(codec, tok, wav, turns, cfg, ear=None):
+def encode_dialogue(codec, tok, wav, turns, cfg, ear=None, stretch=1.0):
     """A dialogue's streams: (text [frames], codes [2, frames, K]); the user's codes are the
-    units' (ear_codes) when an ear is given."""
+    units' (ear_codes, heard at `stretch`) when an ear is given."""
     codes = encode_channels(codec, wav)
     if ear is not None:
-        codes[spokenworld.USER] = ear_codes(ear, wav[spokenworld.USER], codes.shape[1], codes.shape[2])
+        codes[spokenworld.USER] = ear_codes(ear, wav[spokenworld.USER], codes.shape[1], codes.shape[2], stretch)
     text = text_stream(turns, codes.shape[1], tok, cfg["dual_user_text"], cfg["dual_markers"], cfg["dual_user_lag"])
     return text, codes
 
@@ -352,22 +359,26 @@ def build(cfg):
     codec = Codec.load(os.path.join(cfg["out_dir"], "codec.pt"), cfg["device"])
     tok = Tokenizer.load(os.path.join(cfg["out_dir"], "tokenizer.model"))
     ear = load_ear(cfg)
+    # the training splits' users heard through a random vocal tract each (dual_ear_warp): voices no
+    # speaker has, so that the model learns names from ids as varied as a new voice's
+    warp = random.Random(cfg["seed"] + 13)
+    stretch = lambda split: ear_stretch(warp, split, cfg["dual_ear_warp"])
     metrics = {}
     for split in spokenworld.SPEECH_SPLITS:
         sp = spokenworld.SpeechSplit(cfg["data_dir"], split)
         w = StreamWriter(out, split)
         for i in tqdm(range(len(sp)), desc=f"speech {split}", unit="dlg"):
             wav, d = sp.dialogue(i)
-            text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg, ear)
+            text, codes = encode_dialogue(codec, tok, wav, d["turns"], cfg, ear, stretch(split))
             w.add(dict(id=d["id"], turns=d["turns"]), text, codes)
         if split == "train":
             for i, (wav, turns) in enumerate(practice.extra_dialogues(cfg)):
-                text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
+                text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear, stretch(split))
                 w.add(dict(id=f"extra-{i:05d}", turns=turns), text, codes)
         metrics[f"speech_frames_{split}"] = w.close()
     w = StreamWriter(out, "align")
     for i, (wav, turns) in enumerate(practice.align_dialogues(cfg, cfg["seed"] + 7)):
-        text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear)
+        text, codes = encode_dialogue(codec, tok, wav, turns, cfg, ear, stretch("align"))
         w.add(dict(id=f"align-{i:05d}", turns=turns), text, codes)
     metrics["speech_frames_align"] = w.close()
     if not realdata.is_default(cfg):   # the user's corpora: splits real, align_real and their held-out parts
