@@ -179,6 +179,21 @@ def ctc_finetune(model, stream, spans, texts, cfg):
     return history
 
 
+def scrambled_stream(cfg, texts):
+    """CTC's turns of random word order (asr.scrambled_clips: the training turns' words and invented
+    names, in training voices), as (int16 stream, spans, texts). On the corpus's own turns the encoder
+    can learn which name follows "the owner of the" and hear a name it has never heard as a known one;
+    here nothing but the sound says what a word is."""
+    from nanosdm.asr import scrambled_clips
+    from nanosdm.ctc import normalize_text
+    vocabulary = sorted({w for t in texts for w in normalize_text(t).split()})
+    n = cfg["units_ctc_steps"] * cfg["units_batch_size"] // 2      # each clip drawn about twice
+    clips = scrambled_clips(cfg["data_dir"], vocabulary, n, cfg["seed"] + 17, cfg.get("workers") or None)
+    clips = [(w[:num_frames(len(w)) * HOP], t) for w, t in clips if num_frames(len(w))]
+    spans = list(zip(np.cumsum([0] + [len(w) for w, _ in clips[:-1]]).tolist(), [len(w) for w, _ in clips]))
+    return torch.cat([w for w, _ in clips]), spans, [t for _, t in clips]
+
+
 # -----------------------------------------------------------------------------
 # the units stage
 
@@ -301,7 +316,10 @@ def train(cfg, stop_step=None):
     ctc_history = []
     if cfg["units_ctc_steps"]:   # a run killed in this phase resumes at its start
         save(step)
-        ctc_history = ctc_finetune(model, stream, spans, texts, cfg)
+        if cfg["units_ctc_data"] == "scrambled":
+            ctc_history = ctc_finetune(model, *scrambled_stream(cfg, texts), cfg)
+        else:
+            ctc_history = ctc_finetune(model, stream, spans, texts, cfg)
     train_seconds = time.time() - t0
 
     # iteration 2: k-means on the middle layer, on directions (see Units.encode)

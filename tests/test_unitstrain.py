@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from nanosdm import units, unitstrain
+from nanosdm import ctc, units, unitstrain
 from nanosdm.eval import metrics
 
 
@@ -29,7 +29,8 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,
-               units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=3, units_ctc_lr=1e-3)
+               units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=3, units_ctc_lr=1e-3,
+               units_ctc_data="turns")
     spokenworld.build(cfg)
     assert unitstrain.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
@@ -39,6 +40,14 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     final = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert final["finished"] and final["step"] == 6 and [h[0] for h in final["history"]] == list(range(6))
     assert figures["units_k"] == 12 and figures["units_ctc_loss"] > 0    # the CTC phase ran, after the resumed steps
+    # CTC's other speech: turns of the training words in random order, whole 20 ms frames end to end
+    _, _, texts = units.load_utterances(cfg["data_dir"], "train")
+    stream, spans, said = unitstrain.scrambled_stream(dict(cfg, units_ctc_steps=3, units_batch_size=4), texts)
+    assert len(said) == 6 and stream.dtype == torch.int16
+    assert spans[0][0] == 0 and sum(n for _, n in spans) == len(stream) and all(n % units.HOP == 0 for _, n in spans)
+    words = {w for t in texts for w in ctc.normalize_text(t).split()}
+    assert sum(w in words for t in said for w in t.split()) > 0.5 * sum(len(t.split()) for t in said)
+    assert {tuple(t.split()) for t in said}.isdisjoint({tuple(ctc.normalize_text(t).split()) for t in texts})
     # the figures are those of the saved units on the unseen voice's user turns ...
     path = str(tmp_path / "out" / "units.pt")
     wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
