@@ -79,6 +79,8 @@ units_mask_prob = 0.08         # share of frames that start a masked span
 units_mask_len = 10            # frames per masked span (200 ms)
 units_unmasked_weight = 1.0    # loss on visible frames, relative to masked ones; 0 = masked only (HuBERT)
 units_warp = 0.15              # random mel-axis stretch of the input, +-warp (speaker perturbation)
+units_warp_knots = 1           # ... one factor for the whole axis, or one at each of this many bands (formants apart)
+units_echo = 0.0               # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 1000

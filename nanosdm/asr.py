@@ -74,22 +74,6 @@ def features(wav, lengths):
     return centred / (std + 1e-5), flen
 
 
-def add_echo(wav, lengths, gen, prob=0.25, max_delay_s=0.15, max_gain=0.7, taps=3):
-    """A fading echo (the clip plus copies delayed by d, 2d, ... at gains g, g^2, ...) on a random
-    share of the clips: rooms echo, and so do some eSpeak voices (the 'echo' line of a variant)."""
-    wav = wav.clone()
-    u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=gen))
-    for i in range(len(wav)):
-        if float(torch.rand(1, generator=gen)) >= prob:
-            continue
-        d, g, n = int(u(0.02, max_delay_s) * audio.SAMPLE_RATE), u(0.2, max_gain), int(lengths[i])
-        dry = wav[i, :n].clone()
-        for k in range(1, taps + 1):
-            if k * d < n:
-                wav[i, k * d:n] += g ** k * dry[:n - k * d]
-    return wav
-
-
 def spec_augment(feat, flen, gen, warp=0.15, freq_masks=2, freq_width=15, time_masks_per_s=1.0, time_width=8):
     """SpecAugment (Park et al. 2019), with a frequency warp instead of its time warp: stretch
     each clip's mel axis by up to +-warp (a longer or shorter vocal tract: a new voice's formants
@@ -475,7 +459,7 @@ def train(cfg, stop_step=None):
         rows = batches[step % n_batches]
         x, xlen = pad_batch([clips[i][0].float() / 32768 for i in rows])
         gen.manual_seed(seed * 1_000_003 + step)  # augmentation depends on the step only: resumable
-        feat, flen = features(add_echo(x, xlen, gen).to(device), xlen.to(device))
+        feat, flen = features(audio.add_echo(x, xlen, gen).to(device), xlen.to(device))
         feat = spec_augment(feat, flen, gen)
         feat, flen = utils.shard((feat, flen))              # this rank's share of the batch
         rows = utils.shard(torch.as_tensor(rows)).tolist()

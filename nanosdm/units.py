@@ -67,16 +67,22 @@ def wav_to_mel(wav):
     return (mel - mel.mean(-1, keepdim=True)) / 20.0
 
 
-def warp_mel(mel, amount, gen=None):
+def warp_mel(mel, amount, gen=None, knots=1):
     """Speaker perturbation: stretch each example's mel axis by a random factor in 1 +- amount,
     roughly what a longer or shorter vocal tract does to the formants. The targets stay those of
-    the unwarped audio, so the encoder learns to ignore the stretch (ContentVec's idea, simplified)."""
-    alpha = 1 + (torch.rand(mel.shape[0], 1, generator=gen) * 2 - 1).to(mel.device) * amount
-    return stretch_mel(mel, alpha)
+    the unwarped audio, so the encoder learns to ignore the stretch (ContentVec's idea, simplified).
+    knots > 1: a factor drawn at each of `knots` bands evenly spaced, linear between them, so the
+    low and high formants move apart (as in eSpeak's variants, which scale each formant on its own)."""
+    B, M, _ = mel.shape
+    alpha = 1 + (torch.rand(B, knots, generator=gen) * 2 - 1) * amount
+    if knots > 1:   # [B, knots] -> [B, M]; monotone while amount < 1 / (2 * knots)
+        alpha = F.interpolate(alpha[:, None], size=M, mode="linear", align_corners=True)[:, 0]
+    return stretch_mel(mel, alpha.to(mel.device))
 
 
 def stretch_mel(mel, alpha):
-    """mel [B, M, T], alpha [B, 1]: output band m reads input band m * alpha (linear between bands)."""
+    """mel [B, M, T], alpha [B, 1] (or [B, M], one factor per band): output band m reads input band
+    m * alpha (linear between bands)."""
     M = mel.shape[1]
     src = (torch.arange(M, device=mel.device)[None] * alpha).clamp(max=M - 1)   # [B, M] band to read
     lo = src.floor().long()

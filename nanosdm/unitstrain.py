@@ -209,9 +209,11 @@ def train_encoder(model, opt, stream, targets, cfg, step=0, history=None, save=N
         gen = torch.Generator().manual_seed(cfg["seed"] * 100003 + step)   # a resumed run sees the same batches
         wav, tgt = get_batch(stream, targets, cfg["units_batch_size"], crop, gen)
         mask = span_mask(len(wav), crop, cfg["units_mask_prob"], cfg["units_mask_len"], gen)
+        if cfg["units_echo"] > 0:   # a room's (or a voice's) echo, against the dry audio's targets
+            wav = audio.add_echo(wav, torch.full((len(wav),), wav.shape[1]), gen, cfg["units_echo"], 0.2, 0.8)
         mel = model.mel(wav.to(device))
         if cfg["units_warp"] > 0:
-            mel = warp_mel(mel, cfg["units_warp"], gen)
+            mel = warp_mel(mel, cfg["units_warp"], gen, cfg["units_warp_knots"])
         tgt, mask = tgt.to(device), mask.to(device)
         mel, tgt, mask = utils.shard((mel, tgt, mask))     # this rank's share of the batch
         for group in opt.param_groups:

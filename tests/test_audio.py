@@ -121,3 +121,18 @@ def test_a_stretch_of_a_file_is_read_alone(tmp_path):
     assert audio.load_wav(tmp_path / "d.wav", start=1.5).shape == (8000,)
     with pytest.raises(audio.AudioError, match="no samples"):
         audio.load_wav(tmp_path / "d.wav", start=3.0)
+
+
+def test_an_echo_adds_fading_copies_after_the_sound_and_only_within_the_clip():
+    from nanosdm.corpus.audio import add_echo
+    wav = torch.zeros(2, 8000)
+    wav[:, 100] = 1.0                                                    # a click
+    out = add_echo(wav, torch.tensor([8000, 3000]), torch.Generator().manual_seed(0), prob=1.0, taps=3)
+    for row, n in zip(out, (8000, 3000)):
+        taps = (row[101:] != 0).nonzero()[:, 0] + 101
+        assert row[100] == 1.0 and len(taps) >= 1 and (taps < n).all()
+        gains = row[taps]
+        assert (gains.diff() < 0).all() and (gains < 1).all()             # each copy fainter than the last
+        d = taps[0] - 100
+        assert torch.equal(taps - 100, d * torch.arange(1, len(taps) + 1))     # at d, 2d, 3d
+    assert torch.equal(add_echo(wav, torch.tensor([8000, 8000]), torch.Generator(), prob=0.0), wav)

@@ -147,7 +147,7 @@ def test_a_corrupt_file_is_skipped_and_named(corpora, tmp_path, capsys):
 
 UNITS = dict(units_k=8, units_k_targets=8, units_n_layer=1, units_n_head=2, units_d_model=32, units_layer=1,
              units_proj_dim=16, units_temperature=0.1, units_mask_prob=0.08, units_mask_len=5, units_unmasked_weight=1.0,
-             units_warp=0.1, units_crop_seconds=0.5, units_batch_size=2, units_max_steps=3, units_lr=1e-3,
+             units_warp=0.1, units_warp_knots=1, units_echo=0.0, units_crop_seconds=0.5, units_batch_size=2, units_max_steps=3, units_lr=1e-3,
              units_warmup=1, units_weight_decay=0.0, units_grad_clip=1.0, units_kmeans_iters=3, units_ctc_steps=0, units_ctc_lr=1e-3, units_kmeans_frames=2000,
              units_max_train_hours=0.0, units_ckpt_interval=100, units_targets="canonical")
 CODEC = ["--codec_dim=32", "--codec_sub_dim=16", "--codec_enc_layers=1", "--codec_dec_layers=1", "--codec_sub_layers=1",

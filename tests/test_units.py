@@ -124,3 +124,18 @@ def test_a_stretched_mel_moves_the_formants_and_the_units_hear_it(tmp_path):
     assert not torch.allclose(u.features(wav, stretch=1.15), u.features(wav))
     # read in pieces, a stretched stream is the same as in one pass
     assert torch.allclose(u.features(wav[None], piece_frames=7, stretch=0.9)[0], u.features(wav, stretch=0.9), atol=1e-5)
+
+
+def test_a_warp_with_knots_moves_low_and_high_bands_apart_and_keeps_their_order():
+    torch.manual_seed(4)
+    mel = torch.randn(64, units.N_MELS, 3)
+    assert torch.equal(units.warp_mel(mel, 0.0, knots=3), mel)
+    ramp = torch.arange(units.N_MELS, dtype=torch.float)[None, :, None].repeat(64, 1, 1)
+    warped = units.warp_mel(ramp, 0.15, torch.Generator().manual_seed(0), knots=3)[..., 0]   # the band each reads
+    assert (warped.diff(dim=1) >= 0).all()                              # monotone: no band order flips
+    factor = warped[:, 1:] / torch.arange(1, units.N_MELS)
+    assert ((factor - 1).abs() <= 0.15 + 1e-5).all()
+    spread = factor.max(1).values - factor.min(1).values               # not one factor per example
+    assert spread.mean() > 0.05
+    uniform = units.warp_mel(ramp, 0.15, torch.Generator().manual_seed(0))[:, 1:20, 0] / torch.arange(1, 20)
+    assert uniform.std(1).max() < 1e-4                                  # knots=1: one factor a clip

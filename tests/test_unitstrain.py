@@ -25,7 +25,7 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
                units_k=12, units_k_targets=10, units_n_layer=2, units_n_head=2, units_d_model=32,
                units_layer=1, units_proj_dim=16, units_temperature=0.1, units_mask_prob=0.08,
-               units_mask_len=10, units_unmasked_weight=0.0, units_warp=0.1, units_crop_seconds=1.0,
+               units_mask_len=10, units_unmasked_weight=0.0, units_warp=0.1, units_warp_knots=3, units_echo=0.5, units_crop_seconds=1.0,
                units_batch_size=4, units_max_steps=6, units_lr=1e-3, units_warmup=2,
                units_weight_decay=0.01, units_grad_clip=1.0, units_kmeans_iters=5,
                units_kmeans_frames=5000, units_max_train_hours=0.0, units_ckpt_interval=2,

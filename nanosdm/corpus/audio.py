@@ -100,6 +100,22 @@ def save_wav(path, wav, sr=SAMPLE_RATE):
 # -----------------------------------------------------------------------------
 # features: 25 ms windows every 10 ms (100 frames/s), as in Kaldi and HuBERT's MFCC targets
 
+def add_echo(wav, lengths, gen, prob=0.25, max_delay_s=0.15, max_gain=0.7, taps=3):
+    """A fading echo (the clip plus copies delayed by d, 2d, ... at gains g, g^2, ...) on a random
+    share of the clips: rooms echo, and so do some eSpeak voices (the 'echo' line of a variant)."""
+    wav = wav.clone()
+    u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=gen))
+    for i in range(len(wav)):
+        if float(torch.rand(1, generator=gen)) >= prob:
+            continue
+        d, g, n = int(u(0.02, max_delay_s) * SAMPLE_RATE), u(0.2, max_gain), int(lengths[i])
+        dry = wav[i, :n].clone()
+        for k in range(1, taps + 1):
+            if k * d < n:
+                wav[i, k * d:n] += g ** k * dry[:n - k * d]
+    return wav
+
+
 def mel_filterbank(n_fft, n_mels, sr, f_min=0.0, f_max=None, device=None):
     """Triangular filters on the HTK mel scale, [n_mels, n_fft // 2 + 1]."""
     f_max = f_max or sr / 2
