@@ -5,6 +5,7 @@ Like metrics.py, it loads what it scores and no component imports it.
 
     align_user_wer        the model's own transcription (its text stream) of unseen-voice user turns
     align_ear_name_acc    the same transcripts: the share that name the creature asked about right
+    *_ear_name_acc_turns  the same on 400 single questions in every held-out voice (unseen_turns; and *_user_wer_turns)
     judge_acc_*           the speech judge's ceiling: the corpus's own answers it scores correct
     sft_qa_text_<split>   the answer word is in the inner monologue written after the question
     sft_qa_speech_<split> the judge hears the right answer in the decoded audio
@@ -14,7 +15,9 @@ Like metrics.py, it loads what it scores and no component imports it.
 
 Speech is scored by the fact-free judge of nanosdm/judge.py; the model runs through live.free_run.
 """
+import json
 import os
+import random
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ from nanosdm import textlm
 from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.corpus import realdata, spokenworld
 from nanosdm.corpus.audio import SAMPLE_RATE
-from nanosdm.corpus.speech import Streams
+from nanosdm.corpus.speech import Streams, ear_codes, encode_channels
 from nanosdm.dualstream import load_model
 from nanosdm.eval import metrics
 from nanosdm.judge import VAD_WIN, VOICED_RMS, judge_wavs
@@ -53,6 +56,8 @@ def evaluate_align(cfg):
     print("align: the model's transcription of unseen-voice user turns, e.g.\n"
           + "\n".join(f"  ref {r!r}\n  hyp {h!r}" for r, h in examples[:4]))
     figures = {"align_user_wer": round(wer, 4), "align_ear_name_acc": name_acc(examples, cfg)}
+    if realdata.is_default(cfg):
+        figures.update(ear_figures("align", model, codec, tok, cfg))
     heldout = os.path.join(out_dir, "speech", "align_real_heldout_text.bin")
     if not realdata.is_default(cfg) and os.path.exists(heldout) and os.path.getsize(heldout):
         wer, examples = user_wer(model, codec, tok, cfg, split="align_real_heldout")   # the user's own speakers
@@ -83,6 +88,77 @@ def user_wer(model, codec, tok, cfg, split="unseen_voice", max_turns=160):
     text, _ = free_run(model, empty.to(cfg["device"]), user.to(cfg["device"]), silence, (0, 0, 0, 0))
     hyps = [tok.decode(monologue_parts(row.tolist())[0]) for row in text]
     return metrics.wer(refs, hyps), list(zip(refs, hyps))
+
+
+# -----------------------------------------------------------------------------
+# the ear on many voices: single questions in every held-out voice
+
+EAR_TURNS = 400        # binomial spread ~2 points; the unseen_voice split has ~80 named questions in 14 voices
+EAR_TURNS_SEED = 5     # the same questions and voices for every run on one corpus
+
+
+def unseen_turns(cfg, n=EAR_TURNS):
+    """n single questions naming a creature (spoken facts, training phrasings), each in a random
+    held-out voice, rate, pitch and level, as a dict of wavs, texts, names, voices. The unseen_voice
+    split holds ~80 such questions in 16 dialogues: one voice the ear cannot hear (an echo variant)
+    moves its figure by 7 points. Rendered once into out/<preset>/cache, because eSpeak does not render
+    a text the same way twice (a few samples apart) and every later figure should hear the same audio."""
+    path = os.path.join(cfg["out_dir"], "cache", f"unseen_turns_{n}.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    from nanosdm.corpus import espeak
+    rng = random.Random(EAR_TURNS_SEED)
+    world = [e for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl")) if not e["text_only"]]
+    with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
+        voices = json.load(f)["unseen_voices"]
+    turns, jobs, peaks = dict(wavs=[], texts=[], names=[], voices=[]), [], []
+    for _ in range(n):
+        ent = rng.choice(world)
+        ex = spokenworld.fact_exchange(rng, ent, rng.choice(list(spokenworld.ATTRIBUTES)), held_out=False)
+        jobs.append(dict(text=ex["question"], voice=rng.choice(voices), rate=rng.randint(140, 210), pitch=rng.randint(25, 75)))
+        peaks.append(rng.uniform(0.25, 0.9))                   # the dialogues' user levels
+        turns["texts"].append(ex["question"])
+        turns["names"].append(ent["name"])
+        turns["voices"].append(jobs[-1]["voice"])
+    for (wav, _, _), peak in zip(espeak.synthesize_many(jobs, cfg.get("workers") or None), peaks):
+        turns["wavs"].append(torch.from_numpy(wav * peak / max(1e-4, np.abs(wav).max())).float())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(turns, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return turns
+
+
+def ear_on_turns(model, codec, tok, ear, turns, device):
+    """The model's own transcript of each turn heard alone from a conversation's start (user_wer's
+    protocol: 4 frames of silence before, 13 after; greedy text) -> (share naming the creature, WER,
+    {voice variant: share}, transcripts)."""
+    K = model.n_q
+    silence = user_silence(codec, ear)
+    users = []
+    for w in turns["wavs"]:
+        n = -(-len(w) // FRAME) + 4 + 13
+        buf = torch.zeros(n * FRAME)
+        buf[4 * FRAME:4 * FRAME + len(w)] = w
+        cols = ear_codes(ear, buf, n, K) if ear is not None else encode_channels(codec, torch.stack([buf, buf]))[spokenworld.USER][:n]
+        users.append(torch.from_numpy(cols.astype(np.int64)))
+    F = max(len(u) for u in users)
+    user = torch.stack([torch.cat([u, silence.expand(F - len(u), -1)]) for u in users])
+    empty = torch.zeros(len(users), 0, 1 + 2 * K, dtype=torch.long)
+    text, _ = free_run(model, empty.to(device), user.to(device), silence.to(device), (0, 0, 0, 0))
+    hyps = [tok.decode(monologue_parts(row.tolist())[0]) for row in text]
+    heard = [name in words_of(h) for name, h in zip(turns["names"], hyps)]
+    per = {}
+    for voice, ok in zip(turns["voices"], heard):
+        per.setdefault(voice.split("+")[-1], []).append(ok)
+    return float(np.mean(heard)), metrics.wer(turns["texts"], hyps), {v: float(np.mean(x)) for v, x in per.items()}, hyps
+
+
+def ear_figures(stage, model, codec, tok, cfg):
+    acc, wer, per, _ = ear_on_turns(model, codec, tok, load_ear(model, cfg["out_dir"], cfg["device"]),
+                                    unseen_turns(cfg), cfg["device"])
+    print(f"{stage}: names heard in {EAR_TURNS} single questions, every held-out voice: {acc:.1%} (WER {wer:.1%}); "
+          f"by voice variant: " + ", ".join(f"{v} {a:.0%}" for v, a in sorted(per.items(), key=lambda kv: kv[1])))
+    return {f"{stage}_ear_name_acc_turns": round(acc, 4), f"{stage}_user_wer_turns": round(wer, 4)}
 
 
 # -----------------------------------------------------------------------------
@@ -152,6 +228,8 @@ def evaluate_sft(cfg):
               f"given) {figures[f'sft_voice_acc_{split}']:.1%} of a {figures[f'judge_acc_window_{split}']:.1%} ceiling; "
               f"the recognizer names {figures[f'asr_name_acc_{split}']:.1%}")
     figures["judge_acc_window"] = figures["judge_acc_window_unseen_voice"]
+    if realdata.is_default(cfg):
+        figures.update(ear_figures("sft", model, codec, tok, cfg))
     figures.update(retention(model, lm, tok, cfg))
     figures["sft_onset_text_ms"] = round(1000 * float(np.median(onsets_text))) if onsets_text else -1
     figures["sft_onset_audio_ms"] = round(1000 * float(np.median(onsets_audio))) if onsets_audio else -1
@@ -181,7 +259,7 @@ def taken_apart(run, text, codec, asr, tok, streams, items, qa, quiet, names, se
     heard = [tok.decode(monologue_parts(text[n, :window[n]].tolist())[0]) for n in range(len(items))]
     named = [n for n, q in enumerate(qs) if question_name(q, names)]
     out["ear_name_acc"] = round(float(np.mean(
-        [question_name(qs[n], names) in heard[n].replace("?", " ").replace(".", " ").split() for n in named])), 4) if named else -1
+        [question_name(qs[n], names) in words_of(heard[n]) for n in named])), 4) if named else -1
     torch.manual_seed(seed)
     text_h, _ = run(hist, user, force_question(rec_text, q_frames))
     heard_ok = [textlm.answer_in(tok.decode(monologue_parts(text_h[n, :window[n]].tolist())[1]), a) for n, a in enumerate(ans)]
@@ -227,13 +305,16 @@ def name_acc(pairs, cfg):
     transcript has that name (the ear's figure; -1 when no reference names one)."""
     names = {e["name"] for e in spokenworld.read_jsonl(os.path.join(cfg["data_dir"], "world.jsonl"))}
     named = [(question_name(r, names), h) for r, h in pairs if question_name(r, names)]
-    clean = lambda h: h.lower().replace("?", " ").replace(".", " ").split()
-    return round(float(np.mean([n in clean(h) for n, h in named])), 4) if named else -1
+    return round(float(np.mean([n in words_of(h) for n, h in named])), 4) if named else -1
+
+
+def words_of(text):
+    return text.lower().replace("?", " ").replace(".", " ").split()
 
 
 def question_name(question, names):
     """The creature a question asks about (a word of it that is one of the world's names), or None."""
-    return next((w for w in question.lower().replace("?", " ").replace(".", " ").split() if w in names), None)
+    return next((w for w in words_of(question) if w in names), None)
 
 
 def asr_name_acc(asr, cfg, split, items, names):
