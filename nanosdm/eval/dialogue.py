@@ -22,7 +22,7 @@ import random
 import numpy as np
 import torch
 
-from nanosdm import textlm
+from nanosdm import textlm, utils
 from nanosdm.codec import FRAME, FRAME_S
 from nanosdm.corpus import realdata, spokenworld
 from nanosdm.corpus.audio import SAMPLE_RATE
@@ -154,10 +154,20 @@ def ear_on_turns(model, codec, tok, ear, turns, device):
 
 
 def ear_figures(stage, model, codec, tok, cfg):
-    acc, wer, per, _ = ear_on_turns(model, codec, tok, load_ear(model, cfg["out_dir"], cfg["device"]),
-                                    unseen_turns(cfg), cfg["device"])
+    turns = unseen_turns(cfg)
+    acc, wer, per, _ = ear_on_turns(model, codec, tok, load_ear(model, cfg["out_dir"], cfg["device"]), turns, cfg["device"])
+    per = sorted(per.items(), key=lambda kv: kv[1])
     print(f"{stage}: names heard in {EAR_TURNS} single questions, every held-out voice: {acc:.1%} (WER {wer:.1%}); "
-          f"by voice variant: " + ", ".join(f"{v} {a:.0%}" for v, a in sorted(per.items(), key=lambda kv: kv[1])))
+          f"by voice variant: " + ", ".join(f"{v} {a:.0%}" for v, a in per))
+    counts = {v: sum(x.split("+")[-1] == v for x in turns["voices"]) for v, _ in per}
+    fig, ax = utils.figure(1, 1, figsize=(8, 3))
+    ax.bar(range(len(per)), [100 * a for _, a in per])
+    ax.set_xticks(range(len(per)), [f"{v}\n({counts[v]})" for v, _ in per], fontsize=7)
+    ax.axhline(100 * acc, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("names heard (%)")
+    ax.set_title(f"{stage}: the creature's name in its own transcript, single questions, by held-out voice variant "
+                 f"(questions); all: {acc:.1%}", fontsize=8)
+    utils.save_figure(fig, os.path.join(cfg["out_dir"], "plots", f"{stage}_ear_by_voice.png"))
     return {f"{stage}_ear_name_acc_turns": round(acc, 4), f"{stage}_user_wer_turns": round(wer, 4)}
 
 
