@@ -162,7 +162,7 @@ def ear_figures(stage, model, codec, tok, cfg):
     counts = {v: sum(x.split("+")[-1] == v for x in turns["voices"]) for v, _ in per}
     fig, ax = utils.figure(1, 1, figsize=(8, 3))
     ax.bar(range(len(per)), [100 * a for _, a in per])
-    ax.set_xticks(range(len(per)), [f"{v}\n({counts[v]})" for v, _ in per], fontsize=7)
+    ax.set_xticks(range(len(per)), [f"{v} ({counts[v]})" for v, _ in per], fontsize=7, rotation=30, ha="right")
     ax.axhline(100 * acc, color="k", lw=0.8, ls="--")
     ax.set_ylabel("names heard (%)")
     ax.set_title(f"{stage}: the creature's name in its own transcript, single questions, by held-out voice variant "
