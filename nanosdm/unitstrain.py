@@ -160,9 +160,11 @@ def ctc_finetune(model, stream, spans, texts, cfg):
         wav = torch.zeros(len(batch), int(n.max()) * HOP)
         for j, i in enumerate(batch):   # causal: the zeros after a turn cannot reach its frames
             wav[j, :n[j] * HOP] = stream[spans[i][0]:spans[i][0] + n[j] * HOP].float() / 32768.0
+        if cfg["units_echo"] > 0:   # the same perturbations as masked prediction's
+            wav = audio.add_echo(wav, n * HOP, gen, cfg["units_echo"], 0.2, 0.8)
         mel = model.mel(wav.to(device))
         if cfg["units_warp"] > 0:
-            mel = warp_mel(mel, cfg["units_warp"], gen)
+            mel = warp_mel(mel, cfg["units_warp"], gen, cfg["units_warp_knots"])
         for group in opt.param_groups:
             group["lr"] = utils.cosine_lr(step, steps, cfg["units_ctc_lr"], min(cfg["units_warmup"], steps // 10))
         lp = F.log_softmax(head(F.rms_norm(model(mel, layer=top), (model.config["d_model"],))).float(), -1)

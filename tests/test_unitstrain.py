@@ -83,7 +83,7 @@ def test_ctc_finetuning_learns_the_characters_through_every_block():
     encoder = units.HubertEncoder(n_targets=10, n_layer=3, n_head=2, d_model=32, proj_dim=8, causal=True, window=50)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     cfg = dict(device="cpu", seed=0, units_layer=2, units_ctc_steps=60, units_ctc_lr=3e-3, units_batch_size=4,
-               units_warp=0.0, units_warmup=5, units_weight_decay=0.0, units_grad_clip=1.0)
+               units_warp=0.0, units_warp_knots=1, units_echo=0.0, units_warmup=5, units_weight_decay=0.0, units_grad_clip=1.0)
     history = unitstrain.ctc_finetune(encoder, stream, spans, texts, cfg)
     assert [h[0] for h in history] == list(range(60))
     first, last = history[0][1], np.mean([h[1] for h in history[-5:]])
