@@ -80,7 +80,9 @@ units_mask_len = 10            # frames per masked span (200 ms)
 units_unmasked_weight = 1.0    # loss on visible frames, relative to masked ones; 0 = masked only (HuBERT)
 units_warp = 0.15              # random mel-axis stretch of the input, +-warp (speaker perturbation)
 units_warp_knots = 1           # ... one factor for the whole axis, or one at each of this many bands (formants apart)
-units_echo = 0.0               # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices)
+units_echo = 0.0               # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices):
+                               # 0.5 with 3 knots: the echo voice's names 28 -> 47%, the others lose as much; 0.25 with
+                               # units_ctc_steps=1000: names in 400 unseen-voice questions 71 -> 79% (one seed; docs/results.md)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 1000
@@ -161,7 +163,8 @@ dual_ear_conv = 64             # width of a causal convolution over the user's i
 dual_ear_init = "random"       # the user's unit tables start "random" or from the "units"' centroids (DualStream.init_ear_from_units):
                                # units: align WER 15-17% vs 20-23% (seeds 2, 1337), sft's spoken QA 2-4 points lower: kept off
 dual_ear_noise = 0.0           # share of the user's ids replaced by random ones in align and sft (dualtrain.ear_noise)
-dual_ear_warp = 0.0            # each training dialogue's user heard through a mel stretch of 1 +- warp (corpus/speech.py)
+dual_ear_warp = 0.0            # each training dialogue's user heard through a mel stretch of 1 +- warp (corpus/speech.py):
+                               # 0.15: names in 400 unseen-voice questions after sft +3 points at seeds 1337 and 2, val QA -7: off
 dual_heads = "depth"           # a step's K codes: "depth" (Moshi's depth transformer) or "parallel" (Mini-Omni's K heads, its delays)
 dual_text = True               # the inner monologue; False: speech to speech, the text stream never read (Moshi's ablation)
 dual_depth_layers = 2
