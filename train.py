@@ -94,7 +94,7 @@ units_kmeans_iters = 20
 units_ctc_steps = 0            # then CTC on the training turns' characters, a head on the top block (unitstrain.ctc_finetune):
 units_ctc_lr = 1e-3            # ... more phonetic units (600: PNMI 0.57 a frame late vs 0.54); names heard in dialogue
                                # 72.5/78.8% at two seeds vs 66-72.5%; a whole run: QA 1-4 points lower, text-only facts 15.5 vs 25.8%: 0
-units_ctc_data = "turns"       # CTC's speech: the training "turns", or "scrambled" ones (random word order, unitstrain.scrambled_stream)
+units_ctc_data = "turns"       # CTC's speech: the training "turns", or "scrambled" ones (random word order, unitstrain.scrambled_stream; not yet measured)
 units_kmeans_frames = 150000   # frames k-means is fitted on (a random subset beyond that)
 units_max_train_hours = 0.0    # speech used for training; 0 = all of the train split
 units_ckpt_interval = 100
