@@ -82,7 +82,7 @@ units_warp = 0.15              # random mel-axis stretch of the input, +-warp (s
 units_warp_knots = 1           # ... one factor for the whole axis, or one at each of this many bands (formants apart)
 units_echo = 0.0               # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices):
                                # 0.5 with 3 knots: the echo voice's names 28 -> 47%, the others lose as much; 0.25 with
-                               # units_ctc_steps=1000: names in 400 unseen-voice questions 71 -> 79% (one seed; docs/results.md)
+                               # units_ctc_steps=1000: names in 400 unseen-voice questions after sft 71 -> 78-79% (two seeds)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 1000
