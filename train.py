@@ -80,9 +80,9 @@ units_mask_len = 10            # frames per masked span (200 ms)
 units_unmasked_weight = 1.0    # loss on visible frames, relative to masked ones; 0 = masked only (HuBERT)
 units_warp = 0.15              # random mel-axis stretch of the input, +-warp (speaker perturbation)
 units_warp_knots = 1           # ... one factor for the whole axis, or one at each of this many bands (formants apart)
-units_echo = 0.0               # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices):
-                               # 0.5 with 3 knots: the echo voice's names 28 -> 47%, the others lose as much; 0.25 with
-                               # units_ctc_steps=1000: names in 400 unseen-voice questions after sft 71 -> 78-79% (two seeds)
+units_echo = 0.25              # share of training crops given an echo (corpus/audio.add_echo; eSpeak's echo voices):
+                               # with units_ctc_steps=1000, names in 400 unseen-voice questions after sft 71 -> 78-79% at
+                               # two seeds (0.5 with 3 knots and no CTC: the echo voice 28 -> 47%, the others lose as much)
 units_crop_seconds = 2.0       # training crop length
 units_batch_size = 16
 units_max_steps = 1000
@@ -91,9 +91,9 @@ units_warmup = 50
 units_weight_decay = 0.01
 units_grad_clip = 1.0
 units_kmeans_iters = 20
-units_ctc_steps = 0            # then CTC on the training turns' characters, a head on the top block (unitstrain.ctc_finetune):
-units_ctc_lr = 1e-3            # ... more phonetic units (600: PNMI 0.57 a frame late vs 0.54); names heard in dialogue
-                               # 72.5/78.8% at two seeds vs 66-72.5%; a whole run: QA 1-4 points lower, text-only facts 15.5 vs 25.8%: 0
+units_ctc_steps = 1000         # then CTC on the training turns' characters, a head on the top block (unitstrain.ctc_finetune):
+units_ctc_lr = 1e-3            # ... more phonetic units; with echo 0.25, names heard in dialogue 78.8% at two seeds vs
+                               # 63.7/72.5%, spoken QA on unseen voices +3-6 text, +4-10 speech (0: no CTC phase, HuBERT's units)
 units_ctc_data = "turns"       # CTC's speech: the training "turns", or "scrambled" ones (random word order, unitstrain.scrambled_stream; not yet measured)
 units_kmeans_frames = 150000   # frames k-means is fitted on (a random subset beyond that)
 units_max_train_hours = 0.0    # speech used for training; 0 = all of the train split

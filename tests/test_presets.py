@@ -32,7 +32,7 @@ SHRINK = [
     "--data_entities=24", "--data_text_docs=300", "--data_dialogues=4", "--data_eval_dialogues=1",
     "--text_batch_size=1", "--text_max_steps=2", "--text_warmup=1", "--text_eval_interval=1", "--text_eval_batches=1",
     "--text_ckpt_interval=1",
-    "--units_batch_size=1", "--units_max_steps=1", "--units_warmup=1", "--units_kmeans_iters=3",
+    "--units_batch_size=1", "--units_max_steps=1", "--units_warmup=1", "--units_kmeans_iters=3", "--units_ctc_steps=2",
     # the discriminator joins at step 1 and the codebooks are k-means-initialised at step 1
     "--codec_batch_size=1", "--codec_max_steps=2", "--codec_warmup=1", "--codec_vq_start=1", "--codec_adv_start=1",
     "--asr_batch_size=1", "--asr_max_steps=1", "--asr_warmup=1", "--asr_scrambled_turns=0",

@@ -31,7 +31,7 @@ TINY = [           # tiny widths, a handful of dialogues, no extra synthesized s
     "--text_warmup=2", "--text_eval_interval=50", "--text_eval_batches=1",
     "--units_k=16", "--units_k_targets=16", "--units_targets=mfcc", "--units_n_layer=2", "--units_n_head=2",
     "--units_d_model=32", "--units_layer=1", "--units_proj_dim=16", "--units_crop_seconds=1.0",
-    "--units_batch_size=4", "--units_warmup=2", "--units_kmeans_iters=3", "--units_kmeans_frames=4000",
+    "--units_batch_size=4", "--units_warmup=2", "--units_kmeans_iters=3", "--units_kmeans_frames=4000", "--units_ctc_steps=2",
     "--codec_dim=32", "--codec_sub_dim=16", "--codec_enc_layers=1", "--codec_dec_layers=1", "--codec_sub_layers=1",
     "--codec_latent_dim=8", "--codec_n_q=4", "--codec_codebook_size=16", "--codec_batch_size=2",
     "--codec_segment_frames=8", "--codec_vq_start=3", "--codec_init_batches=1", "--codec_warmup=2",
