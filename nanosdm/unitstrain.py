@@ -4,8 +4,8 @@ final k-means.
 
     iteration 1   k-means on MFCC frames of the training turns (HuBERT), or by default of the same
                   words re-spoken in one canonical voice (canonical_mfcc)
-    encoder       masked prediction of those labels (train_encoder), then optionally a character
-                  CTC phase on the transcripts (ctc_finetune, units_ctc_steps)
+    encoder       masked prediction of those labels (train_encoder), then a character CTC phase on
+                  the transcripts (ctc_finetune, units_ctc_steps; 0 skips it), an echo on some crops
     iteration 2   k-means on the clustered layer: the units (train)
 
 What changes at nano scale (measured on the tiny corpus, see the report): HuBERT's loss counts
