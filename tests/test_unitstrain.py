@@ -93,3 +93,17 @@ def test_ctc_finetuning_learns_the_characters_through_every_block():
     assert all(changed(f"{p}") for p in ("conv1", "conv2", "transformer.blocks.0.", "transformer.blocks.2."))
     assert not changed("proj") and not changed("label_emb") and not changed("mask_emb")   # masked prediction's own
     assert torch.equal(after["mel_mean"], before["mel_mean"])
+
+
+def test_notebook_02_gives_the_training_functions_every_key_they_read():
+    """The notebook calls train_encoder and ctc_finetune with its own config dicts: a key added to
+    the stage (units_echo did) must reach them too, or the notebook stops with a KeyError."""
+    import ast, inspect, json, os, re
+    path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "02_units.ipynb")
+    cells = ["".join(c["source"]) for c in json.load(open(path))["cells"] if c["cell_type"] == "code"]
+    for fn, var in ((unitstrain.train_encoder, "cfg"), (unitstrain.ctc_finetune, "ctc_cfg")):
+        read = set(re.findall(r'cfg\["(\w+)"\]', inspect.getsource(fn)))
+        cell = next(c for c in cells if f"unitstrain.{fn.__name__}(" in c)
+        call = next(n for n in ast.walk(ast.parse(cell)) if isinstance(n, ast.Assign) and n.targets[0].id == var)
+        given = {k.arg for k in call.value.keywords}
+        assert read - given == set(), f"notebook 02's {var} lacks {sorted(read - given)} for {fn.__name__}"
