@@ -209,12 +209,14 @@ dpo_min_margin = 0.1           # replies with the same verdicts pair only if the
 dpo_max_pairs = 2              # pairs per question (best with worst, second best with second worst)
 dpo_history = 40               # frames of history kept before each reply when scoring it (sampled after sft_eval_history)
 dpo_beta = 0.1                 # the DPO paper's (Rafailov et al., 2023)
+dpo_nll = 0.0                  # weight of the chosen reply's per-token NLL beside DPO's loss (RPO, Pang et al. 2024)
 dpo_batch_size = 8             # pairs per step
 dpo_max_steps = 100
 dpo_lr = 1e-4
 dpo_warmup = 10
 dpo_ckpt_interval = 25
-dpo_eval_splits = "unseen_voice"       # spoken QA before and after on these splits (comma-separated)
+dpo_eval_splits = "unseen_voice,val"   # spoken QA before and after on these splits (comma-separated): ~90
+                                       # questions each, one split alone moves +-5 points by chance
 # --- vocoder (nanosdm/vocoder.py): deduplicated units -> durations -> the codec's latent -> its decoder
 vocoder_dim = 128
 vocoder_kernel = 5             # causal taps at 50 Hz (100 ms) in the duration and frame networks

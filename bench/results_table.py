@@ -112,6 +112,8 @@ FULL = [
      ("dpo_qa_speech_unseen_voice_after", pct)),
     ("dpo", "spoken QA on unseen voices, text channel before / after", ("dpo_qa_text_unseen_voice_before", pct),
      ("dpo_qa_text_unseen_voice_after", pct)),
+    ("dpo", "spoken QA on val, speech channel before / after; text before / after", ("dpo_qa_speech_val_before", pct),
+     ("dpo_qa_speech_val_after", pct), ("dpo_qa_text_val_before", pct), ("dpo_qa_text_val_after", pct)),
     ("vocoder", "CER of held-out assistant turns resynthesized from units / through the codec",
      ("vocoder_cer", pct), ("vocoder_codec_cer", pct)),
     ("omni", "spoken QA, text: val / unseen voices / text-only facts",

@@ -11,6 +11,8 @@ Direct Preference Optimisation, with pairs ranked by the ear (Align-SLM's recipe
                 window count for nothing
     loss        -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
                 (the DPO paper; ref = the `sft` model, frozen, its log-probs computed once)
+                + nll * (-log pi(y_w|x) / tokens of y_w): the chosen reply's own likelihood, per token
+                (RPO, Pang et al. 2024): DPO alone can widen the margin by lowering both replies
 
 The stage (train_stage, at the end of this file) collects the replies with live.free_run and
 judges them with nanosdm/judge.py; the pair logic sees one verdict per reply:
@@ -231,7 +233,7 @@ def train(cfg, pairs, stop_step=None):
     torch.manual_seed(cfg["seed"])
     model = load_model(os.path.join(out_dir, "sft.pt"), device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["dpo_lr"], betas=(0.9, 0.95), weight_decay=0.0)
-    max_steps, B, beta = cfg["dpo_max_steps"], min(cfg["dpo_batch_size"], P), cfg["dpo_beta"]
+    max_steps, B, beta, nll = cfg["dpo_max_steps"], min(cfg["dpo_batch_size"], P), cfg["dpo_beta"], cfg["dpo_nll"]
     path = os.path.join(out_dir, "dpo.pt")
     chosen, rejected = pairs["chosen"].to(device), pairs["rejected"].to(device)
     reply = pairs["reply"].to(device)
@@ -278,6 +280,8 @@ def train(cfg, pairs, stop_step=None):
         both = torch.cat([chosen[idx], rejected[idx]]).long()
         lp = sequence_logprob(model, both, torch.cat([reply[idx], reply[idx]]))
         loss, stats = dpo_loss(lp[:len(idx)], lp[len(idx):], ref_c[idx], ref_r[idx], beta)
+        if nll:     # RPO: keep the chosen reply likely while the margin grows
+            loss = loss + nll * (-lp[:len(idx)] / reply_token_mask(model, reply[idx]).sum((1, 2))).mean()
         loss.backward()
         utils.all_reduce_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -362,7 +366,8 @@ def train_stage(cfg):
     info = {k: cfg[k] for k in ("seed", "dpo_questions", "dpo_samples", "dpo_text_temp", "dpo_min_margin",
                                 "dpo_max_pairs", "dpo_history", "sft_eval_history")}
     pairs = utils.load_checkpoint(path) if os.path.exists(path) else None
-    if (pairs is None or pairs["info"] != info) and utils.is_main():
+    # the saved info also holds what the sampling found (judge_ok, text_ok, seconds): compare the settings
+    if (pairs is None or {k: pairs["info"].get(k) for k in info} != info) and utils.is_main():
         t0 = time.time()
         items = live.questions(Streams(os.path.join(out, "speech"), "train"))
         rng = np.random.default_rng(cfg["seed"])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nanosdm import dpo
-from nanosdm.dualstream import DualStream
+from nanosdm.dualstream import DualStream, load_model
 
 K, CARD, VOCAB = 2, 16, 40
 S = 1 + 2 * K
@@ -199,8 +199,14 @@ def test_stage_trains_resumes_after_a_kill_and_plots(tmp_path):
     rejected[:, 10:, 1:1 + 2] = (rejected[:, 10:, 1:1 + 2] + 5) % 16
     pairs = dict(chosen=chosen.to(torch.int16), rejected=rejected.to(torch.int16), reply=window(3, 20, 10, 18))
     straight = dict(cfg, out_dir=str(tmp_path / "straight"))
+    rpo = dict(cfg, out_dir=str(tmp_path / "rpo"), dpo_nll=5.0)
     shutil.copytree(cfg["out_dir"], straight["out_dir"])
+    shutil.copytree(cfg["out_dir"], rpo["out_dir"])
     metrics = dpo.train(straight, pairs)
+    # the NLL term (RPO) keeps the chosen replies likelier than DPO alone leaves them
+    dpo.train(rpo, pairs)
+    chosen_lp = lambda c: dpo.batched_logprob(load_model(os.path.join(c["out_dir"], "dpo.pt")), chosen, pairs["reply"]).mean()
+    assert chosen_lp(rpo) > chosen_lp(straight) + 1.0
     assert metrics["dpo_pairs"] == 3 and abs(metrics["dpo_loss_start"] - math.log(2)) < 1e-4
     assert metrics["dpo_reward_acc"] > 0.5 and metrics["dpo_margin"] > 0
     assert os.path.exists(os.path.join(straight["out_dir"], "plots", "dpo_rewards.png"))

@@ -140,6 +140,14 @@ def test_stage_resumes_after_sigkill(killed_run, stage, ckpt):
     assert (out / f"{stage}.done").exists()
 
 
+def test_dpo_resumed_reuses_its_preference_pairs(killed_run):
+    """The pairs (the sft model's sampled and judged replies) are kept on disk: a rerun trains on
+    them again instead of sampling and judging every reply once more."""
+    root, out, results = killed_run
+    first, resumed = results["dpo.pt"]["killed_log"].read_text(), results["dpo.pt"]["resumed_log"]
+    assert "pairs from" in first and "pairs from" not in resumed, resumed[-2000:]
+
+
 def test_truncated_checkpoint_is_refused_by_name(killed_run, tmp_path):
     """A checkpoint cut short (a full disk, a copy interrupted) stops the stage with an error that
     names the file and says how to recover; restored, the run is as before."""
