@@ -18,6 +18,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import zlib
 
 import numpy as np
 from scipy.signal import firwin, resample_poly
@@ -114,6 +115,8 @@ def _lib():
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
                                               ctypes.c_int]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        if hasattr(lib, "espeak_ng_SetRandSeed"):
+            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         options = INIT_PHONEME_EVENTS | INIT_PHONEME_IPA | INIT_DONT_EXIT  # no exit() on errors
@@ -280,6 +283,10 @@ def synthesize(text, voice="en-us", rate=175, pitch=50, word_gap=0):
     lib.espeak_SetParameter(PARAM_WORDGAP, int(word_gap), 0)
     _state["chunks"].clear(), _state["events"].clear()
     data = text.encode("utf-8")
+    # eSpeak's breath noise comes from its own generator, seeded from the clock: seeded here from the
+    # call, the same call gives the same audio (in a process with the same history: see synthesize_many)
+    if hasattr(lib, "espeak_ng_SetRandSeed"):     # eSpeak NG >= 1.51
+        lib.espeak_ng_SetRandSeed(zlib.crc32(b"%s|%d|%d|%d|" % (voice.encode(), rate, pitch, word_gap) + data))
     lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8 | ENDPAUSE, None, None)
     raw = np.frombuffer(b"".join(_state["chunks"]) or bytes(2), np.int16)
 
@@ -308,7 +315,9 @@ def synthesize_many(jobs, processes=None, chunksize=8):
         yield from map(_synthesize_job, jobs)
         return
     window = processes * chunksize * 4
-    with multiprocessing.Pool(processes) as pool:
+    # a fresh worker for each chunk: eSpeak's timing depends on what its process spoke before, so a
+    # long-lived worker's history (whichever chunks it happened to take first) would change the audio
+    with multiprocessing.Pool(processes, maxtasksperchild=1) as pool:
         running = None
         while batch := list(itertools.islice(jobs, window)):
             submitted = pool.imap(_synthesize_job, batch, chunksize)  # starts on this batch now

@@ -396,7 +396,9 @@ def build(cfg):
         "unseen_voice": [plan_dialogue(random.Random(seed + 10**6 + i), spoken, unseen_voices, False) for i in range(n_eval)],
         "text_only": [plan_dialogue(random.Random(seed + 2 * 10**6 + i), text_only, seen_voices, False) for i in range(n_eval)],
     }
-    with mp.Pool(cfg.get("workers") or os.cpu_count()) as pool:
+    # a fresh worker for each chunk of dialogues: eSpeak's output depends on what its process spoke
+    # before, so a long-lived worker's history (whichever chunks it happened to take) would change the audio
+    with mp.Pool(cfg.get("workers") or os.cpu_count(), maxtasksperchild=1) as pool:
         hours = {name: write_speech_split(data_dir, name, p, pool) / 3600 for name, p in plans.items()}
     seconds = time.time() - t0
     size = sum(os.path.getsize(os.path.join(data_dir, f)) for f in os.listdir(data_dir))
