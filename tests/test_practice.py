@@ -24,6 +24,23 @@ def test_align_hears_every_name_but_no_text_only_fact(tmp_path):
     assert named(questions_only, spokenworld.USER) == 0            # ...and in no question: only in scrambled turns
 
 
+def test_extra_dialogues_repeat_whatever_the_workers(tmp_path):
+    """eSpeak's timing depends on what its process spoke before: with long-lived workers, a
+    dialogue's audio changed with the pool's size and its scheduling (lengths 5-187 samples apart)."""
+    import json
+    import os
+    import numpy as np
+    from nanosdm.corpus import spokenworld
+    spokenworld.write_jsonl(os.path.join(tmp_path, "world.jsonl"), spokenworld.make_world(20, 0.25, seed=0))
+    with open(os.path.join(tmp_path, "corpus.json"), "w") as f:
+        json.dump(dict(seen_voices=["en-us", "en+Alex"]), f)
+    cfg = dict(data_dir=str(tmp_path), speech_extra_dialogues=6, seed=0)
+    first, second = [list(practice.extra_dialogues(dict(cfg, workers=w), chunk=2)) for w in (2, 3)]
+    assert len(first) == len(second) == 6
+    for (wav1, turns1), (wav2, turns2) in zip(first, second):
+        assert wav1.shape == wav2.shape and np.array_equal(wav1.numpy(), wav2.numpy()) and turns1 == turns2
+
+
 def test_imap_ahead_keeps_order_and_makes_no_more_than_it_may_ahead():
     """The extra dialogues are rendered in workers a few ahead of the reader, never all at once."""
     import threading

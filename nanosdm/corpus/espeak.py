@@ -305,7 +305,7 @@ def _synthesize_job(job):
     return synthesize(**job)
 
 
-def synthesize_many(jobs, processes=None, chunksize=32):
+def synthesize_many(jobs, processes=None, chunksize=256):
     """synthesize(**job) for each job dict, yielded in order, from a pool of processes (eSpeak
     has global state, so threads would not help). Jobs are read lazily and at most two windows
     of results wait in memory, so a generator of a million jobs is fine."""
@@ -314,10 +314,11 @@ def synthesize_many(jobs, processes=None, chunksize=32):
     if processes == 1:
         yield from map(_synthesize_job, jobs)
         return
-    window = processes * chunksize * 4
+    window = processes * chunksize * 2
     # a fresh worker for each chunk: eSpeak's timing depends on what its process spoke before, so a
-    # long-lived worker's history (whichever chunks it happened to take first) would change the audio;
-    # chunks of 32 keep the forks cheap (400 short utterances: 1.6 s, long-lived workers 1.4, chunks of 8 3.1)
+    # long-lived worker's history (whichever chunks it happened to take first) would change the audio.
+    # Chunks of 256 keep the forks cheap: forking train.py's 3 GB process costs far more than a small
+    # one (3,000 short turns from a 2.5 GB parent: 24 s in chunks of 32, 12 s in chunks of 256)
     with multiprocessing.Pool(processes, maxtasksperchild=1) as pool:
         running = None
         while batch := list(itertools.islice(jobs, window)):

@@ -71,10 +71,13 @@ def align_dialogues(cfg, seed, per_dialogue=8):
         yield place(group, rng)
 
 
-def extra_dialogues(cfg):
+def extra_dialogues(cfg, chunk=16):
     """More training dialogues than the corpus holds, rendered here and kept only as codes (the
     dual-stream model memorised the tiny corpus's hour in a few hundred steps and never learnt to
-    listen; eSpeak renders hours a minute). Same world, same training voices, same phrasings."""
+    listen; eSpeak renders hours a minute). Same world, same training voices, same phrasings.
+    Each `chunk` of dialogues is rendered by a fresh worker: eSpeak's timing depends on what its
+    process spoke before, so with long-lived workers the audio changed with whichever dialogues a
+    worker happened to take first, and a seed did not repeat the stage."""
     import multiprocessing as mp
     n = cfg["speech_extra_dialogues"]
     if n <= 0:
@@ -84,11 +87,17 @@ def extra_dialogues(cfg):
         voices = json.load(f)["seen_voices"]
     rng = random.Random(cfg["seed"] + 3 * 10**6)
     plans = [spokenworld.plan_dialogue(rng, world, voices, held_out=False) for _ in range(n)]
+    chunks = [plans[i:i + chunk] for i in range(0, n, chunk)]
     workers = cfg.get("workers") or os.cpu_count()
-    with mp.Pool(workers) as pool:
-        for pcm, turns in tqdm(imap_ahead(pool, spokenworld.render_dialogue, plans, 4 * workers), total=n,
-                               desc="speech extra", unit="dlg"):
-            yield torch.from_numpy(pcm.T.astype(np.float32) / 32768.0), turns
+    with mp.Pool(workers, maxtasksperchild=1) as pool, tqdm(total=n, desc="speech extra", unit="dlg") as bar:
+        for rendered in imap_ahead(pool, render_dialogues, chunks, 2 * workers):
+            for pcm, turns in rendered:
+                bar.update(1)
+                yield torch.from_numpy(pcm.T.astype(np.float32) / 32768.0), turns
+
+
+def render_dialogues(plans):
+    return [spokenworld.render_dialogue(p) for p in plans]
 
 
 def imap_ahead(pool, fn, items, ahead):
