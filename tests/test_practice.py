@@ -26,7 +26,7 @@ def test_align_hears_every_name_but_no_text_only_fact(tmp_path):
 
 def test_extra_dialogues_repeat_whatever_the_workers(tmp_path):
     """eSpeak's timing depends on what its process spoke before: with long-lived workers, a
-    dialogue's audio changed with the pool's size and its scheduling (lengths 5-187 samples apart)."""
+    dialogue's audio changed with the pool's size and its scheduling (277,433 samples against 277,441)."""
     import json
     import os
     import numpy as np
