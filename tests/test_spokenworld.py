@@ -31,6 +31,20 @@ def test_text_is_deterministic_given_the_seed():
     assert sample(3) != sample(4)
 
 
+def test_a_memory_question_comes_right_after_its_telling():
+    # the model learns to answer "what is my name?" only if the telling is still in its 20 s window
+    world = spokenworld.make_world(30, 0.2, 5)
+    rng = random.Random(5)
+    asked = 0
+    for _ in range(300):
+        exs = spokenworld.random_exchanges(rng, world, rng.randint(4, 8), held_out=False)
+        for before, ex in zip([None] + exs, exs):
+            if ex["kind"] == "memory":
+                asked += 1
+                assert before["kind"] == "tell" and before["question"].endswith(f" {ex['answer']}.")
+    assert asked > 50
+
+
 def test_world_has_text_only_facts_and_distinct_names():
     world = spokenworld.make_world(200, 0.15, 1)
     names = [e["name"] for e in world]
