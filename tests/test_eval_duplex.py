@@ -85,3 +85,31 @@ def test_timing_stats_count_ipus_pauses_gaps_and_overlaps():
     assert st["ipu"] == pytest.approx([1.2, 0.7, 0.6])   # the measured speaker's (a) IPUs
     assert st["gap"] == pytest.approx([0.5, 0.4]) and st["overlap"] == pytest.approx([0.2])
     assert st["pause"] == pytest.approx([0.6])
+
+
+def test_scenarios_played_by_two_workers_score_as_by_one():
+    # the stage spreads its scenarios over processes; each scenario seeds itself, so a sampled model
+    # scores the same whichever worker plays it, and the results come back in the scenarios' order
+    pytest.importorskip("espeakng_loader")
+    import torch
+    from nanosdm.codec import Codec
+    from nanosdm.corpus import spokenworld
+    from nanosdm.dualstream import DualStream
+    from nanosdm.eval import duplex
+    from nanosdm.tokenizer import Tokenizer
+    world = spokenworld.make_world(20, 0.0, seed=0)
+    tok = Tokenizer.train([spokenworld.fact_exchange(__import__("random").Random(i), world[i % 20], "colour", False)["reply"]
+                           for i in range(200)], vocab_size=80)
+    torch.manual_seed(0)
+    model = DualStream(tok.vocab_size, 32, 3, n_layer=1, n_head=2, d_model=32, context=512,
+                       depth_layers=1, depth_heads=2, depth_d_model=16).eval()
+    codec = Codec(dim=32, sub_dim=16, enc_layers=1, dec_layers=1, sub_layers=1, latent_dim=8, n_q=3, codebook_size=32).eval()
+    codec.quantizer.embed.normal_()
+    scenarios = [(kind, i == 0, duplex.scenario(kind, 100 * k + i, world, ["en-us+m3"]))
+                 for k, kind in enumerate(("turn", "interrupt")) for i in range(2)]
+    sampled = (0.8, 20, 0.8, 20)
+    one = duplex.play_scenarios(scenarios, model, codec, tok, None, sampled, 0, 7, workers=1, chunk=1)
+    two = duplex.play_scenarios(scenarios, model, codec, tok, None, sampled, 0, 7, workers=2, chunk=1)
+    assert [o[:2] for o in one] == [t[:2] for t in two]
+    assert [o[2] is None for o in one] == [False, True, False, True]          # each kind's first is kept
+    assert one[0][2]["text"] == two[0][2]["text"] and torch.equal(one[2][2]["codes"], two[2][2]["codes"])

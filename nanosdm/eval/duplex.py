@@ -3,11 +3,11 @@ Stage `duplex`: when does the model speak? Full-Duplex-Bench's measurements
 (Lin et al., 2025) on SpokenWorld scenarios (below), and dGSLM's timing statistics of whole conversations.
 Like the other evaluations it loads what it scores, and no component imports it.
 
-Every scenario runs through the live loop at batch 1, and the model's speech is located twice:
-by its own inner monologue (the words it writes, keys without suffix) and by the energy of its
-decoded voice (keys ending in `_vad`). Full-Duplex-Bench's rule decides what counts as taking the
-turn: speech spanning under 1 s with at most 3 words is a backchannel, anything longer a turn (a
-voiced stretch has no words: it takes the turn if it lasts 1 s).
+Every scenario runs through the live loop at batch 1 (a process per core), and the model's
+speech is located twice: by its own inner monologue (the words it writes, keys without suffix) and
+by the energy of its decoded voice (keys ending in `_vad`). Full-Duplex-Bench's rule decides what
+counts as taking the turn: speech spanning under 1 s with at most 3 words is a backchannel, anything
+longer a turn (a voiced stretch has no words: it takes the turn if it lasts 1 s).
 
     duplex_pause_tor             a pause inside the user's question: did the model take the turn? (lower is better)
     duplex_turn_tor              the question ended: did it take the turn? (higher is better)
@@ -19,9 +19,11 @@ voiced stretch has no words: it takes the turn if it lasts 1 s).
     duplex_silence_false_start   10 s of silence after an exchange: did it start a turn?
     duplex_timing_*              IPUs, pauses, gaps, overlaps per minute and their mean length, in
                                  free-running conversations (_model) and in the corpus (_corpus)
-    duplex_rtf, duplex_frame_ms_*  the live loop's cost per 80 ms frame, part by part
+    duplex_rtf, duplex_frame_ms_*  the live loop's cost per 80 ms frame, part by part (the conversations'
+                                 run, batch 1, one process)
 """
 import json
+import multiprocessing as mp
 import os
 import random
 
@@ -360,6 +362,48 @@ def plot_timing(metrics, path):
 # -----------------------------------------------------------------------------
 # the stage
 
+_JOB = {}   # what the scenario workers read: filled before they fork, so only indices are sent
+
+
+def _run_scenarios(idx):
+    """Worker: the scenarios at these indices -> [(index, said score, voiced score, live result or None)]."""
+    j, rows = _JOB, []
+    if j["threads"]:
+        torch.set_num_threads(j["threads"])
+    for i in idx:
+        kind, first, sc = j["scenarios"][i]
+        torch.manual_seed(j["seed"] * 1000 + i)       # its own seed: the same draws whichever worker runs it
+        out = run_scenario(j["model"], j["codec"], j["tok"], sc, j["temps"], j["ear"], j["user_lag"])
+        rows.append((i, score(kind, sc["events"], out["said"], sc["answer"]),
+                     score(kind, sc["events"], out["voiced"], sc["answer"]), out if first else None))
+    return rows
+
+
+def play_scenarios(scenarios, model, codec, tok, ear, temps, user_lag, seed, workers, chunk=5):
+    """[(kind, keep, scenario)] through the live loop -> [(said score, voiced score, the live result
+    where keep else None)], in order. Each scenario is a conversation at batch 1, where a model this
+    small leaves a core idle: `workers` processes, one thread each (the stage's 200 scenarios on 2
+    cores: 335 s in one process, 201 s in two, every figure the same)."""
+    _JOB.update(model=model, codec=codec, tok=tok, ear=ear, temps=temps, user_lag=user_lag, seed=seed,
+                scenarios=scenarios, threads=1 if workers > 1 else 0)
+    chunks = [list(range(i, min(i + chunk, len(scenarios)))) for i in range(0, len(scenarios), chunk)]
+    rows = []
+    try:
+        with tqdm(total=len(scenarios), desc="duplex scenarios", unit="scenario") as bar:
+            if workers > 1:
+                with mp.get_context("fork").Pool(workers) as pool:
+                    for done in pool.imap_unordered(_run_scenarios, chunks):
+                        rows += done
+                        bar.update(len(done))
+            else:
+                for part in chunks:
+                    rows += _run_scenarios(part)
+                    bar.update(len(part))
+    finally:
+        _JOB.clear()
+    return [row[1:] for row in sorted(rows, key=lambda r: r[0])]
+
+
 def evaluate_duplex(cfg):
     device, out_dir = cfg["device"], cfg["out_dir"]
     torch.set_grad_enabled(False)
@@ -371,38 +415,34 @@ def evaluate_duplex(cfg):
     with open(os.path.join(cfg["data_dir"], "corpus.json")) as f:
         voices = json.load(f)["unseen_voices"]
     temps = live.TEMPS                 # the live loop's sampling, as sample.py talks
-    torch.manual_seed(cfg["seed"])
-    said, voiced = {}, {}
-    cost = dict(codec_enc=0.0, temporal=0.0, depth=0.0, codec_dec=0.0, total=0.0)
-    frames = 0
     n = cfg["duplex_scenarios"]
-    for k, kind in enumerate(KINDS):
-        for i in tqdm(range(n), desc=f"duplex {kind}", unit="scenario"):
-            sc = scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices)
-            out = run_scenario(model, codec, tok, sc, temps, ear, cfg["dual_user_lag"])
-            said.setdefault(kind, []).append(score(kind, sc["events"], out["said"], sc["answer"]))
-            voiced.setdefault(kind, []).append(score(kind, sc["events"], out["voiced"], sc["answer"]))
-            for part in cost:
-                cost[part] += out["seconds"][part]
-            frames += out["frames"]
-            if i == 0:
-                verdict = ", ".join(f"{a}={b if not isinstance(b, float) else round(b, 2)}" for a, b in said[kind][0].items())
-                plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
+    scenarios = [(kind, i == 0, scenario(kind, cfg["seed"] * 1000 + 100 * k + i, world, voices))
+                 for k, kind in enumerate(KINDS) for i in range(n)]
+    workers = 1 if device != "cpu" else min(cfg.get("workers") or os.cpu_count(), len(scenarios))
+    played = play_scenarios(scenarios, model, codec, tok, ear, temps, cfg["dual_user_lag"], cfg["seed"], workers)
+    said, voiced = {}, {}
+    for (kind, _, sc), (said_score, voiced_score, out) in zip(scenarios, played):
+        said.setdefault(kind, []).append(said_score)
+        voiced.setdefault(kind, []).append(voiced_score)
+        if out is not None:      # each kind's first scenario, drawn
+            verdict = ", ".join(f"{a}={b if not isinstance(b, float) else round(b, 2)}" for a, b in said_score.items())
+            plot_timeline(sc, out, os.path.join(out_dir, "plots", f"duplex_{kind}.png"), verdict)
     metrics = summarize(said)
     metrics.update(summarize(voiced, "_vad"))
     metrics["duplex_scenarios"] = n
-    # the live loop's cost, batch 1
-    metrics["duplex_rtf"] = round(cost["total"] / (frames * FRAME_S), 4)
-    for part in ("codec_enc", "temporal", "depth", "codec_dec"):
-        metrics[f"duplex_frame_ms_{part}"] = round(1000 * cost[part] / frames, 2)
-    metrics["duplex_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)) + 1000 * cost["total"] / frames)
-    # whole conversations: the model free-running against recorded users, and the corpus itself
+    # whole conversations: the model free-running against recorded users, and the corpus itself;
+    # they also time the live loop, batch 1, in this process alone
     sp = spokenworld.SpeechSplit(cfg["data_dir"], "unseen_voice")
     stats = {"model": {}, "corpus": {}}
-    seconds = 0.0
+    torch.manual_seed(cfg["seed"])
+    cost = dict(codec_enc=0.0, temporal=0.0, depth=0.0, codec_dec=0.0, total=0.0)
+    seconds, frames = 0.0, 0
     for i in tqdm(range(min(cfg["duplex_dialogues"], len(sp))), desc="duplex dialogues", unit="dlg"):
         wav, _ = sp.dialogue(i)
         out = live.live(model, codec, wav[spokenworld.USER], temps=temps, ear=ear)
+        for part in cost:
+            cost[part] += out["seconds"][part]
+        frames += out["frames"]
         corpus = codec.decode(torch.from_numpy(encode_channels(codec, wav)[spokenworld.ASSISTANT].astype(np.int64)).T[None]
                               .to(device))[0].cpu()   # the corpus's voice through the same codec
         user = judge.voiced(wav[spokenworld.USER])
@@ -412,6 +452,11 @@ def evaluate_duplex(cfg):
         seconds += wav.shape[1] / spokenworld.SAMPLE_RATE
     for who in stats:
         metrics.update(timing_figures(stats[who], seconds, who))
+    if frames:
+        metrics["duplex_rtf"] = round(cost["total"] / (frames * FRAME_S), 4)
+        for part in ("codec_enc", "temporal", "depth", "codec_dec"):
+            metrics[f"duplex_frame_ms_{part}"] = round(1000 * cost[part] / frames, 2)
+        metrics["duplex_latency_ms"] = round(1000 * FRAME_S * (1 + max(model.delays)) + 1000 * cost["total"] / frames)
     plot_timing(metrics, os.path.join(out_dir, "plots", "duplex_timing.png"))
     torch.set_grad_enabled(True)
     print_table(metrics)
