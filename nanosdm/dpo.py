@@ -167,7 +167,7 @@ def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0
     verdicts = judge(text, codes, qidx)
     # the full sequence of each reply: prompt, then what the model wrote and said while hearing the
     # user; one more frame at the end so the delayed codebooks of the last frame are targets too
-    H = min(H, keep_history or H)
+    H = H if keep_history is None else min(H, keep_history)
     x = torch.cat([hist[:, hist.shape[1] - H:], torch.cat([text[..., None], codes, usr], -1)], 1)
     x = torch.cat([x, x[:, -1:]], 1)
     reply = torch.zeros(x.shape[:2], dtype=torch.bool)
@@ -376,9 +376,14 @@ def train_stage(cfg):
         torch.manual_seed(cfg["seed"])
         temps = (cfg["dpo_text_temp"], 25, live.AUDIO_TEMP, live.AUDIO_TOP_K)
         sample = lambda h, u: [t.cpu() for t in live.free_run(sft, h.to(dev), u.to(dev), silence.to(dev), temps)]
+        # a pair is scored in one pass, so it must fit the model's context: a long question keeps less history
+        keep = min(cfg["dpo_history"], sft.context - user.shape[1] - 1)     # (+1: the closing frame)
+        if keep < 0:
+            raise ValueError(f"dpo: the longest question and its reply window ({user.shape[1] + 1} frames) exceed "
+                             f"the model's context ({sft.context} frames): ask fewer or shorter questions")
         pairs, records = collect_pairs(hist, user, windows, sample,
                                            lambda text, codes, rows: judge(items, windows, text, codes, rows.tolist()),
-                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"], cfg["dpo_history"])
+                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"], keep)
         replies = [v for rec in records for v in rec["replies"]]
         info.update(judge_ok=float(np.mean([v["judge_ok"] for v in replies])),
                     text_ok=float(np.mean([v["text_ok"] for v in replies])), seconds=round(time.time() - t0, 1))

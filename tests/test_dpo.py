@@ -177,6 +177,12 @@ def test_collect_pairs_with_a_hand_made_judge():
     assert reply[0].nonzero()[:, 0].tolist() == list(range(H, H + 5))
     assert reply[1].sum() == 6
     assert len(records[0]["replies"]) == n
+    # a shorter prompt keeps the history's last frames; none at all is allowed too (a long question)
+    for keep in (2, 0):
+        short, _ = dpo.collect_pairs(history, user, windows, sample, judge, n, min_margin=0.1, max_pairs=2, keep_history=keep)
+        assert short["chosen"].shape == (3, keep + F_ + 1, S)
+        assert torch.equal(short["chosen"][0, :keep].long(), history[0, H - keep:])
+        assert short["reply"][0].nonzero()[:, 0].tolist() == list(range(keep, keep + 5))
 
 
 # -----------------------------------------------------------------------------
