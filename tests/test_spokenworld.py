@@ -43,6 +43,13 @@ def test_a_memory_question_comes_right_after_its_telling():
                 asked += 1
                 assert before["kind"] == "tell" and before["question"].endswith(f" {ex['answer']}.")
     assert asked > 50
+    # text documents ask anywhere after the telling: a text LM learns to copy across a document
+    gaps = []
+    for _ in range(300):
+        exs = spokenworld.random_exchanges(rng, world, rng.randint(4, 8), held_out=False, ask_at_once=False)
+        kinds = [ex["kind"] for ex in exs]
+        gaps += [i - kinds.index("tell") for i, k in enumerate(kinds) if k == "memory" and kinds.count("tell") == 1]
+    assert min(gaps) >= 1 and max(gaps) >= 3
 
 
 def test_world_has_text_only_facts_and_distinct_names():

@@ -145,17 +145,24 @@ def memory_exchanges(rng, held_out):
     return tell, ask
 
 
-def random_exchanges(rng, world, n, held_out):
-    """n exchanges mixing facts (most), arithmetic and memory pairs, in random order."""
+def random_exchanges(rng, world, n, held_out, ask_at_once=True):
+    """n exchanges mixing facts (most), arithmetic and memory pairs, in random order. ask_at_once:
+    a memory question right after its telling (spoken dialogues: a telling anywhere earlier was a
+    median 10-12 s back, often outside the model's 20 s windows, and it learnt to guess a name);
+    else anywhere after it (text documents: a text LM that copies across a document hands that on;
+    taught to copy from ten tokens back only, the dual-stream model never copied at all)."""
     out = []
     while len(out) < n:
         r = rng.random()
         if r < 0.12:
             out.append(arith_exchange(rng, held_out))
         elif r < 0.2 and n - len(out) >= 2:
-            # asked back right after the telling: a telling anywhere earlier was a median 10-12 s back,
-            # often outside the model's 20 s windows, and the model only learnt to guess a name
-            out += list(memory_exchanges(rng, held_out))
+            tell, ask = memory_exchanges(rng, held_out)
+            if ask_at_once:
+                out += [tell, ask]
+            else:
+                out.insert(rng.randint(0, len(out)), tell)
+                out.append(ask)
         else:
             out.append(fact_exchange(rng, rng.choice(world), rng.choice(list(ATTRIBUTES)), held_out))
     return out
@@ -171,7 +178,7 @@ def text_document(rng, world):
         facts = [rng.choice(ATTRIBUTES[a][1]).format(e=ent["name"], v=ent[a]) for a in attrs]
         return {"turns": [["text", " ".join(facts)]]}
     turns = []
-    for ex in random_exchanges(rng, world, rng.randint(1, 4), held_out=False):
+    for ex in random_exchanges(rng, world, rng.randint(1, 4), held_out=False, ask_at_once=False):
         turns += [["user", ex["question"]], ["assistant", ex["reply"]]]
     return {"turns": turns}
 
