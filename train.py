@@ -95,8 +95,8 @@ units_kmeans_iters = 20
 units_ctc_steps = 1000         # then CTC on the training turns' characters, a head on the top block (unitstrain.ctc_finetune):
 units_ctc_lr = 1e-3            # ... more phonetic units; with echo 0.25, names heard in dialogue 78.8% at two seeds vs
                                # 63.7/72.5%, spoken QA on unseen voices +3-6 text, +4-10 speech (0: no CTC phase, HuBERT's units)
-units_ctc_data = "turns"       # CTC's speech: the training "turns", or "scrambled" ones (random word order, unitstrain.scrambled_stream):
-                               # spoken QA of 183 questions +18 text at seed 1337, -11 at seed 2; text-only facts +7 and +11
+units_ctc_data = "turns"       # CTC's speech: the training "turns", "scrambled" ones (random word order) or "both" pooled;
+                               # scrambled: spoken QA of 183 questions +18 text at seed 1337, -11 at seed 2; text-only facts +7, +11
 units_kmeans_frames = 150000   # frames k-means is fitted on (a random subset beyond that)
 units_max_train_hours = 0.0    # speech used for training; 0 = all of the train split
 units_ckpt_interval = 100

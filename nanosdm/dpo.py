@@ -151,7 +151,8 @@ def pair_up(verdicts, min_margin=0.1, max_pairs=2):
     return pairs
 
 
-def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0.1, max_pairs=2, keep_history=None):
+def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0.1, max_pairs=2, keep_history=None,
+                  context=None):
     """Pairs from the model's own replies. history [Q, H, S] (the real dialogue up to each
     question), user [Q, F, K] (the user's audio from the question on), windows [Q] (frames of
     the reply window, <= F); sample(history, user) -> (text [N, F], codes [N, F, K]) runs the
@@ -159,15 +160,22 @@ def collect_pairs(history, user, windows, sample, judge, n_samples, min_margin=0
     keep_history: frames of the history kept in the pairs' sequences (None: all). The replies are
     sampled after the whole history; scoring them after its last frames only costs less per step,
     and policy and reference see the same (shorter) prompt, which is all the loss needs.
+    context: the model's context in frames; a pair is scored in one pass, so it must fit: a long
+    question keeps less history, and one that does not fit with none is refused before sampling.
     -> (pairs: dict of tensors, records: per question every reply's verdict and its pairs)."""
     Q, H, S = history.shape
+    H = H if keep_history is None else min(H, keep_history)
+    if context is not None:
+        H = min(H, context - user.shape[1] - 1)         # (-1: the closing frame)
+        if H < 0:
+            raise ValueError(f"dpo: the longest question and its reply window ({user.shape[1] + 1} frames) exceed "
+                             f"the model's context ({context} frames): ask fewer or shorter questions")
     hist, usr = history.repeat_interleave(n_samples, 0), user.repeat_interleave(n_samples, 0)
     qidx = torch.arange(Q).repeat_interleave(n_samples)
     text, codes = sample(hist, usr)
     verdicts = judge(text, codes, qidx)
     # the full sequence of each reply: prompt, then what the model wrote and said while hearing the
     # user; one more frame at the end so the delayed codebooks of the last frame are targets too
-    H = H if keep_history is None else min(H, keep_history)
     x = torch.cat([hist[:, hist.shape[1] - H:], torch.cat([text[..., None], codes, usr], -1)], 1)
     x = torch.cat([x, x[:, -1:]], 1)
     reply = torch.zeros(x.shape[:2], dtype=torch.bool)
@@ -376,14 +384,10 @@ def train_stage(cfg):
         torch.manual_seed(cfg["seed"])
         temps = (cfg["dpo_text_temp"], 25, live.AUDIO_TEMP, live.AUDIO_TOP_K)
         sample = lambda h, u: [t.cpu() for t in live.free_run(sft, h.to(dev), u.to(dev), silence.to(dev), temps)]
-        # a pair is scored in one pass, so it must fit the model's context: a long question keeps less history
-        keep = min(cfg["dpo_history"], sft.context - user.shape[1] - 1)     # (+1: the closing frame)
-        if keep < 0:
-            raise ValueError(f"dpo: the longest question and its reply window ({user.shape[1] + 1} frames) exceed "
-                             f"the model's context ({sft.context} frames): ask fewer or shorter questions")
         pairs, records = collect_pairs(hist, user, windows, sample,
-                                           lambda text, codes, rows: judge(items, windows, text, codes, rows.tolist()),
-                                           cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"], keep)
+                                       lambda text, codes, rows: judge(items, windows, text, codes, rows.tolist()),
+                                       cfg["dpo_samples"], cfg["dpo_min_margin"], cfg["dpo_max_pairs"],
+                                       cfg["dpo_history"], context=sft.context)
         replies = [v for rec in records for v in rec["replies"]]
         info.update(judge_ok=float(np.mean([v["judge_ok"] for v in replies])),
                     text_ok=float(np.mean([v["text_ok"] for v in replies])), seconds=round(time.time() - t0, 1))

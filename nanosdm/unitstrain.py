@@ -196,6 +196,20 @@ def scrambled_stream(cfg, texts):
     return torch.cat([w for w, _ in clips]), spans, [t for _, t in clips]
 
 
+def ctc_speech(cfg, stream, spans, texts):
+    """The speech CTC spells (units_ctc_data): the training "turns", the "scrambled" ones, or
+    "both" pooled, so that a batch mixes the corpus's phrasing with words in any order."""
+    if cfg["units_ctc_data"] == "turns":
+        return stream, spans, texts
+    if cfg["units_ctc_data"] not in ("scrambled", "both"):
+        raise ValueError(f"units_ctc_data={cfg['units_ctc_data']!r}: expected turns, scrambled or both")
+    s_stream, s_spans, s_texts = scrambled_stream(cfg, texts)
+    if cfg["units_ctc_data"] == "scrambled":
+        return s_stream, s_spans, s_texts
+    return (torch.cat([stream, s_stream]), list(spans) + [(o + len(stream), n) for o, n in s_spans],
+            list(texts) + s_texts)
+
+
 # -----------------------------------------------------------------------------
 # the units stage
 
@@ -320,10 +334,7 @@ def train(cfg, stop_step=None):
     ctc_history = []
     if cfg["units_ctc_steps"]:   # a run killed in this phase resumes at its start
         save(step)
-        if cfg["units_ctc_data"] == "scrambled":
-            ctc_history = ctc_finetune(model, *scrambled_stream(cfg, texts), cfg)
-        else:
-            ctc_history = ctc_finetune(model, stream, spans, texts, cfg)
+        ctc_history = ctc_finetune(model, *ctc_speech(cfg, stream, spans, texts), cfg)
     train_seconds = time.time() - t0
 
     # iteration 2: k-means on the middle layer, on directions (see Units.encode)

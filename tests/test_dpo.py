@@ -183,6 +183,13 @@ def test_collect_pairs_with_a_hand_made_judge():
         assert short["chosen"].shape == (3, keep + F_ + 1, S)
         assert torch.equal(short["chosen"][0, :keep].long(), history[0, H - keep:])
         assert short["reply"][0].nonzero()[:, 0].tolist() == list(range(keep, keep + 5))
+    # the model's context caps the history too (a pair is scored in one pass); too short a context is
+    # refused before any reply is sampled
+    fit, _ = dpo.collect_pairs(history, user, windows, sample, judge, n, keep_history=100, context=F_ + 1 + 3)
+    assert fit["chosen"].shape == (3, 3 + F_ + 1, S)
+    never = lambda h, u: pytest.fail("sampled although the question cannot fit")
+    with pytest.raises(ValueError, match="exceed the model's context"):
+        dpo.collect_pairs(history, user, windows, never, judge, n, context=F_)
 
 
 # -----------------------------------------------------------------------------

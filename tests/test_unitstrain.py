@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from nanosdm import ctc, units, unitstrain
@@ -48,6 +49,19 @@ def test_stage_trains_resumes_and_reports(tmp_path):
     words = {w for t in texts for w in ctc.normalize_text(t).split()}
     assert sum(w in words for t in said for w in t.split()) > 0.5 * sum(len(t.split()) for t in said)
     assert {tuple(t.split()) for t in said}.isdisjoint({tuple(ctc.normalize_text(t).split()) for t in texts})
+    # "both" pools the corpus's turns and the scrambled ones: every span still cuts out its own turn
+    wavs, _, texts = units.load_utterances(cfg["data_dir"], "train")
+    turns = torch.cat([(w * 32768.0).round().to(torch.int16) for w in wavs])
+    turn_spans = [(int(sum(len(v) for v in wavs[:i])), len(w)) for i, w in enumerate(wavs)]
+    small = dict(cfg, units_ctc_steps=3, units_batch_size=4)
+    pooled, pooled_spans, pooled_texts = unitstrain.ctc_speech(dict(small, units_ctc_data="both"), turns, turn_spans, texts)
+    assert pooled_texts == list(texts) + said and len(pooled) == len(turns) + len(stream)
+    assert pooled_spans[:len(wavs)] == turn_spans
+    o, n = pooled_spans[len(wavs)]
+    assert o == len(turns) and torch.equal(pooled[o:o + n], stream[:n])          # the scrambled renders are seeded
+    assert unitstrain.ctc_speech(dict(small, units_ctc_data="turns"), turns, turn_spans, texts)[2] is texts
+    with pytest.raises(ValueError, match="units_ctc_data"):
+        unitstrain.ctc_speech(dict(small, units_ctc_data="scrambed"), turns, turn_spans, texts)
     # the figures are those of the saved units on the unseen voice's user turns ...
     path = str(tmp_path / "out" / "units.pt")
     wavs, phones, _ = units.load_utterances(cfg["data_dir"], "unseen_voice", speaker="user")
