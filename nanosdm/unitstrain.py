@@ -196,13 +196,16 @@ def scrambled_stream(cfg, texts):
     return torch.cat([w for w, _ in clips]), spans, [t for _, t in clips]
 
 
+CTC_DATA = ("turns", "scrambled", "both")     # the values of units_ctc_data
+
+
 def ctc_speech(cfg, stream, spans, texts):
     """The speech CTC spells (units_ctc_data): the training "turns", the "scrambled" ones, or
     "both" pooled, so that a batch mixes the corpus's phrasing with words in any order."""
     if cfg["units_ctc_data"] == "turns":
         return stream, spans, texts
-    if cfg["units_ctc_data"] not in ("scrambled", "both"):
-        raise ValueError(f"units_ctc_data={cfg['units_ctc_data']!r}: expected turns, scrambled or both")
+    if cfg["units_ctc_data"] not in CTC_DATA:
+        raise ValueError(f"units_ctc_data={cfg['units_ctc_data']!r}: expected one of {CTC_DATA}")
     s_stream, s_spans, s_texts = scrambled_stream(cfg, texts)
     if cfg["units_ctc_data"] == "scrambled":
         return s_stream, s_spans, s_texts
@@ -263,6 +266,8 @@ def train(cfg, stop_step=None):
     path = os.path.join(out_dir, "units.pt")
     k, k_targets, layer = cfg["units_k"], cfg["units_k_targets"], cfg["units_layer"]
     assert 1 <= layer <= cfg["units_n_layer"], "units_layer counts blocks: 1 .. units_n_layer"
+    if cfg["units_ctc_steps"] and cfg["units_ctc_data"] not in CTC_DATA:   # now, not after the first phase
+        raise ValueError(f"units_ctc_data={cfg['units_ctc_data']!r}: expected one of {CTC_DATA}")
     t0 = time.time()
     if realdata.is_default(cfg):
         wavs, _, texts = load_utterances(cfg["data_dir"], "train", max_hours=cfg["units_max_train_hours"])

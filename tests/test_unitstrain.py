@@ -33,6 +33,9 @@ def test_stage_trains_resumes_and_reports(tmp_path):
                units_targets="canonical", units_causal=False, units_window=0, units_ctc_steps=3, units_ctc_lr=1e-3,
                units_ctc_data="turns")
     spokenworld.build(cfg)
+    with pytest.raises(ValueError, match="units_ctc_data"):        # refused before any step, nothing written
+        unitstrain.train(dict(cfg, units_ctc_data="scrambed"))
+    assert not (tmp_path / "out" / "units.pt").exists()
     assert unitstrain.train(cfg, stop_step=3) is None                  # "killed" after 3 steps
     partial = torch.load(tmp_path / "out" / "units.pt", weights_only=True)
     assert partial["step"] == 3 and not partial["finished"]
